@@ -1,0 +1,67 @@
+// swift-tools-version:6.0
+// forkd: a microVM fork runtime for Linux/KVM.
+import PackageDescription
+
+let perChildSettings: [SwiftSetting] = [.unsafeFlags(["-static-stdlib"])]
+
+let package = Package(
+  name: "forkd",
+  platforms: [.macOS(.v15)],
+  products: [
+    .executable(name: "forkd", targets: ["forkd"]),
+    .executable(name: "forkd-vmm", targets: ["forkd-vmm"]),
+    .executable(name: "forkd-pager", targets: ["forkd-pager"]),
+    .executable(name: "forkd-supervisor", targets: ["forkd-supervisor"]),
+    .library(name: "VMMCore", targets: ["VMMCore"]),
+    .library(name: "Protocol", targets: ["Protocol"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+  ],
+  targets: [
+    // C shims, one concern each.
+    .target(name: "CKVM"),
+    .target(name: "CUffd"),
+
+    // Thin syscall wrappers: EINTR retry, typed errno, fault-injection seam.
+    .target(name: "Syscalls", dependencies: ["CUffd"]),
+
+    // Every wire and file format: agent, vmm control, snapshot manifest and state.
+    .target(name: "Protocol"),
+
+    // The KVM microVM monitor as a library.
+    .target(
+      name: "VMMCore",
+      dependencies: ["CKVM", "Syscalls", "Protocol", .product(name: "Logging", package: "swift-log")]
+    ),
+
+    // The project-owned test guest (freestanding C built by clang/lld), embedded as bytes.
+    .plugin(name: "GuestBuildPlugin", capability: .buildTool()),
+    .target(name: "TestGuestImage", plugins: ["GuestBuildPlugin"]),
+
+    // Launching forkd-vmm processes and talking to them (control socket, agent over vsock).
+    .target(name: "VMMControl", dependencies: ["Syscalls", "Protocol"]),
+
+    .executableTarget(
+      name: "forkd-vmm",
+      dependencies: ["VMMCore", "TestGuestImage", .product(name: "Logging", package: "swift-log")]
+    ),
+    .executableTarget(name: "forkd-pager", dependencies: ["Syscalls", "Protocol"]),
+    .executableTarget(name: "forkd-supervisor", dependencies: ["VMMControl", "Protocol"]),
+    .executableTarget(
+      name: "forkd",
+      dependencies: [
+        "VMMControl", "Protocol", "TestGuestImage",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+
+    .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
+    .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
+    .testTarget(
+      name: "EndToEndTests",
+      dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage"]
+    ),
+  ]
+)

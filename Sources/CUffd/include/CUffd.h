@@ -1,0 +1,5 @@
+// CUffd: userfaultfd and the Linux calls around it (descriptor passing, pidfds, eventfd, memfd).
+#pragma once
+#include "cuffd_linux.h"
+#include "cuffd_scm.h"
+#include "cuffd_thread.h"

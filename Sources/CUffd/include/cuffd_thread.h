@@ -1,0 +1,8 @@
+// Signals used to kick a vCPU thread out of KVM_RUN.
+#pragma once
+#include <pthread.h>
+
+// Installs a no-op handler for `signo` without SA_RESTART so a blocked ioctl returns EINTR.
+int cuffd_install_kick_handler(int signo);
+int cuffd_thread_kick(pthread_t thread, int signo);
+int cuffd_thread_set_name(pthread_t thread, const char *name);
