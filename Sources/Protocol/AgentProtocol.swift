@@ -1,0 +1,186 @@
+/// Constants of the host ↔ guest agent protocol (docs/test-guest.md, "Agent protocol").
+/// Shared by the freestanding test guest (C) and the Linux agent, so the numbers are binding.
+public enum AgentProtocol {
+  /// vsock port the agent listens on.
+  public static let vsockPort: UInt32 = 1024
+  /// "FKDA" in memory order.
+  public static let magic: UInt32 = 0x4144_4b46
+  public static let version: UInt8 = 1
+  public static let headerSize = 16
+  /// Largest payload any agent accepts (1 MiB).
+  public static let maxPayload = 1 << 20
+  /// Largest payload the test guest accepts; bigger requests get error 5.
+  public static let testGuestMaxPayload = 2048
+  /// A response's type is the request's type with this bit set.
+  public static let responseBit: UInt8 = 0x80
+  /// Type of an error response, whatever the request was.
+  public static let errorType: UInt8 = 0xff
+}
+
+/// A request from host to agent.
+public enum AgentRequest: Equatable, Sendable {
+  case ping
+  case echo([UInt8])
+  /// Fill `pages` pages of the data area with `TestGuestMath.fillWord(page:seed:)`.
+  case fill(pages: UInt64, seed: UInt64)
+  /// Checksum of the first `pages` pages of the data area (`TestGuestMath`).
+  case checksum(pages: UInt64)
+  /// Adds `delta` to the agent's counter.
+  case counter(delta: Int64)
+  case kvSet(key: [UInt8], value: [UInt8])
+  case kvGet(key: [UInt8])
+  /// Power off with `code` (the response is sent first).
+  case exit(code: UInt32)
+  /// Run a program (Linux agent only; the test guest answers error 4).
+  case exec(args: [String], timeoutSeconds: UInt32)
+
+  /// The frame type byte.
+  public var frameType: UInt8 {
+    switch self {
+    case .ping: return 0x01
+    case .echo: return 0x02
+    case .fill: return 0x03
+    case .checksum: return 0x04
+    case .counter: return 0x05
+    case .kvSet: return 0x06
+    case .kvGet: return 0x07
+    case .exit: return 0x08
+    case .exec: return 0x09
+    }
+  }
+}
+
+/// A response from agent to host.
+public enum AgentResponse: Equatable, Sendable {
+  case pong(AgentPong)
+  case echo([UInt8])
+  case filled(pages: UInt64)
+  case checksum(UInt64)
+  /// The counter's value after adding the delta.
+  case counter(UInt64)
+  case kvSet
+  case kvGet(found: Bool, value: [UInt8])
+  case exiting
+  case exec(AgentExecResult)
+  case error(AgentError)
+
+  /// The frame type byte: the request's type | 0x80, or 0xff for errors.
+  public var frameType: UInt8 {
+    switch self {
+    case .pong: return 0x81
+    case .echo: return 0x82
+    case .filled: return 0x83
+    case .checksum: return 0x84
+    case .counter: return 0x85
+    case .kvSet: return 0x86
+    case .kvGet: return 0x87
+    case .exiting: return 0x88
+    case .exec: return 0x89
+    case .error: return AgentProtocol.errorType
+    }
+  }
+}
+
+/// Answer to `ping`: who is serving and how much it has done.
+public struct AgentPong: Equatable, Sendable {
+  public static let testGuestKind: UInt32 = 1
+  public static let linuxKind: UInt32 = 2
+
+  /// 1 test guest, 2 Linux agent.
+  public var kind: UInt32
+  public var agentVersion: UInt32
+  public var requestsServed: UInt64
+  public var counter: UInt64
+
+  public init(kind: UInt32, agentVersion: UInt32, requestsServed: UInt64, counter: UInt64) {
+    self.kind = kind
+    self.agentVersion = agentVersion
+    self.requestsServed = requestsServed
+    self.counter = counter
+  }
+}
+
+/// An error reported by the agent (response type 0xff).
+public struct AgentError: Error, Equatable, Sendable, CustomStringConvertible {
+  public static let badFrame: UInt32 = 1
+  public static let unknownType: UInt32 = 2
+  public static let badArgument: UInt32 = 3
+  public static let unsupported: UInt32 = 4
+  public static let tooLarge: UInt32 = 5
+
+  public var code: UInt32
+  public var message: String
+
+  public init(code: UInt32, message: String) {
+    self.code = code
+    self.message = message
+  }
+
+  /// Maps a request decoding failure to the error the agent should send back.
+  public init(_ error: ProtocolError) {
+    let code: UInt32
+    switch error.code {
+    case .unknownType, .unexpectedType: code = AgentError.unknownType
+    case .tooLarge: code = AgentError.tooLarge
+    case .badValue, .badField, .missingField: code = AgentError.badArgument
+    case .unsupportedVersion: code = AgentError.unsupported
+    case .malformed, .truncated, .badMagic, .badChecksum: code = AgentError.badFrame
+    }
+    self.init(code: code, message: error.message)
+  }
+
+  public var description: String {
+    let name: String
+    switch code {
+    case AgentError.badFrame: name = "bad frame"
+    case AgentError.unknownType: name = "unknown type"
+    case AgentError.badArgument: name = "bad argument"
+    case AgentError.unsupported: name = "unsupported"
+    case AgentError.tooLarge: name = "too large"
+    default: name = "code \(code)"
+    }
+    return message.isEmpty ? "agent error: \(name)" : "agent error (\(name)): \(message)"
+  }
+}
+
+/// Result of `exec`.
+public struct AgentExecResult: Equatable, Sendable {
+  public var exitCode: Int32
+  public var stdout: [UInt8]
+  public var stderr: [UInt8]
+  /// The program was killed after the timeout; `exitCode` is then not meaningful.
+  public var timedOut: Bool
+
+  public init(exitCode: Int32, stdout: [UInt8], stderr: [UInt8], timedOut: Bool) {
+    self.exitCode = exitCode
+    self.stdout = stdout
+    self.stderr = stderr
+    self.timedOut = timedOut
+  }
+}
+
+/// One frame as carried on the vsock stream (header fields other than type and id are implied).
+public struct AgentFrame: Equatable, Sendable {
+  public var type: UInt8
+  public var requestID: UInt32
+  public var payload: [UInt8]
+
+  public init(type: UInt8, requestID: UInt32, payload: [UInt8]) {
+    self.type = type
+    self.requestID = requestID
+    self.payload = payload
+  }
+
+  /// Header (magic, version, type, flags 0, id, length) followed by the payload.
+  public func encoded() -> [UInt8] {
+    var w = ByteWriter(capacity: AgentProtocol.headerSize + payload.count)
+    w.u32(AgentProtocol.magic)
+    w.u8(AgentProtocol.version)
+    w.u8(type)
+    w.u16(0)
+    w.u32(requestID)
+    w.u32(UInt32(payload.count))
+    w.bytes(payload)
+    return w.bytes
+  }
+}
