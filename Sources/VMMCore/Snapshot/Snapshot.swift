@@ -1,0 +1,302 @@
+import CKVM
+import Logging
+import Protocol
+import Syscalls
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// What a snapshot wrote and how long it took.
+public struct SnapshotResult: Sendable {
+  public let directory: String
+  public let manifest: SnapshotManifest
+  /// Bytes of memory.bin that hold data (the rest are holes).
+  public let memoryDataBytes: UInt64
+  public let stateBytes: UInt64
+  /// Time the guest was paused for this snapshot (0 if it was already paused).
+  public let pauseNanoseconds: UInt64
+  public let totalNanoseconds: UInt64
+}
+
+/// Where restore spent its time, for the benchmark's split.
+public struct RestoreTimings: Sendable {
+  public var readFilesNanoseconds: UInt64 = 0
+  public var kvmSetupNanoseconds: UInt64 = 0
+  public var stateRestoreNanoseconds: UInt64 = 0
+  public init() {}
+  public init(readFilesNanoseconds: UInt64, kvmSetupNanoseconds: UInt64, stateRestoreNanoseconds: UInt64) {
+    self.readFilesNanoseconds = readFilesNanoseconds
+    self.kvmSetupNanoseconds = kvmSetupNanoseconds
+    self.stateRestoreNanoseconds = stateRestoreNanoseconds
+  }
+}
+
+/// The VM-level config stored in vmstate.bin next to the vCPUs and devices.
+struct StoredVMConfig: Equatable {
+  static let version: UInt32 = 1
+  var guestCID: UInt32
+  var virtioDevices: UInt32
+
+  var bytes: [UInt8] {
+    var w = ByteWriter()
+    w.u32(guestCID)
+    w.u32(virtioDevices)
+    return w.bytes
+  }
+
+  init(guestCID: UInt32, virtioDevices: UInt32) {
+    self.guestCID = guestCID
+    self.virtioDevices = virtioDevices
+  }
+
+  init(_ bytes: [UInt8], source: String) throws(ProtocolError) {
+    var r = ByteReader(bytes, source: source)
+    guestCID = try r.u32()
+    virtioDevices = try r.u32()
+    try r.expectEnd()
+  }
+}
+
+extension VirtualMachine {
+  /// Writes a snapshot into `directory`, which must not exist: everything goes to a staging
+  /// directory beside it first and is renamed into place only when complete and synced.
+  /// The VM is paused for the capture and returned to its previous run state.
+  public func snapshot(to directory: String, parentTag: String?) throws(VMMError) -> SnapshotResult {
+    let started = Clock.monotonicNanoseconds()
+    guard !FileSystem.exists(directory) else {
+      throw VMMError(.snapshotExists, "\(directory) already exists: a snapshot is never overwritten")
+    }
+    let parent = parentDirectory(of: directory)
+    guard FileSystem.isDirectory(parent) else {
+      throw VMMError(.invalidConfig, "\(parent): the snapshot's parent directory does not exist")
+    }
+    let wasPaused = isPaused
+    if !wasPaused { pause() }
+    let pausedAt = Clock.monotonicNanoseconds()
+    var resumedAt = pausedAt
+    defer { if !wasPaused && resumedAt == pausedAt { resume() } }
+
+    let staging = "\(directory).staging-\(getpid())-\(started)"
+    do {
+      try FileSystem.makeDirectory(staging, mode: 0o700)
+    } catch {
+      throw VMMError(.io, "cannot create the staging directory \(staging)", cause: error)
+    }
+    do throws(VMMError) {
+      let state = try captureStateFile()
+      let stateBytes = state.serialized()
+      let memoryBytes = try writeMemory(to: staging + "/" + SnapshotManifest.defaultMemoryFile)
+      // Memory and device state are captured; the guest may run while files are synced.
+      if !wasPaused {
+        resume()
+        resumedAt = Clock.monotonicNanoseconds()
+      }
+      try writeFile(staging + "/" + SnapshotManifest.defaultStateFile, stateBytes)
+      let manifest = SnapshotManifest(
+        memorySize: memory.size, vcpuCount: config.vcpuCount, guestKind: guestKind,
+        guestImageDigest: guestImageDigest, createdAtUnix: Clock.unixSeconds(), parentTag: parentTag,
+        stateDigest: SHA256.digestString(of: stateBytes))
+      try writeFile(staging + "/manifest.json", Array(manifest.jsonText().utf8))
+      do {
+        try FileSystem.syncDirectory(staging)
+        try FileSystem.rename(staging, to: directory, noReplace: true)
+        try FileSystem.syncDirectory(parent)
+      } catch {
+        if error.errno == .exists || error.errno == Errno(ENOTEMPTY) {
+          throw VMMError(.snapshotExists, "\(directory) appeared while the snapshot was written", cause: error)
+        }
+        throw VMMError(.io, "cannot move the snapshot into \(directory)", cause: error)
+      }
+      let finished = Clock.monotonicNanoseconds()
+      return SnapshotResult(
+        directory: directory, manifest: manifest, memoryDataBytes: memoryBytes, stateBytes: UInt64(stateBytes.count),
+        pauseNanoseconds: wasPaused ? 0 : resumedAt - pausedAt, totalNanoseconds: finished - started)
+    } catch {
+      FileSystem.removeTree(staging)
+      throw error
+    }
+  }
+
+  /// vCPUs, VM config and devices in one versioned container.
+  func captureStateFile() throws(VMMError) -> StateFile {
+    let msrIndices = try kvm.msrIndexList()
+    let xsave = try kvm.check(CKVM_CAP_XSAVE) > 0
+    let xcrs = try kvm.check(CKVM_CAP_XCRS) > 0
+    var file = StateFile()
+    file.append(
+      tag: StateSectionTag.vmConfig, version: StoredVMConfig.version,
+      StoredVMConfig(guestCID: config.guestCID, virtioDevices: 1).bytes)
+    for vcpu in vcpus {
+      let state = try vcpu.captureState(
+        msrIndices: msrIndices, hasIrqchip: vm.hasIrqchip, xsave: xsave, xcrs: xcrs, cpuid: cpuid)
+      var w = ByteWriter()
+      state.encode(into: &w)
+      file.append(tag: StateSectionTag.vcpu, version: VCPUState.version, w.bytes)
+    }
+    file.append(tag: StateSectionTag.uart, version: UART16550.stateVersion, uart.saveState())
+    file.append(tag: StateSectionTag.vsock, version: VirtioVsock.stateVersion, vsock.saveState())
+    return file
+  }
+
+  /// Writes guest memory sparsely: runs of all-zero pages stay holes. Returns the data bytes.
+  func writeMemory(to path: String) throws(VMMError) -> UInt64 {
+    do {
+      let fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
+      defer { fd.close() }
+      try fd.truncate(to: Int64(memory.size))
+      let page = Int(GuestMemory.pageSize)
+      let zero = UnsafeMutableRawPointer.allocate(byteCount: page, alignment: page)
+      defer { zero.deallocate() }
+      zero.initializeMemory(as: UInt8.self, repeating: 0, count: page)
+      var written: UInt64 = 0
+      for region in memory.regions {
+        let pages = Int(region.size) / page
+        var runStart: Int? = nil
+        for index in 0...pages {
+          let isData = index < pages && memcmp(region.host + index * page, zero, page) != 0
+          if isData {
+            if runStart == nil { runStart = index }
+          } else if let start = runStart {
+            let bytes = UnsafeRawBufferPointer(start: region.host + start * page, count: (index - start) * page)
+            try fd.pwriteAll(bytes, at: Int64(region.fileOffset) + Int64(start * page))
+            written += UInt64(bytes.count)
+            runStart = nil
+          }
+        }
+      }
+      try fd.sync()
+      return written
+    } catch {
+      throw VMMError(.io, "\(path): cannot write guest memory", cause: error)
+    }
+  }
+
+  private func writeFile(_ path: String, _ bytes: [UInt8]) throws(VMMError) {
+    do {
+      let fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
+      defer { fd.close() }
+      try fd.writeAll(bytes)
+      try fd.sync()
+    } catch {
+      throw VMMError(.io, "\(path): cannot write", cause: error)
+    }
+  }
+
+  // MARK: Restore
+
+  /// Rebuilds a VM from a snapshot directory with the File backend (memory.bin mapped
+  /// MAP_PRIVATE). The VM is ready to `start()`; nothing of it runs yet.
+  public static func restore(
+    from directory: String, vsockSocketPath: String, consoleSink: @escaping @Sendable (String) -> Void,
+    logger: Logger, timings: UnsafeMutablePointer<RestoreTimings>? = nil
+  ) throws(VMMError) -> VirtualMachine {
+    let t0 = Clock.monotonicNanoseconds()
+    let loaded = try LoadedSnapshot(directory: directory)
+    let manifest = loaded.manifest
+    let memory = try GuestMemory.create(
+      size: manifest.memorySize, backend: .file(path: directory + "/" + manifest.memoryFile))
+    let t1 = Clock.monotonicNanoseconds()
+
+    let storedConfig: StoredVMConfig
+    do {
+      guard let section = loaded.state.section(StateSectionTag.vmConfig) else {
+        throw ProtocolError(.missingField, "\(loaded.stateSource): no VM config section")
+      }
+      storedConfig = try StoredVMConfig(section.bytes, source: "\(loaded.stateSource) section VCFG")
+    } catch {
+      throw VMMError(.invalidSnapshot, "\(error)")
+    }
+    let vcpuSections = loaded.state.sections(StateSectionTag.vcpu)
+    guard vcpuSections.count == Int(manifest.vcpuCount) else {
+      throw VMMError(
+        .invalidSnapshot,
+        "\(loaded.stateSource): \(vcpuSections.count) vCPU sections but manifest.json says vcpu_count \(manifest.vcpuCount)")
+    }
+    let config = MachineConfig(
+      memorySize: manifest.memorySize, vcpuCount: manifest.vcpuCount, guestCID: storedConfig.guestCID,
+      vsockSocketPath: vsockSocketPath, consoleSink: consoleSink)
+    let kvm = try KVMSystem()
+    let machine = try VirtualMachine(
+      config: config, memory: memory, kvm: kvm, guestKind: manifest.guestKind,
+      guestImageDigest: manifest.guestImageDigest, restoredFrom: lastPathComponent(directory), logger: logger)
+    let t2 = Clock.monotonicNanoseconds()
+
+    do {
+      for (vcpu, section) in zip(machine.vcpus, vcpuSections) {
+        guard section.version == VCPUState.version else {
+          throw ProtocolError(.unsupportedVersion, "\(loaded.stateSource): vCPU state version \(section.version), this forkd reads \(VCPUState.version)")
+        }
+        let state = try VCPUState.decode(section.bytes, source: "\(loaded.stateSource) section VCPU \(vcpu.index)")
+        let refused = try vcpu.applyState(state)
+        if !refused.isEmpty {
+          logger.debug("KVM refused MSRs on restore", metadata: ["msrs": "\(refused.map { hex64(UInt64($0)) })"])
+        }
+      }
+      for (tag, name) in [(StateSectionTag.uart, "UART"), (StateSectionTag.vsock, "vsock")] {
+        guard let section = loaded.state.section(tag) else {
+          throw ProtocolError(.missingField, "\(loaded.stateSource): no \(name) section")
+        }
+        if tag == StateSectionTag.uart { try machine.uart.restoreState(section.bytes) } else { try machine.vsock.restoreState(section.bytes) }
+      }
+    } catch let error as VMMError {
+      throw error
+    } catch {
+      throw VMMError(.invalidSnapshot, "\(error)")
+    }
+    try machine.vsock.listen()
+    let t3 = Clock.monotonicNanoseconds()
+    timings?.pointee = RestoreTimings(readFilesNanoseconds: t1 - t0, kvmSetupNanoseconds: t2 - t1, stateRestoreNanoseconds: t3 - t2)
+    return machine
+  }
+}
+
+/// A snapshot directory's manifest and state, read and verified.
+public struct LoadedSnapshot: Sendable {
+  public let directory: String
+  public let manifest: SnapshotManifest
+  public let state: StateFile
+  public var stateSource: String { directory + "/" + manifest.stateFile }
+
+  public init(directory: String) throws(VMMError) {
+    self.directory = directory
+    let manifestPath = directory + "/manifest.json"
+    let manifestBytes: [UInt8]
+    do {
+      manifestBytes = try FileSystem.readFile(manifestPath, limit: 1 << 20)
+    } catch {
+      throw VMMError(.invalidSnapshot, "\(manifestPath): cannot read the snapshot manifest", cause: error)
+    }
+    do {
+      manifest = try SnapshotManifest.decode(manifestBytes, source: manifestPath)
+    } catch {
+      throw VMMError(.invalidSnapshot, error.message)
+    }
+    let statePath = directory + "/" + manifest.stateFile
+    let stateBytes: [UInt8]
+    do {
+      stateBytes = try FileSystem.readFile(statePath, limit: 64 << 20)
+    } catch {
+      throw VMMError(.invalidSnapshot, "\(statePath): cannot read the VM state", cause: error)
+    }
+    let digest = SHA256.digestString(of: stateBytes)
+    guard digest == manifest.stateDigest else {
+      throw VMMError(
+        .invalidSnapshot, "\(statePath): content digest \(digest) does not match manifest.json state_digest \(manifest.stateDigest)")
+    }
+    do {
+      state = try StateFile.parse(stateBytes, source: statePath)
+    } catch {
+      throw VMMError(.invalidSnapshot, error.message)
+    }
+  }
+}
+
+func parentDirectory(of path: String) -> String {
+  guard let slash = path.lastIndex(of: "/") else { return "." }
+  return slash == path.startIndex ? "/" : String(path[..<slash])
+}
+
+func lastPathComponent(_ path: String) -> String {
+  String(path.split(separator: "/").last ?? Substring(path))
+}

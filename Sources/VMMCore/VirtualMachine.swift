@@ -1,0 +1,344 @@
+import CKVM
+import Logging
+import Protocol
+import Syscalls
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// How a VM ended.
+public enum MachineExit: Sendable, Equatable, CustomStringConvertible {
+  case poweredOff(exitCode: UInt8)
+  case reset
+  case stopped
+  case crashed(String)
+
+  public var description: String {
+    switch self {
+    case .poweredOff(let code): "guest powered off (exit code \(code))"
+    case .reset: "guest reset"
+    case .stopped: "stopped by the VMM's owner"
+    case .crashed(let reason): "guest crashed: \(reason)"
+    }
+  }
+}
+
+/// What a VM is made of besides memory: the knobs of one microVM.
+public struct MachineConfig: Sendable {
+  public var memorySize: UInt64
+  public var vcpuCount: UInt32
+  public var guestCID: UInt32
+  /// The per-VM Unix socket of the vsock device (Firecracker's `uds_path`).
+  public var vsockSocketPath: String
+  /// Receives each console line of the guest.
+  public var consoleSink: @Sendable (String) -> Void
+
+  public init(
+    memorySize: UInt64 = 64 << 20, vcpuCount: UInt32 = 1, guestCID: UInt32 = 3, vsockSocketPath: String,
+    consoleSink: @escaping @Sendable (String) -> Void
+  ) {
+    self.memorySize = memorySize
+    self.vcpuCount = vcpuCount
+    self.guestCID = guestCID
+    self.vsockSocketPath = vsockSocketPath
+    self.consoleSink = consoleSink
+  }
+}
+
+/// One microVM: KVM VM, guest memory, vCPU threads and devices.
+public final class VirtualMachine: @unchecked Sendable {
+  public static let kickSignal = SIGUSR1
+
+  public let config: MachineConfig
+  public let memory: GuestMemory
+  public let guestKind: String
+  public let guestImageDigest: String
+  /// The snapshot this VM was restored from (its tag, i.e. directory name), if any.
+  public let restoredFrom: String?
+  let kvm: KVMSystem
+  let vm: VMHandle
+  let vcpus: [VCPU]
+  let uart: UART16550
+  let vsock: VirtioVsock
+  let bus: IOBus
+  let cpuid: [kvm_cpuid_entry2]
+  let logger: Logger
+  public let eventLoop: EventLoop
+
+  // Run control, guarded by `control`.
+  private let control = ConditionLock()
+  private var threads: [OSThread] = []
+  private var liveThreads = 0
+  private var pauseRequested = false
+  private var stopRequested = false
+  private var parkedForPause = 0
+  private var wakePending = false
+  private var exitReason: MachineExit?
+  private var exitHandlers: [@Sendable (MachineExit) -> Void] = []
+
+  // MARK: Construction
+
+  init(
+    config: MachineConfig, memory: GuestMemory, kvm: KVMSystem, guestKind: String, guestImageDigest: String,
+    restoredFrom: String?, logger: Logger
+  ) throws(VMMError) {
+    self.config = config
+    self.memory = memory
+    self.kvm = kvm
+    self.guestKind = guestKind
+    self.guestImageDigest = guestImageDigest
+    self.restoredFrom = restoredFrom
+    self.logger = logger
+    eventLoop = try EventLoop()
+    vm = try kvm.createVM()
+    try vm.setMemoryRegion(slot: 0, guestPhysical: 0, size: memory.size, host: memory.regions[0].host)
+    if kvm.flavor == .hardware { try vm.setTSSAddress(0xFFFB_D000) }
+    var created: [VCPU] = []
+    for index in 0..<config.vcpuCount { created.append(try VCPU(vm: vm, index: index)) }
+    vcpus = created
+    cpuid = try kvm.supportedCPUID()
+
+    // Devices call back into the VM weakly: they must not keep it alive.
+    let wake = WeakBox<VirtualMachine>()
+    let loop = eventLoop
+    let log = logger
+    uart = UART16550(sink: config.consoleSink)
+    vsock = VirtioVsock(
+      base: X86Layout.virtioMMIOBase, guestCID: UInt64(config.guestCID), memory: memory,
+      socketPath: config.vsockSocketPath,
+      onGuestWork: { wake.value?.notifyGuestWork() },
+      onHostWork: { loop.wake() },
+      onError: { log.warning("\($0)") })
+    let power = PowerControl { event in
+      switch event {
+      case .powerOff(let code): wake.value?.finish(.poweredOff(exitCode: code))
+      case .reset: wake.value?.finish(.reset)
+      }
+    }
+    let reset = I8042ResetPort { wake.value?.finish(.reset) }
+    bus = IOBus(portDevices: [uart, power, reset], mmioDevices: [vsock])
+    wake.value = self
+    eventLoop.add(vsock)
+  }
+
+  deinit {
+    vsock.shutdown()
+  }
+
+  /// Boots `image` (an ELF64 test guest) into fresh memory; the VM is ready to `start()`.
+  public static func boot(
+    config: MachineConfig, image: [UInt8], imageSource: String, guestKind: String = "test-guest", logger: Logger
+  ) throws(VMMError) -> VirtualMachine {
+    let elf = try ELFImage(parsing: image, source: imageSource)
+    let kvm = try KVMSystem()
+    let memory = try GuestMemory.create(size: config.memorySize, backend: .anonymous)
+    try X86Boot.writeBootStructures(into: memory, vcpuCount: config.vcpuCount, virtioDevices: 1, guestCID: config.guestCID)
+    try elf.load(image, into: memory, source: imageSource)
+    var digest = SHA256()
+    digest.update(image)
+    let machine = try VirtualMachine(
+      config: config, memory: memory, kvm: kvm, guestKind: guestKind,
+      guestImageDigest: "sha256:" + SHA256.hex(of: digest.finalize()), restoredFrom: nil, logger: logger)
+    for vcpu in machine.vcpus {
+      try vcpu.setCPUID(machine.cpuid)
+      try vcpu.setupLongMode(entry: elf.entry, bootInfo: X86Layout.bootInfoAddress)
+    }
+    try machine.vsock.listen()
+    return machine
+  }
+
+  // MARK: Running
+
+  /// Starts one thread per vCPU.
+  public func start() throws(VMMError) {
+    do {
+      try OSThread.installKickHandler(signal: Self.kickSignal)
+      for vcpu in vcpus {
+        control.withLock { liveThreads += 1 }
+        let thread = try OSThread.start(name: "vcpu\(vcpu.index)") { [self] in runLoop(vcpu) }
+        control.withLock { threads.append(thread) }
+      }
+    } catch {
+      finish(.crashed("cannot start vCPU threads: \(error)"))
+      throw VMMError(.kvmCall, "cannot start vCPU threads", cause: error)
+    }
+    vsock.kick()
+  }
+
+  /// Registers a handler for the VM's end (called once, from the thread that ended it).
+  public func onExit(_ handler: @escaping @Sendable (MachineExit) -> Void) {
+    control.withLock { exitHandlers.append(handler) }
+  }
+
+  public var exit: MachineExit? { control.withLock { exitReason } }
+
+  public var isPaused: Bool { control.withLock { pauseRequested } }
+
+  /// Stops every vCPU at an instruction boundary and waits until all are parked.
+  public func pause() {
+    control.withLock {
+      pauseRequested = true
+      for vcpu in vcpus { vcpu.run.pointee.immediate_exit = 1 }
+      for thread in threads { thread.kick(signal: Self.kickSignal) }
+      control.broadcast()
+      while parkedForPause < liveThreads { control.wait() }
+    }
+  }
+
+  public func resume() {
+    control.withLock {
+      pauseRequested = false
+      control.broadcast()
+    }
+  }
+
+  /// Ends the VM with `reason` (the first reason wins) and releases every vCPU thread.
+  func finish(_ reason: MachineExit) {
+    let handlers: [@Sendable (MachineExit) -> Void] = control.withLock {
+      guard exitReason == nil else { return [] }
+      exitReason = reason
+      stopRequested = true
+      for vcpu in vcpus { vcpu.run.pointee.immediate_exit = 1 }
+      for thread in threads where thread.handle != pthread_self() { thread.kick(signal: Self.kickSignal) }
+      control.broadcast()
+      return exitHandlers
+    }
+    if !handlers.isEmpty {
+      uart.flush()
+      eventLoop.wake()
+      for handler in handlers { handler(reason) }
+    }
+  }
+
+  public func stop() { finish(.stopped) }
+
+  /// Releases host-side resources that outlive the vCPUs: the vsock socket file and connections.
+  public func close() { vsock.shutdown() }
+
+  /// Joins the vCPU threads after the VM has finished.
+  public func join() {
+    let all = control.withLock { threads }
+    for thread in all where thread.handle != pthread_self() { thread.join() }
+  }
+
+  /// A device put something in a used ring: a vCPU parked on HLT may continue.
+  func notifyGuestWork() {
+    control.withLock {
+      wakePending = true
+      control.broadcast()
+    }
+  }
+
+  private func runLoop(_ vcpu: VCPU) {
+    defer {
+      control.withLock {
+        liveThreads -= 1
+        control.broadcast()
+      }
+    }
+    while true {
+      let proceed: Bool = control.withLock {
+        while pauseRequested && !stopRequested {
+          parkedForPause += 1
+          control.broadcast()
+          control.wait()
+          parkedForPause -= 1
+        }
+        if stopRequested { return false }
+        // Cleared under the lock: a pause that comes after this sets it again before the kick.
+        vcpu.run.pointee.immediate_exit = 0
+        return true
+      }
+      guard proceed else { return }
+      let rc = ckvm_ioctl(vcpu.fd.rawValue, CKVM_RUN, nil)
+      if rc < 0 {
+        let err = Errno.current
+        if err == .interrupted || err == .wouldBlock { continue }
+        finish(.crashed("KVM_RUN on vCPU \(vcpu.index) failed: \(err) at rip=\(hex64(vcpu.instructionPointer))"))
+        return
+      }
+      if let failure = handleExit(vcpu) {
+        finish(failure)
+        return
+      }
+    }
+  }
+
+  /// Handles one exit; returns a reason when the VM must end.
+  private func handleExit(_ vcpu: VCPU) -> MachineExit? {
+    let run = vcpu.run
+    let raw = UnsafeMutableRawPointer(run)
+    switch Int32(run.pointee.exit_reason) {
+    case KVM_EXIT_IO:
+      let io = run.pointee.io
+      let size = Int(io.size)
+      for i in 0..<Int(io.count) {
+        let p = raw + Int(io.data_offset) + i * size
+        if io.direction == UInt8(KVM_EXIT_IO_OUT) {
+          let value: UInt32 =
+            switch size {
+            case 1: UInt32(p.load(as: UInt8.self))
+            case 2: UInt32(p.loadUnaligned(as: UInt16.self))
+            default: p.loadUnaligned(as: UInt32.self)
+            }
+          bus.portWrite(io.port, size: size, value: value)
+        } else {
+          let value = bus.portRead(io.port, size: size)
+          switch size {
+          case 1: p.storeBytes(of: UInt8(truncatingIfNeeded: value), as: UInt8.self)
+          case 2: p.storeBytes(of: UInt16(truncatingIfNeeded: value), toByteOffset: 0, as: UInt16.self)
+          default: p.storeBytes(of: value, toByteOffset: 0, as: UInt32.self)
+          }
+        }
+      }
+      return nil
+    case KVM_EXIT_MMIO:
+      let mmio = run.pointee.mmio
+      let length = Int(min(mmio.len, 8))
+      withUnsafeMutableBytes(of: &run.pointee.mmio.data) { data in
+        if mmio.is_write != 0 {
+          var value: UInt64 = 0
+          for i in 0..<length { value |= UInt64(data[i]) << (8 * UInt64(i)) }
+          bus.mmioWrite(mmio.phys_addr, size: length, value: value)
+        } else {
+          let value = bus.mmioRead(mmio.phys_addr, size: length)
+          for i in 0..<length { data[i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
+        }
+      }
+      return nil
+    case KVM_EXIT_HLT:
+      // No in-kernel irqchip: the guest halts when idle; park until a device has work for it.
+      control.withLock {
+        while !wakePending && !pauseRequested && !stopRequested { control.wait() }
+        wakePending = false
+      }
+      return nil
+    case KVM_EXIT_SHUTDOWN:
+      return .crashed("guest triple-faulted (KVM_EXIT_SHUTDOWN) on vCPU \(vcpu.index) at rip=\(hex64(vcpu.instructionPointer))")
+    case KVM_EXIT_INTERNAL_ERROR:
+      return .crashed(
+        "KVM_EXIT_INTERNAL_ERROR (suberror \(run.pointee.internal.suberror)) on vCPU \(vcpu.index) at rip=\(hex64(vcpu.instructionPointer))"
+      )
+    case KVM_EXIT_FAIL_ENTRY:
+      return .crashed(
+        "KVM_EXIT_FAIL_ENTRY (hardware reason \(hex64(run.pointee.fail_entry.hardware_entry_failure_reason))) on vCPU \(vcpu.index) at rip=\(hex64(vcpu.instructionPointer))"
+      )
+    case KVM_EXIT_SYSTEM_EVENT:
+      switch Int32(run.pointee.system_event.type) {
+      case KVM_SYSTEM_EVENT_SHUTDOWN: return .poweredOff(exitCode: 0)
+      case KVM_SYSTEM_EVENT_RESET: return .reset
+      default: return .crashed("KVM_EXIT_SYSTEM_EVENT type \(run.pointee.system_event.type) at rip=\(hex64(vcpu.instructionPointer))")
+      }
+    case KVM_EXIT_INTR:
+      return nil
+    default:
+      return .crashed("unhandled KVM exit reason \(run.pointee.exit_reason) on vCPU \(vcpu.index) at rip=\(hex64(vcpu.instructionPointer))")
+    }
+  }
+}
+
+/// A weak reference that closures can capture (devices must not keep their VM alive).
+final class WeakBox<T: AnyObject>: @unchecked Sendable {
+  weak var value: T?
+}
