@@ -1,0 +1,184 @@
+import Protocol
+import Syscalls
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Finds the project's helper binaries: `$FORKD_BIN_DIR`, else next to the running executable.
+public enum ForkdBinaries {
+  public static func path(of name: String) throws(ControlError) -> String {
+    var candidates: [String] = []
+    if let dir = getenv("FORKD_BIN_DIR") { candidates.append(String(cString: dir) + "/" + name) }
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    if n > 0 {
+      let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+      if let slash = exe.lastIndex(of: "/") { candidates.append(String(exe[..<slash]) + "/" + name) }
+    }
+    for candidate in candidates where access(candidate, X_OK) == 0 { return candidate }
+    throw ControlError(
+      .binaryMissing, "\(name) not found (looked in \(candidates.joined(separator: ", "))); build it with `swift build` or set FORKD_BIN_DIR")
+  }
+}
+
+/// One running forkd-vmm process and its run directory (control socket, vsock socket, logs).
+public final class VMMProcess: @unchecked Sendable {
+  public enum Mode: Sendable {
+    case boot(image: String, memoryMiB: UInt64, vcpus: UInt32)
+    case restore(snapshot: String)
+  }
+
+  /// The timestamps forkd-vmm reports on its ready line (CLOCK_MONOTONIC ns and durations).
+  public struct ReadyReport: Sendable {
+    public var spawnedAt: UInt64
+    public var mainEnteredAt: UInt64
+    public var readFiles: UInt64
+    public var kvmSetup: UInt64
+    public var stateRestore: UInt64
+    public var readyAt: UInt64
+    public var observedAt: UInt64
+  }
+
+  public let pid: pid_t
+  public let runDirectory: String
+  public let controlSocket: String
+  public let vsockSocket: String
+  public let ready: ReadyReport
+  private var reaped: ChildProcess.Termination?
+  private var ownsRunDirectory: Bool
+
+  public var consoleLog: String { runDirectory + "/console.log" }
+  public var vmmLog: String { runDirectory + "/vmm.log" }
+
+  /// Starts forkd-vmm in `runDirectory` (created, and removed again if launching fails) and
+  /// waits until it reports READY or fails.
+  public static func launch(
+    _ mode: Mode, runDirectory: String, binary: String? = nil, extraArguments: [String] = [], timeoutMS: Int = 30_000
+  ) throws(ControlError) -> VMMProcess {
+    let path: String
+    if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-vmm") }
+    do {
+      try FileSystem.makeDirectories(runDirectory)
+    } catch {
+      throw ControlError(.launch, "cannot create the run directory \(runDirectory)", cause: error)
+    }
+    let control = runDirectory + "/api.sock"
+    let vsock = runDirectory + "/vsock.sock"
+    var arguments = [path]
+    switch mode {
+    case .boot(let image, let memoryMiB, let vcpus):
+      arguments += ["boot", "--image", image, "--memory-mib", "\(memoryMiB)", "--vcpus", "\(vcpus)"]
+    case .restore(let snapshot):
+      arguments += ["restore", "--snapshot", snapshot]
+    }
+    arguments += [
+      "--api-sock", control, "--vsock-sock", vsock, "--console", runDirectory + "/console.log", "--ready-fd", "3",
+    ]
+    arguments += extraArguments
+
+    let pipe: (read: FileDescriptor, write: FileDescriptor)
+    let log: FileDescriptor
+    do {
+      pipe = try FileDescriptor.pipe()
+      log = try FileDescriptor.open(runDirectory + "/vmm.log", [.writeOnly, .create, .truncate], mode: 0o600)
+    } catch {
+      FileSystem.removeTree(runDirectory)
+      throw ControlError(.launch, "cannot prepare the launch of \(path)", cause: error)
+    }
+    let spawnedAt = Clock.monotonicNanoseconds()
+    let pid: pid_t
+    do {
+      pid = try ChildProcess.spawn(
+        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log)
+    } catch {
+      pipe.read.close()
+      pipe.write.close()
+      log.close()
+      FileSystem.removeTree(runDirectory)
+      throw ControlError(.launch, "cannot start \(path)", cause: error)
+    }
+    pipe.write.close()
+    log.close()
+    defer { pipe.read.close() }
+
+    var line: [UInt8] = []
+    do throws(ControlError) {
+      try readUntil(
+        pipe.read, deadline: spawnedAt + UInt64(timeoutMS) * 1_000_000, what: "forkd-vmm to become ready",
+        { $0.contains(UInt8(ascii: "\n")) }, buffer: &line)
+    } catch {
+      let termination = ChildProcess.waitOrKill(pid, timeoutMS: error.code == .timeout ? 0 : 2000)
+      let detail = lastLines(of: runDirectory + "/vmm.log")
+      FileSystem.removeTree(runDirectory)
+      throw ControlError(
+        .notReady, "forkd-vmm did not become ready (\(termination.map { "\($0)" } ?? "killed")): \(detail)", cause: error)
+    }
+    let observedAt = Clock.monotonicNanoseconds()
+    let text = String(decoding: line.prefix(while: { $0 != UInt8(ascii: "\n") }), as: UTF8.self)
+    guard text.hasPrefix("READY ") else {
+      let termination = ChildProcess.waitOrKill(pid, timeoutMS: 5000)
+      FileSystem.removeTree(runDirectory)
+      let message = text.hasPrefix("ERROR ") ? String(text.dropFirst(6)) : text
+      throw ControlError(.launch, "forkd-vmm failed (\(termination.map { "\($0)" } ?? "killed")): \(message)")
+    }
+    var fields: [String: UInt64] = [:]
+    for pair in text.dropFirst(6).split(separator: " ") {
+      let parts = pair.split(separator: "=", maxSplits: 1)
+      if parts.count == 2, let value = UInt64(parts[1]) { fields[String(parts[0])] = value }
+    }
+    let report = ReadyReport(
+      spawnedAt: spawnedAt, mainEnteredAt: fields["main_ns"] ?? 0, readFiles: fields["files_ns"] ?? 0,
+      kvmSetup: fields["kvm_ns"] ?? 0, stateRestore: fields["state_ns"] ?? 0, readyAt: fields["ready_ns"] ?? 0,
+      observedAt: observedAt)
+    return VMMProcess(pid: pid, runDirectory: runDirectory, controlSocket: control, vsockSocket: vsock, ready: report)
+  }
+
+  private init(pid: pid_t, runDirectory: String, controlSocket: String, vsockSocket: String, ready: ReadyReport) {
+    self.pid = pid
+    self.runDirectory = runDirectory
+    self.controlSocket = controlSocket
+    self.vsockSocket = vsockSocket
+    self.ready = ready
+    ownsRunDirectory = true
+  }
+
+  deinit {
+    if reaped == nil { _ = kill(pid, SIGKILL); _ = try? ChildProcess.wait(pid) }
+    if ownsRunDirectory { FileSystem.removeTree(runDirectory) }
+  }
+
+  public func control() throws(ControlError) -> ControlClient { try ControlClient(path: controlSocket) }
+
+  public func agent(timeoutMS: Int = 10_000) throws(ControlError) -> AgentClient {
+    try AgentClient(vsockPath: vsockSocket, timeoutMS: timeoutMS)
+  }
+
+  /// Asks the VM to stop, waits, and SIGKILLs it if it does not end in time.
+  @discardableResult
+  public func stop(timeoutMS: Int = 5000) -> ChildProcess.Termination? {
+    if reaped == nil {
+      _ = try? control().call(.stop, timeoutMS: timeoutMS)
+      reaped = ChildProcess.waitOrKill(pid, timeoutMS: timeoutMS)
+    }
+    return reaped
+  }
+
+  /// Waits for the process to end by itself (e.g. after the guest powered off).
+  public func wait(timeoutMS: Int = 10_000) -> ChildProcess.Termination? {
+    if reaped == nil { reaped = ChildProcess.waitOrKill(pid, timeoutMS: timeoutMS) }
+    return reaped
+  }
+
+  public func signal(_ signal: Int32) { _ = kill(pid, signal) }
+
+  /// Keeps the run directory after this object goes away (for debugging).
+  public func keepRunDirectory() { ownsRunDirectory = false }
+}
+
+/// The last lines of a log file, for error messages.
+public func lastLines(of path: String, count: Int = 5) -> String {
+  guard let bytes = try? FileSystem.readFile(path, limit: 1 << 20) else { return "(no log)" }
+  let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")
+  return lines.suffix(count).joined(separator: " | ")
+}

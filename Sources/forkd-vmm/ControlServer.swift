@@ -1,0 +1,141 @@
+import Protocol
+import Syscalls
+import VMMCore
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The per-VM control socket: newline-delimited JSON requests, one response line each.
+final class ControlServer: PollSource {
+  private let path: String
+  private let listener: FileDescriptor
+  private var clients: [FileDescriptor: LineDecoder] = [:]
+  private let machine: VirtualMachine
+  /// Set by `stop`: the process exits after answering.
+  private(set) var stopRequested = false
+
+  init(path: String, machine: VirtualMachine) throws(VMMError) {
+    self.path = path
+    self.machine = machine
+    do {
+      listener = try UnixSocket.listen(path: path)
+      try listener.setNonBlocking()
+    } catch {
+      throw VMMError(.io, "cannot listen on the control socket \(path)", cause: error)
+    }
+  }
+
+  func close() {
+    for fd in clients.keys { fd.close() }
+    clients.removeAll()
+    listener.close()
+    _ = try? FileSystem.unlink(path)
+  }
+
+  func pollDescriptors() -> [(FileDescriptor, Poll.Events)] {
+    [(listener, .readable)] + clients.keys.map { ($0, .readable) }
+  }
+
+  func handle(_ fd: FileDescriptor, _ events: Poll.Events) {
+    if fd == listener {
+      while let client = try? UnixSocket.accept(listener, nonBlocking: true) { clients[client] = LineDecoder() }
+      return
+    }
+    guard var decoder = clients[fd] else { return }
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let n = buffer.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
+    if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+    guard n > 0 else {
+      drop(fd)
+      return
+    }
+    decoder.feed(buffer[0..<n])
+    while true {
+      let line: [UInt8]?
+      do {
+        line = try decoder.next()
+      } catch {
+        reply(fd, .failure(code: "bad_request", message: error.message))
+        drop(fd)
+        return
+      }
+      guard let line else { break }
+      let response: ControlResponse
+      do {
+        response = perform(try ControlCodec.decodeRequest(line))
+      } catch {
+        response = .failure(code: "bad_request", message: error.message)
+      }
+      reply(fd, response)
+    }
+    if clients[fd] != nil { clients[fd] = decoder }
+  }
+
+  private func drop(_ fd: FileDescriptor) {
+    clients[fd] = nil
+    fd.close()
+  }
+
+  private func reply(_ fd: FileDescriptor, _ response: ControlResponse) {
+    // Responses are small; the client reads them promptly. Switch to blocking for the write.
+    try? fd.setNonBlocking(false)
+    do { try fd.writeAll(Array(ControlCodec.encode(response).utf8)) } catch { drop(fd) }
+    try? fd.setNonBlocking(true)
+  }
+
+  private func perform(_ request: ControlRequest) -> ControlResponse {
+    switch request {
+    case .status:
+      return .success(status())
+    case .pause:
+      guard machine.exit == nil else { return exited() }
+      let t0 = Clock.monotonicNanoseconds()
+      machine.pause()
+      return .success(["state": .string("paused"), "pause_us": .integer(Int64((Clock.monotonicNanoseconds() - t0) / 1000))])
+    case .resume:
+      guard machine.exit == nil else { return exited() }
+      machine.resume()
+      return .success(["state": .string("running")])
+    case .snapshot(let directory, let parentTag):
+      guard machine.exit == nil else { return exited() }
+      do {
+        let result = try machine.snapshot(to: directory, parentTag: parentTag)
+        return .success([
+          "dir": .string(result.directory),
+          "memory_size": .integer(Int64(result.manifest.memorySize)),
+          "memory_data_bytes": .integer(Int64(result.memoryDataBytes)),
+          "state_bytes": .integer(Int64(result.stateBytes)),
+          "pause_us": .integer(Int64(result.pauseNanoseconds / 1000)),
+          "total_us": .integer(Int64(result.totalNanoseconds / 1000)),
+          "guest_image_digest": .string(result.manifest.guestImageDigest),
+        ])
+      } catch {
+        return .failure(code: error.code.rawValue, message: error.description)
+      }
+    case .stop:
+      stopRequested = true
+      machine.stop()
+      return .success(["state": .string("stopping")])
+    }
+  }
+
+  private func exited() -> ControlResponse {
+    .failure(code: "exited", message: "the VM has ended: \(machine.exit.map { "\($0)" } ?? "unknown")")
+  }
+
+  private func status() -> [String: JSONValue] {
+    var result: [String: JSONValue] = [
+      "state": .string(machine.exit != nil ? "exited" : machine.isPaused ? "paused" : "running"),
+      "pid": .integer(Int64(getpid())),
+      "memory_size": .integer(Int64(machine.memory.size)),
+      "vcpus": .integer(Int64(machine.config.vcpuCount)),
+      "guest_kind": .string(machine.guestKind),
+      "guest_image_digest": .string(machine.guestImageDigest),
+      "backend": .string("\(machine.memory.backend)"),
+    ]
+    if let from = machine.restoredFrom { result["restored_from"] = .string(from) }
+    if let exit = machine.exit { result["exit"] = .string("\(exit)") }
+    return result
+  }
+}

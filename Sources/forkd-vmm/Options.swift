@@ -1,0 +1,77 @@
+/// Command line of forkd-vmm. Parsed by hand: this process must start in a couple of
+/// milliseconds, so it links nothing it does not need.
+struct Options {
+  enum Mode: String { case boot, restore }
+
+  var mode: Mode
+  var image: String?
+  var snapshot: String?
+  var backend = "file"
+  var memoryMiB: UInt64 = 64
+  var vcpus: UInt32 = 1
+  var guestCID: UInt32 = 3
+  var controlSocket: String?
+  var vsockSocket: String?
+  var console = "-"
+  var readyFD: Int32?
+  var logLevel = "info"
+
+  static let usage = """
+    usage: forkd-vmm boot --image PATH|builtin:test-guest --api-sock PATH --vsock-sock PATH
+                          [--memory-mib N] [--vcpus N] [--cid N] [--console PATH|-|none] [--ready-fd N]
+           forkd-vmm restore --snapshot DIR --api-sock PATH --vsock-sock PATH [--backend file]
+                          [--console PATH|-|none] [--ready-fd N]
+    One microVM per process, driven over its control socket (--api-sock): newline-delimited JSON
+    requests {"op":"status"|"pause"|"resume"|"snapshot","dir":…|"stop"}.
+    """
+
+  struct UsageError: Error, CustomStringConvertible {
+    let description: String
+  }
+
+  init(_ arguments: [String]) throws(UsageError) {
+    guard let first = arguments.first, let mode = Mode(rawValue: first) else {
+      throw UsageError(description: "expected a command, boot or restore, got \(arguments.first.map { "'\($0)'" } ?? "nothing")")
+    }
+    self.mode = mode
+    var rest = arguments.dropFirst()
+    func value(_ flag: String) throws(UsageError) -> String {
+      guard let v = rest.popFirst() else { throw UsageError(description: "\(flag) needs a value") }
+      return v
+    }
+    func number<T: FixedWidthInteger>(_ flag: String, _: T.Type) throws(UsageError) -> T {
+      let text = try value(flag)
+      guard let n = T(text) else { throw UsageError(description: "\(flag): '\(text)' is not a valid number") }
+      return n
+    }
+    while let flag = rest.popFirst() {
+      switch flag {
+      case "--image": image = try value(flag)
+      case "--snapshot": snapshot = try value(flag)
+      case "--backend": backend = try value(flag)
+      case "--memory-mib": memoryMiB = try number(flag, UInt64.self)
+      case "--vcpus": vcpus = try number(flag, UInt32.self)
+      case "--cid": guestCID = try number(flag, UInt32.self)
+      case "--api-sock": controlSocket = try value(flag)
+      case "--vsock-sock": vsockSocket = try value(flag)
+      case "--console": console = try value(flag)
+      case "--ready-fd": readyFD = try number(flag, Int32.self)
+      case "--log-level": logLevel = try value(flag)
+      default: throw UsageError(description: "unknown option '\(flag)'")
+      }
+    }
+    guard controlSocket != nil else { throw UsageError(description: "--api-sock is required") }
+    guard vsockSocket != nil else { throw UsageError(description: "--vsock-sock is required") }
+    switch mode {
+    case .boot:
+      guard image != nil else { throw UsageError(description: "boot needs --image") }
+      guard (1...64).contains(vcpus) else { throw UsageError(description: "--vcpus \(vcpus): must be 1...64") }
+      guard guestCID >= 3 else { throw UsageError(description: "--cid \(guestCID): guest CIDs start at 3") }
+    case .restore:
+      guard snapshot != nil else { throw UsageError(description: "restore needs --snapshot") }
+      guard backend == "file" else {
+        throw UsageError(description: "--backend \(backend): this forkd-vmm supports 'file' (uffd arrives with forkd-pager)")
+      }
+    }
+  }
+}

@@ -1,0 +1,157 @@
+import Logging
+import Protocol
+import Syscalls
+import TestGuestImage
+import VMMCore
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+// forkd-vmm: one microVM per process. Exit status: 0 when the guest powered off cleanly or was
+// stopped, the guest's exit code when it powered off with one, 1 when boot/restore failed,
+// 2 on a usage error, 3 when the guest crashed.
+
+let mainEnteredAt = Clock.monotonicNanoseconds()
+
+func fail(_ status: Int32, _ message: String, readyFD: Int32?) -> Never {
+  writeStderr("forkd-vmm: error: \(message)\n")
+  if let readyFD {
+    let line = "ERROR " + message.replacingAll("\n", with: " ") + "\n"
+    try? FileDescriptor(rawValue: readyFD).writeAll(Array(line.utf8))
+  }
+  exit(status)
+}
+
+func writeStderr(_ text: String) {
+  try? FileDescriptor(rawValue: 2).writeAll(Array(text.utf8))
+}
+
+extension String {
+  func replacingAll(_ target: Character, with replacement: String) -> String {
+    split(separator: target, omittingEmptySubsequences: false).joined(separator: replacement)
+  }
+}
+
+let options: Options
+do {
+  options = try Options(Array(CommandLine.arguments.dropFirst()))
+} catch {
+  writeStderr("forkd-vmm: \(error)\n\(Options.usage)\n")
+  exit(2)
+}
+
+LoggingSystem.bootstrap { label in
+  var handler = StreamLogHandler.standardError(label: label)
+  handler.logLevel = Logger.Level(rawValue: options.logLevel) ?? .info
+  return handler
+}
+let logger = Logger(label: "forkd-vmm")
+
+// The console sink: guest lines to stderr (prefixed), to a file, or nowhere.
+let consoleSink: @Sendable (String) -> Void
+switch options.console {
+case "none":
+  consoleSink = { _ in }
+case "-":
+  consoleSink = { line in writeStderr("[guest] \(line)\n") }
+default:
+  do {
+    let fd = try FileDescriptor.open(options.console, [.writeOnly, .create, .truncate], mode: 0o600)
+    consoleSink = { line in try? fd.writeAll(Array((line + "\n").utf8)) }
+  } catch {
+    fail(1, "cannot open the console file: \(error)", readyFD: options.readyFD)
+  }
+}
+
+// SIGTERM/SIGINT stop the VM cleanly: they are blocked in every thread and taken by sigwait.
+var stopSignals = sigset_t()
+sigemptyset(&stopSignals)
+sigaddset(&stopSignals, SIGTERM)
+sigaddset(&stopSignals, SIGINT)
+pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+
+var timings = RestoreTimings()
+let machine: VirtualMachine
+do {
+  switch options.mode {
+  case .boot:
+    let imagePath = options.image!
+    let image: [UInt8]
+    if imagePath == "builtin:test-guest" {
+      image = TestGuestImage.elf
+    } else {
+      do {
+        image = try FileSystem.readFile(imagePath, limit: 256 << 20)
+      } catch {
+        throw VMMError(.invalidImage, "\(imagePath): cannot read the guest image", cause: error)
+      }
+    }
+    let config = MachineConfig(
+      memorySize: options.memoryMiB << 20, vcpuCount: options.vcpus, guestCID: options.guestCID,
+      vsockSocketPath: options.vsockSocket!, consoleSink: consoleSink)
+    machine = try VirtualMachine.boot(config: config, image: image, imageSource: imagePath, logger: logger)
+  case .restore:
+    machine = try VirtualMachine.restore(
+      from: options.snapshot!, vsockSocketPath: options.vsockSocket!, consoleSink: consoleSink, logger: logger,
+      timings: &timings)
+  }
+} catch let error as VMMError {
+  fail(1, error.description, readyFD: options.readyFD)
+} catch {
+  fail(1, "\(error)", readyFD: options.readyFD)
+}
+
+let server: ControlServer
+do {
+  server = try ControlServer(path: options.controlSocket!, machine: machine)
+} catch {
+  machine.close()
+  fail(1, error.description, readyFD: options.readyFD)
+}
+machine.eventLoop.add(server)
+let loop = machine.eventLoop
+machine.onExit { _ in loop.wake() }
+
+do {
+  _ = try OSThread.start(name: "signals") {
+    var set = sigset_t()
+    sigemptyset(&set)
+    sigaddset(&set, SIGTERM)
+    sigaddset(&set, SIGINT)
+    var received: Int32 = 0
+    sigwait(&set, &received)
+    machine.stop()
+  }
+  try machine.start()
+} catch {
+  server.close()
+  machine.close()
+  fail(1, "\(error)", readyFD: options.readyFD)
+}
+
+if let readyFD = options.readyFD {
+  let readyAt = Clock.monotonicNanoseconds()
+  let line =
+    "READY pid=\(getpid()) main_ns=\(mainEnteredAt) files_ns=\(timings.readFilesNanoseconds) kvm_ns=\(timings.kvmSetupNanoseconds) state_ns=\(timings.stateRestoreNanoseconds) ready_ns=\(readyAt)\n"
+  let fd = FileDescriptor(rawValue: readyFD)
+  try? fd.writeAll(Array(line.utf8))
+  fd.close()
+}
+
+loop.run(timeoutMS: 1000) { machine.exit != nil }
+machine.join()
+server.close()
+machine.close()
+let ending = machine.exit ?? .stopped
+switch ending {
+case .poweredOff(let code):
+  logger.info("\(ending)")
+  exit(Int32(code))
+case .stopped, .reset:
+  logger.info("\(ending)")
+  exit(0)
+case .crashed(let reason):
+  writeStderr("forkd-vmm: error: guest crashed: \(reason)\n")
+  exit(3)
+}

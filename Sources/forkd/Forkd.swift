@@ -1,0 +1,17 @@
+import ArgumentParser
+
+@main
+struct Forkd: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "forkd",
+    abstract: "Fork microVMs: warm a parent once, snapshot it, restore children in milliseconds.",
+    subcommands: [Demo.self, Bench.self])
+}
+
+/// Exit codes that mean something to scripts.
+enum ExitStatus {
+  static let failure: Int32 = 1
+  static let usage: Int32 = 2
+  /// The run finished but a check failed (a child disagreed with its parent).
+  static let checkFailed: Int32 = 4
+}
