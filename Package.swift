@@ -2,7 +2,9 @@
 // forkd: a microVM fork runtime for Linux/KVM.
 import PackageDescription
 
-let perChildSettings: [SwiftSetting] = [.unsafeFlags(["-static-stdlib"])]
+/// Per-child processes (forkd-vmm, forkd-pager) start once per child: link the Swift runtime
+/// statically so exec does not resolve libswiftCore & co (~5 ms dynamic vs ~2 ms static here).
+let perChildLinking: [LinkerSetting] = [.unsafeFlags(["-static-stdlib"])]
 
 let package = Package(
   name: "forkd",
@@ -45,9 +47,10 @@ let package = Package(
 
     .executableTarget(
       name: "forkd-vmm",
-      dependencies: ["VMMCore", "TestGuestImage", .product(name: "Logging", package: "swift-log")]
+      dependencies: ["VMMCore", "TestGuestImage", .product(name: "Logging", package: "swift-log")],
+      linkerSettings: perChildLinking
     ),
-    .executableTarget(name: "forkd-pager", dependencies: ["Syscalls", "Protocol"]),
+    .executableTarget(name: "forkd-pager", dependencies: ["Syscalls", "Protocol"], linkerSettings: perChildLinking),
     .executableTarget(name: "forkd-supervisor", dependencies: ["VMMControl", "Protocol"]),
     .executableTarget(
       name: "forkd",

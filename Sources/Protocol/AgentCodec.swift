@@ -9,8 +9,11 @@ public enum AgentCodec {
   /// (an error is always 0xff); pairing a response with the wrong request is a programming
   /// error caught by an assertion in debug builds.
   public static func encode(_ r: AgentResponse, to request: AgentRequest, id: UInt32) -> [UInt8] {
-    if case .error = r {} else {
-      assert(r.frameType == request.frameType | AgentProtocol.responseBit, "response \(r.frameType) does not answer request \(request.frameType)")
+    if case .error = r {
+    } else {
+      assert(
+        r.frameType == request.frameType | AgentProtocol.responseBit,
+        "response \(r.frameType) does not answer request \(request.frameType)")
     }
     return AgentFrame(type: r.frameType, requestID: id, payload: payload(of: r)).encoded()
   }
@@ -143,7 +146,9 @@ public enum AgentCodec {
       // Each argument takes at least its 4-byte length: refuse counts the payload cannot hold.
       if UInt64(argc) * 4 > UInt64(r.remaining) {
         throw ProtocolError(
-          .truncated, "\(source): argc \(argc) at offset \(argcOffset) needs at least \(UInt64(argc) * 4) bytes, \(r.remaining) left")
+          .truncated,
+          "\(source): argc \(argc) at offset \(argcOffset) needs at least \(UInt64(argc) * 4) bytes, \(r.remaining) left"
+        )
       }
       var args: [String] = []
       args.reserveCapacity(Int(argc))
@@ -174,12 +179,14 @@ public enum AgentCodec {
     let expected = request.frameType | AgentProtocol.responseBit
     guard f.type == expected else {
       throw ProtocolError(
-        .unexpectedType, "\(source): expected a response of type \(label(expected)) to the request, got \(label(f.type))")
+        .unexpectedType,
+        "\(source): expected a response of type \(label(expected)) to the request, got \(label(f.type))")
     }
     let response: AgentResponse
     switch request {
     case .ping:
-      response = .pong(AgentPong(kind: try r.u32(), agentVersion: try r.u32(), requestsServed: try r.u64(), counter: try r.u64()))
+      response = .pong(
+        AgentPong(kind: try r.u32(), agentVersion: try r.u32(), requestsServed: try r.u64(), counter: try r.u64()))
     case .echo:
       response = .echo(r.rest())
     case .fill:
@@ -253,18 +260,23 @@ public struct AgentFrameDecoder: Sendable {
       let magic = le32(0)
       if magic != AgentProtocol.magic {
         throw ProtocolError(
-          .badMagic, "\(source): bad magic 0x\(String(magic, radix: 16)) at offset \(streamOffset), expected 0x\(String(AgentProtocol.magic, radix: 16))")
+          .badMagic,
+          "\(source): bad magic 0x\(String(magic, radix: 16)) at offset \(streamOffset), expected 0x\(String(AgentProtocol.magic, radix: 16))"
+        )
       }
     }
     if available >= 5 && buffer[start + 4] != AgentProtocol.version {
       throw ProtocolError(
-        .unsupportedVersion, "\(source): frame version \(buffer[start + 4]) at offset \(streamOffset) is not supported (expected \(AgentProtocol.version))")
+        .unsupportedVersion,
+        "\(source): frame version \(buffer[start + 4]) at offset \(streamOffset) is not supported (expected \(AgentProtocol.version))"
+      )
     }
     guard available >= AgentProtocol.headerSize else { return nil }
     let length = le32(12)
     if UInt64(length) > UInt64(max(maxPayload, 0)) {
       throw ProtocolError(
-        .tooLarge, "\(source): frame at offset \(streamOffset) declares a payload of \(length) bytes, limit \(maxPayload)")
+        .tooLarge,
+        "\(source): frame at offset \(streamOffset) declares a payload of \(length) bytes, limit \(maxPayload)")
     }
     let total = AgentProtocol.headerSize + Int(length)
     guard available >= total else { return nil }

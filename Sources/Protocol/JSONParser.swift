@@ -259,12 +259,17 @@ private struct JSONParser {
           if (0xD800...0xDBFF).contains(code) {
             guard pos + 1 < bytes.count, bytes[pos] == UInt8(ascii: "\\"), bytes[pos + 1] == UInt8(ascii: "u")
             else {
-              throw error(.malformed, "high surrogate \\u\(String(code, radix: 16)) not followed by a low surrogate", at: escapeStart)
+              throw error(
+                .malformed, "high surrogate \\u\(String(code, radix: 16)) not followed by a low surrogate",
+                at: escapeStart)
             }
             pos += 2
             let low = try hex4()
             guard (0xDC00...0xDFFF).contains(low) else {
-              throw error(.malformed, "high surrogate \\u\(String(code, radix: 16)) followed by \\u\(String(low, radix: 16)), not a low surrogate", at: escapeStart)
+              throw error(
+                .malformed,
+                "high surrogate \\u\(String(code, radix: 16)) followed by \\u\(String(low, radix: 16)), not a low surrogate",
+                at: escapeStart)
             }
             code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
           } else if (0xDC00...0xDFFF).contains(code) {

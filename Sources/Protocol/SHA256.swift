@@ -116,7 +116,8 @@ public struct SHA256: Sendable {
         while offset < blocks.count {
           for t in 0..<16 {
             let p = offset + 4 * t
-            w[t] = UInt32(blocks[p]) << 24 | UInt32(blocks[p + 1]) << 16
+            w[t] =
+              UInt32(blocks[p]) << 24 | UInt32(blocks[p + 1]) << 16
               | UInt32(blocks[p + 2]) << 8 | UInt32(blocks[p + 3])
           }
           for t in 16..<64 {

@@ -119,7 +119,8 @@ public struct SnapshotManifest: Equatable, Sendable {
     }
     if version == 0 {
       throw ProtocolError(
-        .unsupportedVersion, "\(source): format_version 0 is not a valid version (expected 1...\(currentFormatVersion))")
+        .unsupportedVersion, "\(source): format_version 0 is not a valid version (expected 1...\(currentFormatVersion))"
+      )
     }
   }
 

@@ -78,7 +78,8 @@ public struct StateFile: Equatable, Sendable {
     let version = try r.u32()
     if version > currentVersion {
       throw ProtocolError(
-        .unsupportedVersion, "\(source): format version \(version) is newer than this forkd supports (\(currentVersion))")
+        .unsupportedVersion,
+        "\(source): format version \(version) is newer than this forkd supports (\(currentVersion))")
     }
     if version == 0 {
       throw ProtocolError(.unsupportedVersion, "\(source): format version 0 is not a valid version")
@@ -87,7 +88,8 @@ public struct StateFile: Equatable, Sendable {
     if UInt64(count) * 16 > UInt64(r.remaining) {
       throw ProtocolError(
         .truncated,
-        "\(source): truncated: \(count) sections need at least \(UInt64(count) * 16) bytes of headers, \(r.remaining) left")
+        "\(source): truncated: \(count) sections need at least \(UInt64(count) * 16) bytes of headers, \(r.remaining) left"
+      )
     }
     var sections: [Section] = []
     sections.reserveCapacity(Int(count))
@@ -99,15 +101,18 @@ public struct StateFile: Equatable, Sendable {
       if length > UInt64(r.remaining) {
         throw ProtocolError(
           .truncated,
-          "\(source): section \(index) (\(StateSectionTag.name(tag))) at offset \(at) declares \(length) bytes, past the end of the data (\(r.remaining) left)")
+          "\(source): section \(index) (\(StateSectionTag.name(tag))) at offset \(at) declares \(length) bytes, past the end of the data (\(r.remaining) left)"
+        )
       }
       sections.append(Section(tag: tag, version: sectionVersion, bytes: try r.bytes(Int(length))))
     }
     if !r.isAtEnd {
       throw ProtocolError(
-        .malformed, "\(source): \(r.remaining) unexpected bytes after the last of \(count) sections at offset \(r.offset)")
+        .malformed,
+        "\(source): \(r.remaining) unexpected bytes after the last of \(count) sections at offset \(r.offset)")
     }
-    let stored = UInt32(bytes[bytes.count - 4]) | UInt32(bytes[bytes.count - 3]) << 8
+    let stored =
+      UInt32(bytes[bytes.count - 4]) | UInt32(bytes[bytes.count - 3]) << 8
       | UInt32(bytes[bytes.count - 2]) << 16 | UInt32(bytes[bytes.count - 1]) << 24
     let computed = CRC32.checksum(bytes[..<(bytes.count - 4)])
     if stored != computed {

@@ -38,7 +38,8 @@ public enum TestGuestMath {
     var i = 0
     let n = words.count
     while i + 8 <= n {
-      let s = words[i] &+ words[i + 1] &+ words[i + 2] &+ words[i + 3]
+      let s =
+        words[i] &+ words[i + 1] &+ words[i + 2] &+ words[i + 3]
         &+ words[i + 4] &+ words[i + 5] &+ words[i + 6] &+ words[i + 7]
       c = (c << 7 | c >> 57) &+ s
       i += 8

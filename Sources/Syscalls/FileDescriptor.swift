@@ -43,7 +43,9 @@ public struct FileDescriptor: Hashable, Sendable, CustomStringConvertible {
 
   public func read(upTo count: Int) throws(SyscallError) -> [UInt8] {
     var result = [UInt8](repeating: 0, count: count)
-    let n = try retryingEINTR("read") { result.withUnsafeMutableBytes { Glibc.read(rawValue, $0.baseAddress, $0.count) } }
+    let n = try retryingEINTR("read") {
+      result.withUnsafeMutableBytes { Glibc.read(rawValue, $0.baseAddress, $0.count) }
+    }
     result.removeSubrange(n...)
     return result
   }
@@ -83,7 +85,9 @@ public struct FileDescriptor: Hashable, Sendable, CustomStringConvertible {
   /// refusing files larger than `limit`.
   public func readAll(limit: Int) throws(SyscallError) -> [UInt8] {
     let hint = try self.size()
-    guard hint <= Int64(limit) else { throw SyscallError("read", Errno(EFBIG), detail: "file of \(hint) bytes, limit \(limit)") }
+    guard hint <= Int64(limit) else {
+      throw SyscallError("read", Errno(EFBIG), detail: "file of \(hint) bytes, limit \(limit)")
+    }
     var result = [UInt8](repeating: 0, count: max(Int(hint), 4096))
     var done = 0
     while true {
@@ -127,7 +131,7 @@ public struct FileDescriptor: Hashable, Sendable, CustomStringConvertible {
   private func seekSparse(_ offset: Int64, whence: Int32) throws(SyscallError) -> Int64? {
     do throws(SyscallError) {
       return Int64(try retryingEINTR("lseek") { lseek(rawValue, Int(offset), whence) })
-    } catch where error.errno.rawValue == ENXIO {
+    } catch  where error.errno.rawValue == ENXIO {
       return nil
     }
   }

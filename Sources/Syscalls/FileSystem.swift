@@ -26,7 +26,7 @@ public enum FileSystem {
     for component in path.split(separator: "/") {
       current += "/" + component
       if isDirectory(current) { continue }
-      do throws(SyscallError) { try makeDirectory(current, mode: mode) } catch where error.errno == .exists {}
+      do throws(SyscallError) { try makeDirectory(current, mode: mode) } catch  where error.errno == .exists {}
     }
   }
 

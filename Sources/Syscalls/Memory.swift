@@ -16,11 +16,15 @@ public enum MemoryMapping {
 
   /// An anonymous private mapping (zero-filled, demand-allocated).
   public static func anonymous(size: Int, noReserve: Bool = true) throws(SyscallError) -> UnsafeMutableRawPointer {
-    try map(size: size, protection: .readWrite, flags: MAP_PRIVATE | MAP_ANONYMOUS | (noReserve ? MAP_NORESERVE : 0), fd: -1, offset: 0)
+    try map(
+      size: size, protection: .readWrite, flags: MAP_PRIVATE | MAP_ANONYMOUS | (noReserve ? MAP_NORESERVE : 0), fd: -1,
+      offset: 0)
   }
 
   /// A private (copy-on-write) mapping of a file: clean pages stay shared through the page cache.
-  public static func privateFile(_ fd: FileDescriptor, size: Int, offset: Int64 = 0, protection: Protection = .readWrite)
+  public static func privateFile(
+    _ fd: FileDescriptor, size: Int, offset: Int64 = 0, protection: Protection = .readWrite
+  )
     throws(SyscallError) -> UnsafeMutableRawPointer
   {
     try map(size: size, protection: protection, flags: MAP_PRIVATE | MAP_NORESERVE, fd: fd.rawValue, offset: offset)

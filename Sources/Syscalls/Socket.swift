@@ -45,7 +45,7 @@ public enum UnixSocket {
     do throws(SyscallError) {
       return FileDescriptor(
         rawValue: try retryingEINTR("accept4") { cuffd_accept4(listener.rawValue, nonBlocking ? 1 : 0) })
-    } catch where error.errno == .wouldBlock {
+    } catch  where error.errno == .wouldBlock {
       return nil
     }
   }
@@ -69,7 +69,9 @@ public enum UnixSocket {
     let n = try retryingEINTR("sendmsg") {
       bytes.withUnsafeBytes { cuffd_send_with_fd(socket.rawValue, $0.baseAddress, $0.count, fd?.rawValue ?? -1) }
     }
-    guard n == bytes.count else { throw SyscallError("sendmsg", Errno(EMSGSIZE), detail: "short send \(n)/\(bytes.count)") }
+    guard n == bytes.count else {
+      throw SyscallError("sendmsg", Errno(EMSGSIZE), detail: "short send \(n)/\(bytes.count)")
+    }
   }
 
   /// Receives one message of at most `capacity` bytes and the descriptor attached to it, if any.
@@ -80,7 +82,9 @@ public enum UnixSocket {
     var received: Int32 = -1
     var truncated: Int32 = 0
     let n = try retryingEINTR("recvmsg") {
-      buffer.withUnsafeMutableBytes { cuffd_recv_with_fd(socket.rawValue, $0.baseAddress, $0.count, &received, &truncated) }
+      buffer.withUnsafeMutableBytes {
+        cuffd_recv_with_fd(socket.rawValue, $0.baseAddress, $0.count, &received, &truncated)
+      }
     }
     buffer.removeSubrange(n...)
     return (buffer, received >= 0 ? FileDescriptor(rawValue: received) : nil, truncated != 0)
@@ -99,7 +103,8 @@ public enum UnixSocket {
     let bytes = Array(path.utf8)
     let capacity = MemoryLayout.size(ofValue: addr.sun_path)
     guard !bytes.isEmpty, bytes.count < capacity else {
-      throw SyscallError("socket path", Errno(ENAMETOOLONG), detail: "\(path) (\(bytes.count) bytes, limit \(capacity - 1))")
+      throw SyscallError(
+        "socket path", Errno(ENAMETOOLONG), detail: "\(path) (\(bytes.count) bytes, limit \(capacity - 1))")
     }
     withUnsafeMutableBytes(of: &addr.sun_path) { raw in
       raw.copyBytes(from: bytes)

@@ -3,7 +3,8 @@ import Syscalls
 /// Failures of launching or talking to a per-VM process: code, message, cause.
 public struct ControlError: Error, Sendable, CustomStringConvertible {
   public enum Code: String, Sendable {
-    case launch, notReady, timeout, connection, protocolViolation = "protocol", remote, agent, binaryMissing = "binary_missing"
+    case launch, notReady, timeout, connection, protocolViolation = "protocol", remote, agent, binaryMissing =
+      "binary_missing"
   }
   public let code: Code
   public let message: String

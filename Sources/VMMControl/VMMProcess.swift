@@ -18,7 +18,9 @@ public enum ForkdBinaries {
     }
     for candidate in candidates where access(candidate, X_OK) == 0 { return candidate }
     throw ControlError(
-      .binaryMissing, "\(name) not found (looked in \(candidates.joined(separator: ", "))); build it with `swift build` or set FORKD_BIN_DIR")
+      .binaryMissing,
+      "\(name) not found (looked in \(candidates.joined(separator: ", "))); build it with `swift build` or set FORKD_BIN_DIR"
+    )
   }
 }
 
@@ -112,7 +114,8 @@ public final class VMMProcess: @unchecked Sendable {
       let detail = lastLines(of: runDirectory + "/vmm.log")
       FileSystem.removeTree(runDirectory)
       throw ControlError(
-        .notReady, "forkd-vmm did not become ready (\(termination.map { "\($0)" } ?? "killed")): \(detail)", cause: error)
+        .notReady, "forkd-vmm did not become ready (\(termination.map { "\($0)" } ?? "killed")): \(detail)",
+        cause: error)
     }
     let observedAt = Clock.monotonicNanoseconds()
     let text = String(decoding: line.prefix(while: { $0 != UInt8(ascii: "\n") }), as: UTF8.self)

@@ -133,7 +133,8 @@ public final class VirtualMachine: @unchecked Sendable {
     let elf = try ELFImage(parsing: image, source: imageSource)
     let kvm = try KVMSystem()
     let memory = try GuestMemory.create(size: config.memorySize, backend: .anonymous)
-    try X86Boot.writeBootStructures(into: memory, vcpuCount: config.vcpuCount, virtioDevices: 1, guestCID: config.guestCID)
+    try X86Boot.writeBootStructures(
+      into: memory, vcpuCount: config.vcpuCount, virtioDevices: 1, guestCID: config.guestCID)
     try elf.load(image, into: memory, source: imageSource)
     var digest = SHA256()
     digest.update(image)
@@ -315,7 +316,8 @@ public final class VirtualMachine: @unchecked Sendable {
       }
       return nil
     case KVM_EXIT_SHUTDOWN:
-      return .crashed("guest triple-faulted (KVM_EXIT_SHUTDOWN) on vCPU \(vcpu.index) at rip=\(hex64(vcpu.instructionPointer))")
+      return .crashed(
+        "guest triple-faulted (KVM_EXIT_SHUTDOWN) on vCPU \(vcpu.index) at rip=\(hex64(vcpu.instructionPointer))")
     case KVM_EXIT_INTERNAL_ERROR:
       return .crashed(
         "KVM_EXIT_INTERNAL_ERROR (suberror \(run.pointee.internal.suberror)) on vCPU \(vcpu.index) at rip=\(hex64(vcpu.instructionPointer))"
@@ -328,12 +330,16 @@ public final class VirtualMachine: @unchecked Sendable {
       switch Int32(run.pointee.system_event.type) {
       case KVM_SYSTEM_EVENT_SHUTDOWN: return .poweredOff(exitCode: 0)
       case KVM_SYSTEM_EVENT_RESET: return .reset
-      default: return .crashed("KVM_EXIT_SYSTEM_EVENT type \(run.pointee.system_event.type) at rip=\(hex64(vcpu.instructionPointer))")
+      default:
+        return .crashed(
+          "KVM_EXIT_SYSTEM_EVENT type \(run.pointee.system_event.type) at rip=\(hex64(vcpu.instructionPointer))")
       }
     case KVM_EXIT_INTR:
       return nil
     default:
-      return .crashed("unhandled KVM exit reason \(run.pointee.exit_reason) on vCPU \(vcpu.index) at rip=\(hex64(vcpu.instructionPointer))")
+      return .crashed(
+        "unhandled KVM exit reason \(run.pointee.exit_reason) on vCPU \(vcpu.index) at rip=\(hex64(vcpu.instructionPointer))"
+      )
     }
   }
 }

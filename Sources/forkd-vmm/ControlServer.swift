@@ -92,7 +92,9 @@ final class ControlServer: PollSource {
       guard machine.exit == nil else { return exited() }
       let t0 = Clock.monotonicNanoseconds()
       machine.pause()
-      return .success(["state": .string("paused"), "pause_us": .integer(Int64((Clock.monotonicNanoseconds() - t0) / 1000))])
+      return .success([
+        "state": .string("paused"), "pause_us": .integer(Int64((Clock.monotonicNanoseconds() - t0) / 1000)),
+      ])
     case .resume:
       guard machine.exit == nil else { return exited() }
       machine.resume()

@@ -31,7 +31,8 @@ struct Options {
 
   init(_ arguments: [String]) throws(UsageError) {
     guard let first = arguments.first, let mode = Mode(rawValue: first) else {
-      throw UsageError(description: "expected a command, boot or restore, got \(arguments.first.map { "'\($0)'" } ?? "nothing")")
+      throw UsageError(
+        description: "expected a command, boot or restore, got \(arguments.first.map { "'\($0)'" } ?? "nothing")")
     }
     self.mode = mode
     var rest = arguments.dropFirst()
@@ -70,7 +71,8 @@ struct Options {
     case .restore:
       guard snapshot != nil else { throw UsageError(description: "restore needs --snapshot") }
       guard backend == "file" else {
-        throw UsageError(description: "--backend \(backend): this forkd-vmm supports 'file' (uffd arrives with forkd-pager)")
+        throw UsageError(
+          description: "--backend \(backend): this forkd-vmm supports 'file' (uffd arrives with forkd-pager)")
       }
     }
   }

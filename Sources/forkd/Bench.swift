@@ -46,7 +46,10 @@ struct RestoreBench: ParsableCommand {
     parent.stop()
 
     var phases: [String: [Double]] = [:]
-    let order = ["process_start", "read_files", "kvm_setup", "state_restore", "to_ready", "first_reply", "restore_to_first_reply"]
+    var memory: [Double] = []
+    let order = [
+      "process_start", "read_files", "kvm_setup", "state_restore", "to_ready", "first_reply", "restore_to_first_reply",
+    ]
     for index in 0..<iterations {
       let vm = try VMMProcess.launch(.restore(snapshot: snapshotDir), runDirectory: scratch.path + "/child-\(index)")
       let child = try vm.agent()
@@ -60,6 +63,7 @@ struct RestoreBench: ParsableCommand {
       phases["to_ready", default: []].append(ms(r.observedAt - r.spawnedAt))
       phases["first_reply", default: []].append(ms(answered - r.observedAt))
       phases["restore_to_first_reply", default: []].append(ms(answered - r.spawnedAt))
+      if let pss = proportionalSetSizeKiB(vm.pid) { memory.append(Double(pss)) }
       vm.stop()
     }
 
@@ -73,18 +77,35 @@ struct RestoreBench: ParsableCommand {
       ]
       for name in order {
         let s = Summary(phases[name] ?? [])
-        object[name + "_ms"] = .object(["p50": .double(s.p50), "p90": .double(s.p90), "p99": .double(s.p99), "max": .double(s.max)])
+        object[name + "_ms"] = .object([
+          "p50": .double(s.p50), "p90": .double(s.p90), "p99": .double(s.p99), "max": .double(s.max),
+        ])
       }
+      let pss = Summary(memory)
+      object["vmm_pss_kib"] = .object(["p50": .double(pss.p50), "p90": .double(pss.p90), "max": .double(pss.max)])
       print(JSONValue.object(object).serialized(pretty: true))
     } else {
       print("restore bench: \(iterations) children, \(memoryMib) MiB guest, \(pages) warm pages, host \(hostname)")
       print("phase                         p50 ms    p90 ms    p99 ms")
       for name in order {
         let s = Summary(phases[name] ?? [])
-        print("\(name.padding(28)) \(pad(format(s.p50, decimals: 3), 8))  \(pad(format(s.p90, decimals: 3), 8))  \(pad(format(s.p99, decimals: 3), 8))")
+        print(
+          "\(name.padding(28)) \(pad(format(s.p50, decimals: 3), 8))  \(pad(format(s.p90, decimals: 3), 8))  \(pad(format(s.p99, decimals: 3), 8))"
+        )
       }
+      let pss = Summary(memory)
+      print("forkd-vmm PSS after first reply: p50 \(format(pss.p50 / 1024)) MiB, p90 \(format(pss.p90 / 1024)) MiB")
     }
   }
+}
+
+/// Pss of a process in KiB (from /proc/<pid>/smaps_rollup), nil if it cannot be read.
+func proportionalSetSizeKiB(_ pid: pid_t) -> UInt64? {
+  guard let bytes = try? FileSystem.readFile("/proc/\(pid)/smaps_rollup") else { return nil }
+  for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Pss:") {
+    return line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) }
+  }
+  return nil
 }
 
 extension String {

@@ -43,7 +43,9 @@ struct Demo: ParsableCommand {
       .boot(image: "builtin:test-guest", memoryMiB: memoryMib, vcpus: 1), runDirectory: scratch.path + "/parent-run")
     let parentAgent = try parent.agent()
     let pong = try parentAgent.ping()
-    print("parent  pid \(parent.pid) booted, agent answered ping in \(format(ms(Clock.monotonicNanoseconds() - t0))) ms (agent kind \(pong.kind) v\(pong.agentVersion))")
+    print(
+      "parent  pid \(parent.pid) booted, agent answered ping in \(format(ms(Clock.monotonicNanoseconds() - t0))) ms (agent kind \(pong.kind) v\(pong.agentVersion))"
+    )
     t0 = Clock.monotonicNanoseconds()
     _ = try parentAgent.fill(pages: pages, seed: seed)
     let fillMS = ms(Clock.monotonicNanoseconds() - t0)
@@ -62,7 +64,8 @@ struct Demo: ParsableCommand {
     let snap = try parent.control().call(.snapshot(directory: snapshotDir, parentTag: nil))
     print(
       "snapshot \(snapshotDir): \(format(Double(snap["memory_data_bytes"]?.int64Value ?? 0) / 1048576)) MiB of data in a \(memoryMib) MiB memory.bin, "
-        + "guest paused \(format(Double(snap["pause_us"]?.int64Value ?? 0) / 1000)) ms, written in \(format(Double(snap["total_us"]?.int64Value ?? 0) / 1000)) ms")
+        + "guest paused \(format(Double(snap["pause_us"]?.int64Value ?? 0) / 1000)) ms, written in \(format(Double(snap["total_us"]?.int64Value ?? 0) / 1000)) ms"
+    )
     parent.stop()
 
     // 3. Restore the children, each its own forkd-vmm process.
@@ -102,16 +105,24 @@ struct Demo: ParsableCommand {
       )
     }
     // A child's writes are its own: its sibling still sees the parent's value.
-    if agents.count > 1, try agents[1].get("greeting") != "child 1 was here" || agents[0].get("greeting") != "child 0 was here" {
+    if agents.count > 1,
+      try agents[1].get("greeting") != "child 1 was here" || agents[0].get("greeting") != "child 0 was here"
+    {
       failures += 1
       print("isolation check failed: a child saw its sibling's write")
     }
     let ready = Summary(readyMS)
     let reply = Summary(firstReplyMS)
     print("")
-    print("restore→ready       p50 \(format(ready.p50)) ms  p90 \(format(ready.p90)) ms  (process spawn to control socket ready)")
-    print("restore→first reply p50 \(format(reply.p50)) ms  p90 \(format(reply.p90)) ms  (spawn to the agent's first ping reply)")
-    print("fan-out: \(children) children restored and answering in \(format(fanOutMS)) ms; all checksums (\(pages) pages each) in \(format(checksumAllMS)) ms")
+    print(
+      "restore→ready       p50 \(format(ready.p50)) ms  p90 \(format(ready.p90)) ms  (process spawn to control socket ready)"
+    )
+    print(
+      "restore→first reply p50 \(format(reply.p50)) ms  p90 \(format(reply.p90)) ms  (spawn to the agent's first ping reply)"
+    )
+    print(
+      "fan-out: \(children) children restored and answering in \(format(fanOutMS)) ms; all checksums (\(pages) pages each) in \(format(checksumAllMS)) ms"
+    )
 
     for vm in vms { vm.stop() }
     if failures == 0 {

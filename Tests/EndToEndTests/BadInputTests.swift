@@ -51,11 +51,13 @@ struct BadInputTests {
     let scratch = try Scratch("image")
     let script = scratch.path + "/not-elf"
     try FileSystem.writeAtomically(script, Array("#!/bin/sh\necho hello\n".utf8) + [UInt8](repeating: 0, count: 80))
-    expectLaunchFailure(.boot(image: script, memoryMiB: 32, vcpus: 1), in: scratch, mentions: [script, "not an ELF image"])
+    expectLaunchFailure(
+      .boot(image: script, memoryMiB: 32, vcpus: 1), in: scratch, mentions: [script, "not an ELF image"])
 
     let truncated = scratch.path + "/truncated.elf"
     try FileSystem.writeAtomically(truncated, Array(TestGuestBytes.elf.prefix(200)))
-    expectLaunchFailure(.boot(image: truncated, memoryMiB: 32, vcpus: 1), in: scratch, mentions: [truncated, "truncated"])
+    expectLaunchFailure(
+      .boot(image: truncated, memoryMiB: 32, vcpus: 1), in: scratch, mentions: [truncated, "truncated"])
 
     expectLaunchFailure(
       .boot(image: scratch.path + "/missing.elf", memoryMiB: 32, vcpus: 1), in: scratch, mentions: ["missing.elf"])
@@ -94,7 +96,9 @@ struct BadInputTests {
     expectLaunchFailure(.restore(snapshot: newer), in: scratch, mentions: ["format_version 99", "newer"])
 
     let mismatch = try copy("mismatch") { dir in
-      try editManifest(dir) { $0.replacingOccurrences(of: "\"memory_size\": \(32 << 20)", with: "\"memory_size\": \(64 << 20)") }
+      try editManifest(dir) {
+        $0.replacingOccurrences(of: "\"memory_size\": \(32 << 20)", with: "\"memory_size\": \(64 << 20)")
+      }
     }
     expectLaunchFailure(.restore(snapshot: mismatch), in: scratch, mentions: ["memory.bin", "memory_size"])
 
@@ -105,13 +109,15 @@ struct BadInputTests {
     }
     expectLaunchFailure(.restore(snapshot: corrupt), in: scratch, mentions: ["vmstate.bin", "digest"])
 
-    expectLaunchFailure(.restore(snapshot: scratch.path + "/absent"), in: scratch, mentions: ["absent", "manifest.json"])
+    expectLaunchFailure(
+      .restore(snapshot: scratch.path + "/absent"), in: scratch, mentions: ["absent", "manifest.json"])
   }
 
   @Test("a snapshot never overwrites an existing one, and a failed snapshot leaves no staging directory")
   func existingTag() throws {
     let scratch = try Scratch("exists")
-    let vm = try VMMProcess.launch(.boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/vm")
+    let vm = try VMMProcess.launch(
+      .boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/vm")
     defer { vm.stop() }
     _ = try vm.agent().ping()
     let target = scratch.path + "/tag"
@@ -139,7 +145,8 @@ struct BadInputTests {
   @Test("a guest that triple-faults: the VM process reports it and exits non-zero; a sibling is unaffected")
   func tripleFault() throws {
     let scratch = try Scratch("fault")
-    let sibling = try VMMProcess.launch(.boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/sibling")
+    let sibling = try VMMProcess.launch(
+      .boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/sibling")
     defer { sibling.stop() }
     let siblingAgent = try sibling.agent()
     _ = try siblingAgent.ping()
@@ -147,7 +154,8 @@ struct BadInputTests {
     // ud2 with no IDT: #UD → #DF → triple fault.
     let image = scratch.path + "/fault.elf"
     try FileSystem.writeAtomically(image, TestGuestBytes.minimalELF(code: [0x0F, 0x0B]))
-    let faulty = try VMMProcess.launch(.boot(image: image, memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/faulty")
+    let faulty = try VMMProcess.launch(
+      .boot(image: image, memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/faulty")
     faulty.keepRunDirectory()
     #expect(faulty.wait(timeoutMS: 30_000) == .exited(3))
     let log = lastLines(of: faulty.vmmLog, count: 20)

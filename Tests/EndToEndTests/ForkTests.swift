@@ -20,7 +20,8 @@ struct ForkTests {
     var children: [VMMProcess] = []
     var agents: [AgentClient] = []
     for index in 0..<10 {
-      let child = try VMMProcess.launch(.restore(snapshot: parent.snapshot), runDirectory: scratch.path + "/child-\(index)")
+      let child = try VMMProcess.launch(
+        .restore(snapshot: parent.snapshot), runDirectory: scratch.path + "/child-\(index)")
       children.append(child)
       agents.append(try child.agent())
     }
@@ -73,7 +74,8 @@ struct ForkTests {
     #expect(result["dir"] == .string(branch))
     // The source keeps running after the snapshot.
     #expect(try agent.counter(add: 1) == WarmParent.counter + 1)
-    let manifest = try SnapshotManifest.decode(try FileSystem.readFile(branch + "/manifest.json"), source: "manifest.json")
+    let manifest = try SnapshotManifest.decode(
+      try FileSystem.readFile(branch + "/manifest.json"), source: "manifest.json")
     #expect(manifest.parentTag == "snap")
     let grandchild = try VMMProcess.launch(.restore(snapshot: branch), runDirectory: scratch.path + "/grandchild")
     defer { grandchild.stop() }
@@ -85,7 +87,8 @@ struct ForkTests {
   @Test("pause and resume over the control socket; status reports the state")
   func pauseResume() throws {
     let scratch = try Scratch("pause")
-    let vm = try VMMProcess.launch(.boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/vm")
+    let vm = try VMMProcess.launch(
+      .boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/vm")
     defer { vm.stop() }
     let control = try vm.control()
     let agent = try vm.agent()
@@ -103,7 +106,8 @@ struct ForkTests {
   @Test("the guest's exit command powers the VM off with its exit code")
   func guestExit() throws {
     let scratch = try Scratch("exit")
-    let vm = try VMMProcess.launch(.boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/vm")
+    let vm = try VMMProcess.launch(
+      .boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/vm")
     let agent = try vm.agent()
     _ = try? agent.request(.exit(code: 7), timeoutMS: 5000)
     #expect(vm.wait(timeoutMS: 10_000) == .exited(7))

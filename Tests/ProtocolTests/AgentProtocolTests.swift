@@ -66,7 +66,8 @@ struct AgentProtocolTests {
     #expect(AgentCodec.payload(of: .kvGet(found: true, value: [9])) == [1, 9])
     #expect(AgentCodec.payload(of: .kvGet(found: false, value: [])) == [0])
     #expect(
-      AgentCodec.payload(of: .exec(AgentExecResult(exitCode: -2, stdout: [0x6F], stderr: [0x65, 0x65], timedOut: false)))
+      AgentCodec.payload(
+        of: .exec(AgentExecResult(exitCode: -2, stdout: [0x6F], stderr: [0x65, 0x65], timedOut: false)))
         == [0xFE, 0xFF, 0xFF, 0xFF, 0, 1, 0, 0, 0, 0x6F, 2, 0, 0, 0, 0x65, 0x65])
     #expect(
       AgentCodec.payload(of: .error(AgentError(code: 3, message: "no"))) == [3, 0, 0, 0, 2, 0, 0, 0, 0x6E, 0x6F])
@@ -109,18 +110,27 @@ struct AgentProtocolTests {
     let f = AgentFrame(type: 0x84, requestID: 1, payload: [0, 0, 0, 0, 0, 0, 0, 0])
     let e = #expect(throws: ProtocolError.self) { try AgentCodec.decodeResponse(f, for: .fill(pages: 1, seed: 1)) }
     #expect(e?.code == .unexpectedType)
-    #expect(e?.message == "agent response 0x84 (checksum) id 1: expected a response of type 0x83 (fill) to the request, got 0x84 (checksum)")
+    #expect(
+      e?.message
+        == "agent response 0x84 (checksum) id 1: expected a response of type 0x83 (fill) to the request, got 0x84 (checksum)"
+    )
     // A request echoed back is not a response.
-    #expect(throws: ProtocolError.self) { try AgentCodec.decodeResponse(AgentFrame(type: 0x01, requestID: 1, payload: []), for: .ping) }
+    #expect(throws: ProtocolError.self) {
+      try AgentCodec.decodeResponse(AgentFrame(type: 0x01, requestID: 1, payload: []), for: .ping)
+    }
   }
 
   @Test func malformedResponsePayloads() {
     func bad(_ type: UInt8, _ payload: [UInt8], _ r: AgentRequest) -> ProtocolError? {
-      #expect(throws: ProtocolError.self) { try AgentCodec.decodeResponse(AgentFrame(type: type, requestID: 0, payload: payload), for: r) }
+      #expect(throws: ProtocolError.self) {
+        try AgentCodec.decodeResponse(AgentFrame(type: type, requestID: 0, payload: payload), for: r)
+      }
     }
     #expect(bad(0x81, Array(repeating: 0, count: 23), .ping)?.code == .truncated)
     #expect(bad(0x81, Array(repeating: 0, count: 25), .ping)?.code == .malformed)
-    #expect(bad(0x83, [1, 2, 3], .fill(pages: 1, seed: 0))?.message == "agent response 0x83 (fill) id 0: truncated at offset 0: need 8 bytes, 3 left")
+    #expect(
+      bad(0x83, [1, 2, 3], .fill(pages: 1, seed: 0))?.message
+        == "agent response 0x83 (fill) id 0: truncated at offset 0: need 8 bytes, 3 left")
     #expect(bad(0x84, [], .checksum(pages: 1))?.code == .truncated)
     #expect(bad(0x85, Array(repeating: 0, count: 9), .counter(delta: 1))?.code == .malformed)
     #expect(bad(0x86, [0], .kvSet(key: [], value: []))?.code == .malformed)
@@ -149,7 +159,9 @@ struct AgentProtocolTests {
 
   @Test func malformedRequests() {
     func bad(_ type: UInt8, _ payload: [UInt8]) -> ProtocolError? {
-      #expect(throws: ProtocolError.self) { try AgentCodec.decodeRequest(AgentFrame(type: type, requestID: 5, payload: payload)) }
+      #expect(throws: ProtocolError.self) {
+        try AgentCodec.decodeRequest(AgentFrame(type: type, requestID: 5, payload: payload))
+      }
     }
     let unknown = bad(0x42, [])
     #expect(unknown == ProtocolError(.unknownType, "agent request 0x42 id 5: unknown request type 0x42"))
@@ -183,7 +195,11 @@ struct AgentProtocolTests {
     #expect(AgentError(ProtocolError(.tooLarge, "x")).code == AgentError.tooLarge)
     #expect(AgentError(ProtocolError(.badValue, "x")).code == AgentError.badArgument)
     #expect(AgentError(ProtocolError(.truncated, "x")) == AgentError(code: AgentError.badFrame, message: "x"))
-    #expect([AgentError.badFrame, AgentError.unknownType, AgentError.badArgument, AgentError.unsupported, AgentError.tooLarge] == [1, 2, 3, 4, 5])
+    #expect(
+      [
+        AgentError.badFrame, AgentError.unknownType, AgentError.badArgument, AgentError.unsupported,
+        AgentError.tooLarge,
+      ] == [1, 2, 3, 4, 5])
   }
 }
 
@@ -314,7 +330,8 @@ struct TestGuestMathTests {
     return words
   }
 
-  @Test(arguments: [(0, 0), (1, 0), (1, 1), (3, 42), (17, 0xFFFF_FFFF_FFFF_FFFF), (64, 0x1234_5678)] as [(Int, UInt64)])
+  @Test(
+    arguments: [(0, 0), (1, 0), (1, 1), (3, 42), (17, 0xFFFF_FFFF_FFFF_FFFF), (64, 0x1234_5678)] as [(Int, UInt64)])
   func closedFormMatchesBufferChecksum(pages: Int, seed: UInt64) {
     let words = filled(pages: pages, seed: seed)
     let direct = words.withUnsafeBufferPointer { TestGuestMath.checksum(of: $0) }

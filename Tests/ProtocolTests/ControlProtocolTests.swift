@@ -30,8 +30,12 @@ struct ControlProtocolTests {
   }
 
   @Test func decodesDocumentedForms() throws {
-    #expect(try ControlCodec.decodeRequest(line(#"{"op":"snapshot","dir":"/x","parent_tag":"t"}"#)) == .snapshot(directory: "/x", parentTag: "t"))
-    #expect(try ControlCodec.decodeRequest(line(#"{"op":"snapshot","dir":"/x","parent_tag":null}"#)) == .snapshot(directory: "/x", parentTag: nil))
+    #expect(
+      try ControlCodec.decodeRequest(line(#"{"op":"snapshot","dir":"/x","parent_tag":"t"}"#))
+        == .snapshot(directory: "/x", parentTag: "t"))
+    #expect(
+      try ControlCodec.decodeRequest(line(#"{"op":"snapshot","dir":"/x","parent_tag":null}"#))
+        == .snapshot(directory: "/x", parentTag: nil))
     #expect(try ControlCodec.decodeRequest(line("{\"op\":\"status\"}\r\n")) == .status)
     #expect(try ControlCodec.decodeRequest(line(#" { "op" : "pause", "future": 1 } "#)) == .pause)
   }
@@ -53,7 +57,9 @@ struct ControlProtocolTests {
     #expect(bad(#"["status"]"#)?.code == .badField)
     #expect(bad(#"{"op":"snapshot"}"#) == ProtocolError(.missingField, "control request: missing field \"dir\""))
     #expect(bad(#"{"op":"snapshot","dir":""}"#)?.code == .badValue)
-    #expect(bad(#"{"op":"snapshot","dir":"/x","parent_tag":"a/b"}"#)?.message == "control request: field \"parent_tag\": expected 1 to 64 characters from A-Z a-z 0-9 _ -, got \"a/b\"")
+    #expect(
+      bad(#"{"op":"snapshot","dir":"/x","parent_tag":"a/b"}"#)?.message
+        == "control request: field \"parent_tag\": expected 1 to 64 characters from A-Z a-z 0-9 _ -, got \"a/b\"")
     #expect(bad(#"{"op":"snapshot","dir":"/x","parent_tag":5}"#)?.code == .badField)
     #expect(bad("{\"op\":\"status\"}\n{\"op\":\"stop\"}\n")?.code == .malformed)
     #expect(bad(#"{"op":"status""#)?.code == .truncated)
@@ -96,7 +102,9 @@ struct ControlProtocolTests {
     #expect(bad("{}") == ProtocolError(.missingField, "control response: missing field \"ok\""))
     #expect(bad(#"{"ok":"yes"}"#)?.code == .badField)
     #expect(bad(#"{"ok":false}"#) == ProtocolError(.missingField, "control response: missing field \"error\""))
-    #expect(bad(#"{"ok":false,"error":{"code":"x"}}"#) == ProtocolError(.missingField, "control response: missing field \"error.message\""))
+    #expect(
+      bad(#"{"ok":false,"error":{"code":"x"}}"#)
+        == ProtocolError(.missingField, "control response: missing field \"error.message\""))
     #expect(bad(#"{"ok":false,"error":"boom"}"#)?.code == .badField)
     #expect(bad(#"{"ok":true,"result":[]}"#)?.code == .badField)
     #expect(bad("not json")?.code == .malformed)

@@ -30,10 +30,11 @@ struct JSONTests {
   @Test func containers() throws {
     let v = try parse(#" { "a" : [1, 2.5, "x", null, true, {}], "b": {"c": []} } "#)
     #expect(
-      v == .object([
-        "a": .array([.integer(1), .double(2.5), .string("x"), .null, .bool(true), .object([:])]),
-        "b": .object(["c": .array([])]),
-      ]))
+      v
+        == .object([
+          "a": .array([.integer(1), .double(2.5), .string("x"), .null, .bool(true), .object([:])]),
+          "b": .object(["c": .array([])]),
+        ]))
     #expect(v["b"]?["c"]?.arrayValue == [])
     #expect(v["missing"] == nil)
     #expect(JSONValue.integer(1)["a"] == nil)
@@ -131,7 +132,8 @@ struct JSONTests {
 
   @Test func serializationIsSortedAndCompact() {
     let v = JSONValue.object([
-      "z": .integer(1), "a": .array([.null, .bool(false), .double(0.5)]), "m": .object(["y": .string("q"), "b": .object([:])]),
+      "z": .integer(1), "a": .array([.null, .bool(false), .double(0.5)]),
+      "m": .object(["y": .string("q"), "b": .object([:])]),
     ])
     #expect(v.serialized() == #"{"a":[null,false,0.5],"m":{"b":{},"y":"q"},"z":1}"#)
     #expect(
@@ -152,7 +154,9 @@ struct JSONTests {
   }
 
   @Test func stringEscapingOnOutput() {
-    #expect(JSONValue.string("a\"b\\c\n\t\r\u{08}\u{0C}\u{01}\u{1F}\u{7F}é😀").serialized() == #""a\"b\\c\n\t\r\b\f\u0001\u001f\u007fé😀""#)
+    #expect(
+      JSONValue.string("a\"b\\c\n\t\r\u{08}\u{0C}\u{01}\u{1F}\u{7F}é😀").serialized()
+        == #""a\"b\\c\n\t\r\b\f\u0001\u001f\u007fé😀""#)
     #expect(JSONValue.string("/").serialized() == #""/""#)
   }
 
@@ -161,7 +165,10 @@ struct JSONTests {
     #expect(JSONValue.integer(.max).serialized() == "9223372036854775807")
     #expect(JSONValue.double(.infinity).serialized() == "null")
     #expect(JSONValue.double(.nan).serialized() == "null")
-    for d in [0.1, 1.0, -0.0, 1e-5, 1e17, .leastNonzeroMagnitude, .leastNormalMagnitude, .greatestFiniteMagnitude, 3.141592653589793, 123456.789e10] {
+    for d in [
+      0.1, 1.0, -0.0, 1e-5, 1e17, .leastNonzeroMagnitude, .leastNormalMagnitude, .greatestFiniteMagnitude,
+      3.141592653589793, 123456.789e10,
+    ] {
       let text = JSONValue.double(d).serialized()
       let back = try JSONValue.parse(text, source: "d")
       #expect(back == .double(d), "\(d) -> \(text)")
@@ -239,7 +246,8 @@ struct JSONObjectReaderTests {
     e = #expect(throws: ProtocolError.self) { try r.uint64("neg") }
     #expect(e == ProtocolError(.badValue, "m.json: field \"neg\": expected a non-negative integer, got -1"))
     e = #expect(throws: ProtocolError.self) { try r.uint32("big") }
-    #expect(e == ProtocolError(.badValue, "m.json: field \"big\": expected an integer in 0...4294967295, got 4294967296"))
+    #expect(
+      e == ProtocolError(.badValue, "m.json: field \"big\": expected an integer in 0...4294967295, got 4294967296"))
     e = #expect(throws: ProtocolError.self) { try r.bool("str") }
     #expect(e == ProtocolError(.badField, "m.json: field \"str\": expected true or false, got string \"abc\""))
     e = #expect(throws: ProtocolError.self) { try r.object("o").string("k") }

@@ -82,7 +82,8 @@ struct SnapshotManifestTests {
 
   @Test func newerVersionRefused() {
     let e = error("format_version", .integer(2))
-    #expect(e == ProtocolError(.unsupportedVersion, "manifest.json: format_version 2 is newer than this forkd supports (1)"))
+    #expect(
+      e == ProtocolError(.unsupportedVersion, "manifest.json: format_version 2 is newer than this forkd supports (1)"))
     // Checked before anything else: a v2 manifest missing v1 fields still reports the version.
     let e2 = #expect(throws: ProtocolError.self) { try decode(#"{"format_version": 7}"#) }
     #expect(e2?.code == .unsupportedVersion)
@@ -94,7 +95,8 @@ struct SnapshotManifestTests {
   @Test func memorySizeValidated() {
     #expect(
       error("memory_size", .integer(1234))
-        == ProtocolError(.badValue, "manifest.json: field \"memory_size\": expected a positive multiple of 4096, got 1234"))
+        == ProtocolError(
+          .badValue, "manifest.json: field \"memory_size\": expected a positive multiple of 4096, got 1234"))
     #expect(error("memory_size", .integer(0))?.code == .badValue)
     #expect(error("memory_size", .integer(-4096))?.code == .badValue)
     #expect(error("memory_size", .double(4096))?.code == .badField)
@@ -113,16 +115,22 @@ struct SnapshotManifestTests {
   @Test func guestKindValidated() {
     #expect(
       error("guest_kind", .string("windows"))
-        == ProtocolError(.badValue, "manifest.json: field \"guest_kind\": expected \"test-guest\" or \"linux\", got \"windows\""))
+        == ProtocolError(
+          .badValue, "manifest.json: field \"guest_kind\": expected \"test-guest\" or \"linux\", got \"windows\""))
     #expect(error("guest_kind", nil)?.code == .missingField)
   }
 
   @Test func digestsValidated() {
-    for bad in ["", "sha256:", "sha256:" + String(repeating: "A", count: 64), "md5:" + String(repeating: "a", count: 64),
-                String(repeating: "a", count: 64), "sha256:" + String(repeating: "a", count: 63)] {
+    for bad in [
+      "", "sha256:", "sha256:" + String(repeating: "A", count: 64), "md5:" + String(repeating: "a", count: 64),
+      String(repeating: "a", count: 64), "sha256:" + String(repeating: "a", count: 63),
+    ] {
       let e = error("guest_image_digest", .string(bad))
       #expect(e?.code == .badValue)
-      #expect(e?.message.hasPrefix("manifest.json: field \"guest_image_digest\": expected \"sha256:\" followed by 64 lowercase hex digits, got") == true)
+      #expect(
+        e?.message.hasPrefix(
+          "manifest.json: field \"guest_image_digest\": expected \"sha256:\" followed by 64 lowercase hex digits, got")
+          == true)
       #expect(error("state_digest", .string(bad))?.code == .badValue)
     }
     #expect(error("state_digest", nil)?.code == .missingField)
@@ -144,7 +152,11 @@ struct SnapshotManifestTests {
 
   @Test func parentTagValidated() {
     let e = error("parent_tag", .string("a/b"))
-    #expect(e == ProtocolError(.badValue, "manifest.json: field \"parent_tag\": expected 1 to 64 characters from A-Z a-z 0-9 _ -, got \"a/b\""))
+    #expect(
+      e
+        == ProtocolError(
+          .badValue,
+          "manifest.json: field \"parent_tag\": expected 1 to 64 characters from A-Z a-z 0-9 _ -, got \"a/b\""))
     #expect(error("parent_tag", .string(""))?.code == .badValue)
     #expect(error("parent_tag", .integer(3))?.code == .badField)
   }
@@ -183,7 +195,9 @@ struct SnapshotTagTests {
   }
 
   @Test func invalidTags() {
-    for tag in ["", String(repeating: "x", count: 65), "a b", "a/b", "..", ".", "a.b", "é", "tag\n", "a\u{0}", "😀", "$x"] {
+    for tag in [
+      "", String(repeating: "x", count: 65), "a b", "a/b", "..", ".", "a.b", "é", "tag\n", "a\u{0}", "😀", "$x",
+    ] {
       let e = #expect(throws: ProtocolError.self, "\(tag)") { try SnapshotTag.validate(tag) }
       #expect(e?.code == .badValue)
       #expect(!SnapshotTag.isValid(tag))

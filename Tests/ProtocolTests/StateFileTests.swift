@@ -30,7 +30,9 @@ struct StateFileTests {
     f.append(tag: 0x0102_0304, version: 5, [0xEE])
     let bytes = f.serialized()
     let body: [UInt8] =
-      Array("FKDSTATE".utf8) + [1, 0, 0, 0] + [1, 0, 0, 0] + [4, 3, 2, 1] + [5, 0, 0, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + [0xEE]
+      Array("FKDSTATE".utf8) + [1, 0, 0, 0] + [1, 0, 0, 0] + [4, 3, 2, 1] + [5, 0, 0, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + [
+        0xEE
+      ]
     var crc = ByteWriter()
     crc.u32(CRC32.checksum(body))
     #expect(bytes == body + crc.bytes)
@@ -75,7 +77,8 @@ struct StateFileTests {
     var bytes = Self.sample().serialized()
     bytes[8] = 2
     let e = #expect(throws: ProtocolError.self) { try parse(resealed(bytes)) }
-    #expect(e == ProtocolError(.unsupportedVersion, "vmstate.bin: format version 2 is newer than this forkd supports (1)"))
+    #expect(
+      e == ProtocolError(.unsupportedVersion, "vmstate.bin: format version 2 is newer than this forkd supports (1)"))
     bytes[8] = 0
     #expect((#expect(throws: ProtocolError.self) { try parse(resealed(bytes)) })?.code == .unsupportedVersion)
   }

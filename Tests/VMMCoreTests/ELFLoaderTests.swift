@@ -8,7 +8,9 @@ func makeELF(
   type: UInt16 = 2, flags: UInt32 = 5
 ) -> [UInt8] {
   var b = [UInt8](repeating: 0, count: 64 + 56)
-  func put<T: FixedWidthInteger>(_ v: T, _ at: Int) { withUnsafeBytes(of: v.littleEndian) { for (i, x) in $0.enumerated() { b[at + i] = x } } }
+  func put<T: FixedWidthInteger>(_ v: T, _ at: Int) {
+    withUnsafeBytes(of: v.littleEndian) { for (i, x) in $0.enumerated() { b[at + i] = x } }
+  }
   b[0...3] = [0x7F, 0x45, 0x4C, 0x46]
   b[4] = 2
   b[5] = 1

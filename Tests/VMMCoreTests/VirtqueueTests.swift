@@ -87,7 +87,8 @@ struct VirtqueueTests {
   @Test("a readable buffer after a writable one violates the spec")
   func ordering() throws {
     var q = try SyntheticQueue()
-    q.setDescriptor(0, address: 0x2_0000, length: 8, flags: Virtqueue.descriptorNext | Virtqueue.descriptorWrite, next: 1)
+    q.setDescriptor(
+      0, address: 0x2_0000, length: 8, flags: Virtqueue.descriptorNext | Virtqueue.descriptorWrite, next: 1)
     q.setDescriptor(1, address: 0x2_1000, length: 8)
     q.makeAvailable(0)
     #expect(throws: VirtqueueError.self) { try q.queue.popAvailable(memory: q.memory) }

@@ -35,7 +35,9 @@ public struct ELFImage: Sendable, Equatable {
     guard phnum > 0 else { throw fail("no program headers") }
     let (tableEnd, overflow) = phoff.addingReportingOverflow(UInt64(phnum * phentsize))
     guard !overflow, tableEnd <= UInt64(bytes.count) else {
-      throw fail("program header table (offset \(phoff), \(phnum) entries) runs past the end of the file (\(bytes.count) bytes): truncated?")
+      throw fail(
+        "program header table (offset \(phoff), \(phnum) entries) runs past the end of the file (\(bytes.count) bytes): truncated?"
+      )
     }
 
     var segments: [Segment] = []
@@ -51,7 +53,9 @@ public struct ELFImage: Sendable, Equatable {
       }
       let (fileEnd, o1) = segment.fileOffset.addingReportingOverflow(segment.fileSize)
       guard !o1, fileEnd <= UInt64(bytes.count) else {
-        throw fail("segment \(index): file range \(segment.fileOffset)+\(segment.fileSize) runs past the end of the file (\(bytes.count) bytes): truncated?")
+        throw fail(
+          "segment \(index): file range \(segment.fileOffset)+\(segment.fileSize) runs past the end of the file (\(bytes.count) bytes): truncated?"
+        )
       }
       let (_, o2) = segment.physicalAddress.addingReportingOverflow(segment.memorySize)
       guard !o2 else { throw fail("segment \(index): address range overflows") }
@@ -59,7 +63,10 @@ public struct ELFImage: Sendable, Equatable {
     }
     guard !segments.isEmpty else { throw fail("no PT_LOAD segments") }
     let entry = u64(24)
-    guard segments.contains(where: { $0.executable && entry >= $0.physicalAddress && entry < $0.physicalAddress + $0.memorySize })
+    guard
+      segments.contains(where: {
+        $0.executable && entry >= $0.physicalAddress && entry < $0.physicalAddress + $0.memorySize
+      })
     else { throw fail("entry point 0x\(String(entry, radix: 16)) is not inside an executable segment") }
     self.entry = entry
     self.segments = segments
@@ -74,7 +81,8 @@ public struct ELFImage: Sendable, Equatable {
       else {
         throw VMMError(
           .invalidImage,
-          "\(source): segment \(index) at 0x\(String(segment.physicalAddress, radix: 16)) (+\(segment.memorySize) bytes) does not fit in guest memory between 1 MiB and \(memory.size >> 20) MiB")
+          "\(source): segment \(index) at 0x\(String(segment.physicalAddress, radix: 16)) (+\(segment.memorySize) bytes) does not fit in guest memory between 1 MiB and \(memory.size >> 20) MiB"
+        )
       }
       let start = Int(segment.fileOffset)
       memory.writeBytes(bytes[start..<start + Int(segment.fileSize)], at: segment.physicalAddress)

@@ -58,7 +58,8 @@ public enum X86Boot {
   public static let bootInfoMagic: UInt64 = 0x3154_4F4F_4244_4B46  // "FKDBOOT1"
 
   /// The `forkd_boot_info` block the test guest reads at 0x7000.
-  public static func bootInfo(memorySize: UInt64, vcpuCount: UInt32, virtioDevices: UInt32, guestCID: UInt32) -> [UInt8] {
+  public static func bootInfo(memorySize: UInt64, vcpuCount: UInt32, virtioDevices: UInt32, guestCID: UInt32) -> [UInt8]
+  {
     var bytes: [UInt8] = []
     func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
     put(bootInfoMagic)
@@ -72,7 +73,9 @@ public enum X86Boot {
   }
 
   /// Writes GDT, page tables and boot info into guest memory.
-  public static func writeBootStructures(into memory: GuestMemory, vcpuCount: UInt32, virtioDevices: UInt32, guestCID: UInt32)
+  public static func writeBootStructures(
+    into memory: GuestMemory, vcpuCount: UInt32, virtioDevices: UInt32, guestCID: UInt32
+  )
     throws(VMMError)
   {
     for (i, entry) in gdtEntries.enumerated() {
@@ -81,7 +84,9 @@ public enum X86Boot {
       }
     }
     for (address, entry) in identityPageTables() {
-      guard memory.write(entry, at: address) else { throw VMMError(.guestMemory, "page tables do not fit in guest memory") }
+      guard memory.write(entry, at: address) else {
+        throw VMMError(.guestMemory, "page tables do not fit in guest memory")
+      }
     }
     let info = bootInfo(memorySize: memory.size, vcpuCount: vcpuCount, virtioDevices: virtioDevices, guestCID: guestCID)
     guard memory.writeBytes(info, at: X86Layout.bootInfoAddress) else {

@@ -142,7 +142,9 @@ public final class VMHandle: @unchecked Sendable {
 
   deinit { fd.close() }
 
-  public func setMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws(VMMError) {
+  public func setMemoryRegion(slot: UInt32, guestPhysical: UInt64, size: UInt64, host: UnsafeMutableRawPointer)
+    throws(VMMError)
+  {
     var region = kvm_userspace_memory_region(
       slot: slot, flags: 0, guest_phys_addr: guestPhysical, memory_size: size,
       userspace_addr: UInt64(UInt(bitPattern: host)))

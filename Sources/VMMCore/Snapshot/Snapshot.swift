@@ -211,7 +211,8 @@ extension VirtualMachine {
     guard vcpuSections.count == Int(manifest.vcpuCount) else {
       throw VMMError(
         .invalidSnapshot,
-        "\(loaded.stateSource): \(vcpuSections.count) vCPU sections but manifest.json says vcpu_count \(manifest.vcpuCount)")
+        "\(loaded.stateSource): \(vcpuSections.count) vCPU sections but manifest.json says vcpu_count \(manifest.vcpuCount)"
+      )
     }
     let config = MachineConfig(
       memorySize: manifest.memorySize, vcpuCount: manifest.vcpuCount, guestCID: storedConfig.guestCID,
@@ -225,7 +226,9 @@ extension VirtualMachine {
     do {
       for (vcpu, section) in zip(machine.vcpus, vcpuSections) {
         guard section.version == VCPUState.version else {
-          throw ProtocolError(.unsupportedVersion, "\(loaded.stateSource): vCPU state version \(section.version), this forkd reads \(VCPUState.version)")
+          throw ProtocolError(
+            .unsupportedVersion,
+            "\(loaded.stateSource): vCPU state version \(section.version), this forkd reads \(VCPUState.version)")
         }
         let state = try VCPUState.decode(section.bytes, source: "\(loaded.stateSource) section VCPU \(vcpu.index)")
         let refused = try vcpu.applyState(state)
@@ -237,7 +240,11 @@ extension VirtualMachine {
         guard let section = loaded.state.section(tag) else {
           throw ProtocolError(.missingField, "\(loaded.stateSource): no \(name) section")
         }
-        if tag == StateSectionTag.uart { try machine.uart.restoreState(section.bytes) } else { try machine.vsock.restoreState(section.bytes) }
+        if tag == StateSectionTag.uart {
+          try machine.uart.restoreState(section.bytes)
+        } else {
+          try machine.vsock.restoreState(section.bytes)
+        }
       }
     } catch let error as VMMError {
       throw error
@@ -246,7 +253,8 @@ extension VirtualMachine {
     }
     try machine.vsock.listen()
     let t3 = Clock.monotonicNanoseconds()
-    timings?.pointee = RestoreTimings(readFilesNanoseconds: t1 - t0, kvmSetupNanoseconds: t2 - t1, stateRestoreNanoseconds: t3 - t2)
+    timings?.pointee = RestoreTimings(
+      readFilesNanoseconds: t1 - t0, kvmSetupNanoseconds: t2 - t1, stateRestoreNanoseconds: t3 - t2)
     return machine
   }
 }
@@ -282,7 +290,8 @@ public struct LoadedSnapshot: Sendable {
     let digest = SHA256.digestString(of: stateBytes)
     guard digest == manifest.stateDigest else {
       throw VMMError(
-        .invalidSnapshot, "\(statePath): content digest \(digest) does not match manifest.json state_digest \(manifest.stateDigest)")
+        .invalidSnapshot,
+        "\(statePath): content digest \(digest) does not match manifest.json state_digest \(manifest.stateDigest)")
     }
     do {
       state = try StateFile.parse(stateBytes, source: statePath)

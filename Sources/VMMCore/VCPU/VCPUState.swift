@@ -63,7 +63,9 @@ public struct VCPUState: Sendable, Equatable {
     let fpu = try sized(
       try r.lengthPrefixed(max: limit), isXsave ? MemoryLayout<kvm_xsave>.size : MemoryLayout<kvm_fpu>.size,
       isXsave ? "xsave" : "fpu", source)
-    let xcrs = try optional(&r).map { (b) throws(ProtocolError) in try sized(b, MemoryLayout<kvm_xcrs>.size, "xcrs", source) }
+    let xcrs = try optional(&r).map { (b) throws(ProtocolError) in
+      try sized(b, MemoryLayout<kvm_xcrs>.size, "xcrs", source)
+    }
     let msrCount = try r.u32()
     guard msrCount <= 4096 else { throw ProtocolError(.badValue, "\(source): \(msrCount) MSRs") }
     var msrs: [MSR] = []
@@ -93,7 +95,8 @@ public struct VCPUState: Sendable, Equatable {
   {
     guard bytes.count == expected else {
       throw ProtocolError(
-        .badValue, "\(source): \(name) is \(bytes.count) bytes, this host's KVM uses \(expected): snapshot from another kernel?")
+        .badValue,
+        "\(source): \(name) is \(bytes.count) bytes, this host's KVM uses \(expected): snapshot from another kernel?")
     }
     return bytes
   }
@@ -109,11 +112,14 @@ func value<T>(_: T.Type, from bytes: [UInt8]) -> T {
 
 extension VCPU {
   /// Captures the vCPU's state; the vCPU must not be running.
-  func captureState(msrIndices: [UInt32], hasIrqchip: Bool, xsave: Bool, xcrs: Bool, cpuid: [kvm_cpuid_entry2]) throws(VMMError)
+  func captureState(msrIndices: [UInt32], hasIrqchip: Bool, xsave: Bool, xcrs: Bool, cpuid: [kvm_cpuid_entry2])
+    throws(VMMError)
     -> VCPUState
   {
     let fpu: [UInt8] =
-      xsave ? rawBytes(of: try get(CKVM_GET_XSAVE, "KVM_GET_XSAVE", kvm_xsave())) : rawBytes(of: try get(CKVM_GET_FPU, "KVM_GET_FPU", kvm_fpu()))
+      xsave
+      ? rawBytes(of: try get(CKVM_GET_XSAVE, "KVM_GET_XSAVE", kvm_xsave()))
+      : rawBytes(of: try get(CKVM_GET_FPU, "KVM_GET_FPU", kvm_fpu()))
     return VCPUState(
       index: index,
       regs: rawBytes(of: try getRegs()),
@@ -147,7 +153,9 @@ extension VCPU {
     }
     if let xcrs = state.xcrs { try set(CKVM_SET_XCRS, "KVM_SET_XCRS", value(kvm_xcrs.self, from: xcrs)) }
     let refused = try setMSRs(state.msrs.map { ($0.index, $0.value) })
-    if let debug = state.debugRegs { try set(CKVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", value(kvm_debugregs.self, from: debug)) }
+    if let debug = state.debugRegs {
+      try set(CKVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", value(kvm_debugregs.self, from: debug))
+    }
     if let lapic = state.lapic { try set(CKVM_SET_LAPIC, "KVM_SET_LAPIC", value(kvm_lapic_state.self, from: lapic)) }
     try set(CKVM_SET_MP_STATE, "KVM_SET_MP_STATE", value(kvm_mp_state.self, from: state.mpState))
     if let events = state.events {

@@ -54,7 +54,8 @@ public struct VirtioMMIOTransport: Equatable, Sendable {
     case 0x008: return deviceID
     case 0x00C: return Self.vendorID
     case 0x010:
-      return deviceFeaturesSelect < 2 ? UInt32(truncatingIfNeeded: deviceFeatures >> (32 * UInt64(deviceFeaturesSelect))) : 0
+      return deviceFeaturesSelect < 2
+        ? UInt32(truncatingIfNeeded: deviceFeatures >> (32 * UInt64(deviceFeaturesSelect))) : 0
     case 0x034: return selected.map { UInt32(queues[$0].maxSize) } ?? 0
     case 0x044: return selected.map { queues[$0].ready ? 1 : 0 } ?? 0
     case 0x060: return interruptStatus
@@ -154,7 +155,9 @@ public struct VirtioMMIOTransport: Equatable, Sendable {
     for q in queues { q.save(into: &w) }
   }
 
-  public static func restore(from r: inout ByteReader, expectedDeviceID: UInt32) throws(ProtocolError) -> VirtioMMIOTransport {
+  public static func restore(from r: inout ByteReader, expectedDeviceID: UInt32) throws(ProtocolError)
+    -> VirtioMMIOTransport
+  {
     let deviceID = try r.u32()
     guard deviceID == expectedDeviceID else {
       throw ProtocolError(.badValue, "\(r.source): virtio device id \(deviceID), expected \(expectedDeviceID)")

@@ -208,7 +208,8 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
         try transport.queues[1].pushUsed(head: chain.head, length: 0, memory: memory)
         guard let header = Header(bytes) else { continue }
         guard Int(header.length) <= bytes.count - Self.headerSize else {
-          onError("vsock: packet claims \(header.length) payload bytes but carries \(bytes.count - Self.headerSize); dropped")
+          onError(
+            "vsock: packet claims \(header.length) payload bytes but carries \(bytes.count - Self.headerSize); dropped")
           continue
         }
         handleLocked(header, payload: bytes[Self.headerSize..<(Self.headerSize + Int(header.length))])
@@ -222,7 +223,9 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
 
   private func handleLocked(_ header: Header, payload: ArraySlice<UInt8>) {
     guard header.type == 1, header.sourceCID == guestCID, header.destinationCID == Self.hostCID else {
-      if header.op != Op.reset.rawValue { queueResetLocked(guestPort: header.sourcePort, hostPort: header.destinationPort) }
+      if header.op != Op.reset.rawValue {
+        queueResetLocked(guestPort: header.sourcePort, hostPort: header.destinationPort)
+      }
       return
     }
     let key = ConnectionKey(guestPort: header.sourcePort, hostPort: header.destinationPort)
@@ -283,7 +286,9 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
   /// Writes what the guest sent to the host socket, as far as it takes it without blocking.
   private func flushLocked(_ key: ConnectionKey, _ connection: Connection) {
     while !connection.toHost.isEmpty {
-      let n = connection.toHost.withUnsafeBytes { Glibc.send(connection.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+      let n = connection.toHost.withUnsafeBytes {
+        Glibc.send(connection.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+      }
       if n < 0 {
         if errno == EAGAIN || errno == EINTR { break }
         closeLocked(key, notifyGuest: true)

@@ -1,4 +1,5 @@
 import Protocol
+import Synchronization
 
 /// Why a virtqueue could not be processed. The device then asks the driver for a reset
 /// (DEVICE_NEEDS_RESET) instead of touching anything outside guest RAM.
@@ -72,7 +73,8 @@ public struct Virtqueue: Equatable, Sendable {
     }
     let pending = availableIndex &- lastAvailable
     guard pending <= size else {
-      throw VirtqueueError(message: "available index \(availableIndex) is \(pending) ahead of the device (queue size \(size))")
+      throw VirtqueueError(
+        message: "available index \(availableIndex) is \(pending) ahead of the device (queue size \(size))")
     }
     return pending
   }
@@ -191,7 +193,5 @@ func atomicFence() {
   // reordering the ring stores around it.
   _fenceCounter.wrappingAdd(1, ordering: .sequentiallyConsistent)
 }
-
-import Synchronization
 
 private let _fenceCounter = Atomic<Int>(0)
