@@ -86,11 +86,20 @@ extension VirtualMachine {
     do throws(VMMError) {
       let state = try captureStateFile()
       let stateBytes = state.serialized()
-      let memoryBytes = try writeMemory(to: staging + "/" + SnapshotManifest.defaultMemoryFile)
-      // Memory and device state are captured; the guest may run while files are synced.
+      let memoryPath = staging + "/" + SnapshotManifest.defaultMemoryFile
+      let memoryBytes = try writeMemory(to: memoryPath)
+      // Memory (now in the page cache) and device state are captured: the guest may run while
+      // the files reach the disk.
       if !wasPaused {
         resume()
         resumedAt = Clock.monotonicNanoseconds()
+      }
+      do {
+        let fd = try FileDescriptor.open(memoryPath, .readOnly)
+        defer { fd.close() }
+        try fd.sync()
+      } catch {
+        throw VMMError(.io, "\(memoryPath): cannot sync guest memory", cause: error)
       }
       try writeFile(staging + "/" + SnapshotManifest.defaultStateFile, stateBytes)
       let manifest = SnapshotManifest(
@@ -140,6 +149,7 @@ extension VirtualMachine {
   }
 
   /// Writes guest memory sparsely: runs of all-zero pages stay holes. Returns the data bytes.
+  /// The caller syncs the file (after resuming the guest).
   func writeMemory(to path: String) throws(VMMError) -> UInt64 {
     do {
       let fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
@@ -165,7 +175,6 @@ extension VirtualMachine {
           }
         }
       }
-      try fd.sync()
       return written
     } catch {
       throw VMMError(.io, "\(path): cannot write guest memory", cause: error)
