@@ -46,6 +46,25 @@ struct BadInputTests {
     }
   }
 
+  @Test("no permission on /dev/kvm: forkd-vmm run as an unprivileged user says so and exits 1")
+  func noPermission() throws {
+    let scratch = try Scratch("perm")
+    _ = chmod(scratch.path, 0o777)
+    let vmm = try ForkdBinaries.path(of: "forkd-vmm")
+    let log = try FileDescriptor.open(scratch.path + "/err", [.writeOnly, .create], mode: 0o666)
+    let pid = try ChildProcess.spawn(
+      path: "/usr/bin/setpriv",
+      arguments: [
+        "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", vmm, "boot", "--image", "builtin:test-guest",
+        "--api-sock", scratch.path + "/api.sock", "--vsock-sock", scratch.path + "/vsock.sock",
+      ], stdoutFD: log, stderrFD: log)
+    log.close()
+    #expect(try ChildProcess.wait(pid) == .exited(1))
+    let message = String(decoding: try FileSystem.readFile(scratch.path + "/err"), as: UTF8.self)
+    #expect(message.contains("/dev/kvm: permission denied"), "\(message)")
+    #expect(!FileSystem.exists(scratch.path + "/api.sock") && !FileSystem.exists(scratch.path + "/vsock.sock"))
+  }
+
   @Test("an image that is not ELF, or is truncated")
   func badImages() throws {
     let scratch = try Scratch("image")
