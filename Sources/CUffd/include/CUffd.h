@@ -3,3 +3,4 @@
 #include "cuffd_linux.h"
 #include "cuffd_scm.h"
 #include "cuffd_thread.h"
+#include "cuffd_uffd.h"
