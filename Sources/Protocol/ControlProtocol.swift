@@ -6,6 +6,8 @@ public enum ControlRequest: Equatable, Sendable {
   /// Write a snapshot into `directory` (created by the VMM); `parentTag` is recorded in the manifest.
   case snapshot(directory: String, parentTag: String?)
   case stop
+  /// Hand the VM's userfaultfd to a (new) pager listening on `socket` (the restart policy).
+  case attachPager(socket: String)
 
   /// The wire name in `"op"`.
   public var op: String {
@@ -15,6 +17,7 @@ public enum ControlRequest: Equatable, Sendable {
     case .resume: return "resume"
     case .snapshot: return "snapshot"
     case .stop: return "stop"
+    case .attachPager: return "attach_pager"
     }
   }
 }
@@ -63,6 +66,7 @@ public enum ControlCodec {
     static let op = "op"
     static let dir = "dir"
     static let parentTag = "parent_tag"
+    static let socket = "socket"
     static let ok = "ok"
     static let result = "result"
     static let error = "error"
@@ -76,6 +80,7 @@ public enum ControlCodec {
       o[Key.dir] = .string(directory)
       if let parentTag { o[Key.parentTag] = .string(parentTag) }
     }
+    if case .attachPager(let socket) = r { o[Key.socket] = .string(socket) }
     return JSONValue.object(o).serialized() + "\n"
   }
 
@@ -109,11 +114,17 @@ public enum ControlCodec {
         throw r.invalid(Key.parentTag, expected: SnapshotTag.ruleDescription)
       }
       return .snapshot(directory: directory, parentTag: parentTag)
+    case "attach_pager":
+      let socket = try r.string(Key.socket)
+      if socket.isEmpty || socket.utf8.contains(0) {
+        throw r.invalid(Key.socket, expected: "a non-empty path without NUL bytes")
+      }
+      return .attachPager(socket: socket)
     default:
       var quoted = ""
       JSONValue.writeString(op, to: &quoted)
       throw ProtocolError(
-        .unknownType, "\(source): unknown op \(quoted) (expected status, pause, resume, snapshot or stop)")
+        .unknownType, "\(source): unknown op \(quoted) (expected status, pause, resume, snapshot, stop or attach_pager)")
     }
   }
 

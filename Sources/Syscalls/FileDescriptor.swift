@@ -81,6 +81,16 @@ public struct FileDescriptor: Hashable, Sendable, CustomStringConvertible {
     }
   }
 
+  public func pwriteAll(_ bytes: [UInt8], at offset: Int64) throws(SyscallError) {
+    var done = 0
+    while done < bytes.count {
+      let n = try retryingEINTR("pwrite") {
+        bytes.withUnsafeBytes { Glibc.pwrite(rawValue, $0.baseAddress! + done, $0.count - done, Int(offset) + done) }
+      }
+      done += n
+    }
+  }
+
   /// Reads the whole file from offset 0 until EOF (so /proc files, whose size is 0, work too),
   /// refusing files larger than `limit`.
   public func readAll(limit: Int) throws(SyscallError) -> [UInt8] {

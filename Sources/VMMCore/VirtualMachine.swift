@@ -13,9 +13,12 @@ public enum MachineExit: Sendable, Equatable, CustomStringConvertible {
   case reset
   case stopped
   case crashed(String)
+  /// The memory pager went away and the policy was to fail.
+  case pagerLost(String)
 
   public var description: String {
     switch self {
+    case .pagerLost(let reason): "memory pager lost: \(reason)"
     case .poweredOff(let code): "guest powered off (exit code \(code))"
     case .reset: "guest reset"
     case .stopped: "stopped by the VMM's owner"
@@ -213,6 +216,17 @@ public final class VirtualMachine: @unchecked Sendable {
   }
 
   public func stop() { finish(.stopped) }
+
+  /// Ends the VM for a reason found outside the vCPUs (e.g. its pager is gone).
+  public func terminate(_ reason: MachineExit) { finish(reason) }
+
+  /// Interrupts every vCPU once (pause and resume): a vCPU stalled in a page fault whose event
+  /// was taken by a pager that died re-raises the fault, so a new pager sees it.
+  public func kickVCPUs() {
+    guard !isPaused else { return }
+    pause()
+    resume()
+  }
 
   /// Releases host-side resources that outlive the vCPUs: the vsock socket file and connections.
   public func close() { vsock.shutdown() }

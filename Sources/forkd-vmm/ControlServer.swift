@@ -12,12 +12,14 @@ final class ControlServer: PollSource {
   private let listener: FileDescriptor
   private var clients: [FileDescriptor: LineDecoder] = [:]
   private let machine: VirtualMachine
+  private let pager: PagerLink?
   /// Set by `stop`: the process exits after answering.
   private(set) var stopRequested = false
 
-  init(path: String, machine: VirtualMachine) throws(VMMError) {
+  init(path: String, machine: VirtualMachine, pager: PagerLink?) throws(VMMError) {
     self.path = path
     self.machine = machine
+    self.pager = pager
     do {
       listener = try UnixSocket.listen(path: path)
       try listener.setNonBlocking()
@@ -115,6 +117,17 @@ final class ControlServer: PollSource {
       } catch {
         return .failure(code: error.code.rawValue, message: error.description)
       }
+    case .attachPager(let socket):
+      guard machine.exit == nil else { return exited() }
+      guard let pager else { return .failure(code: "invalid_config", message: "this VM has no pager (backend file)") }
+      do {
+        let pid = try pager.attach(socketPath: socket)
+        // Faults the dead pager had read but not served are raised again for the new one.
+        machine.kickVCPUs()
+        return .success(["pager_pid": .integer(Int64(pid)), "attachments": .integer(Int64(pager.attachments))])
+      } catch {
+        return .failure(code: error.code.rawValue, message: error.description)
+      }
     case .stop:
       stopRequested = true
       machine.stop()
@@ -134,9 +147,14 @@ final class ControlServer: PollSource {
       "vcpus": .integer(Int64(machine.config.vcpuCount)),
       "guest_kind": .string(machine.guestKind),
       "guest_image_digest": .string(machine.guestImageDigest),
-      "backend": .string("\(machine.memory.backend)"),
+      "backend": .string(machine.memory.backend.name),
     ]
     if let from = machine.restoredFrom { result["restored_from"] = .string(from) }
+    if let pager {
+      result["pager_pid"] = .integer(Int64(pager.pagerPID))
+      result["pager_attached"] = .bool(pager.isAttached)
+      result["pager_policy"] = .string(pager.policy.rawValue)
+    }
     if let exit = machine.exit { result["exit"] = .string("\(exit)") }
     return result
   }

@@ -1,3 +1,5 @@
+import VMMCore
+
 /// Command line of forkd-vmm. Parsed by hand: this process must start in a couple of
 /// milliseconds, so it links nothing it does not need.
 struct Options {
@@ -6,7 +8,9 @@ struct Options {
   var mode: Mode
   var image: String?
   var snapshot: String?
-  var backend = "file"
+  var backend = RestoreBackend.file
+  var pagerSocket: String?
+  var pagerPolicy = PagerLink.Policy.fail
   var memoryMiB: UInt64 = 64
   var vcpus: UInt32 = 1
   var guestCID: UInt32 = 3
@@ -19,10 +23,11 @@ struct Options {
   static let usage = """
     usage: forkd-vmm boot --image PATH|builtin:test-guest --api-sock PATH --vsock-sock PATH
                           [--memory-mib N] [--vcpus N] [--cid N] [--console PATH|-|none] [--ready-fd N]
-           forkd-vmm restore --snapshot DIR --api-sock PATH --vsock-sock PATH [--backend file]
+           forkd-vmm restore --snapshot DIR --api-sock PATH --vsock-sock PATH
+                          [--backend file|uffd --pager-sock PATH [--pager-policy fail|restart]]
                           [--console PATH|-|none] [--ready-fd N]
     One microVM per process, driven over its control socket (--api-sock): newline-delimited JSON
-    requests {"op":"status"|"pause"|"resume"|"snapshot","dir":…|"stop"}.
+    requests {"op":"status"|"pause"|"resume"|"snapshot","dir":…|"stop"|"attach_pager","socket":…}.
     """
 
   struct UsageError: Error, CustomStringConvertible {
@@ -49,7 +54,19 @@ struct Options {
       switch flag {
       case "--image": image = try value(flag)
       case "--snapshot": snapshot = try value(flag)
-      case "--backend": backend = try value(flag)
+      case "--backend":
+        let name = try value(flag)
+        guard let parsed = RestoreBackend(rawValue: name) else {
+          throw UsageError(description: "--backend '\(name)': expected file or uffd")
+        }
+        backend = parsed
+      case "--pager-sock": pagerSocket = try value(flag)
+      case "--pager-policy":
+        let name = try value(flag)
+        guard let parsed = PagerLink.Policy(rawValue: name) else {
+          throw UsageError(description: "--pager-policy '\(name)': expected restart or fail")
+        }
+        pagerPolicy = parsed
       case "--memory-mib": memoryMiB = try number(flag, UInt64.self)
       case "--vcpus": vcpus = try number(flag, UInt32.self)
       case "--cid": guestCID = try number(flag, UInt32.self)
@@ -70,9 +87,8 @@ struct Options {
       guard guestCID >= 3 else { throw UsageError(description: "--cid \(guestCID): guest CIDs start at 3") }
     case .restore:
       guard snapshot != nil else { throw UsageError(description: "restore needs --snapshot") }
-      guard backend == "file" else {
-        throw UsageError(
-          description: "--backend \(backend): this forkd-vmm supports 'file' (uffd arrives with forkd-pager)")
+      if backend == .uffd && pagerSocket == nil {
+        throw UsageError(description: "--backend uffd needs --pager-sock (the child's forkd-pager socket)")
       }
     }
   }

@@ -10,7 +10,7 @@ import VMMCore
 
 // forkd-vmm: one microVM per process. Exit status: 0 when the guest powered off cleanly or was
 // stopped, the guest's exit code when it powered off with one, 1 when boot/restore failed,
-// 2 on a usage error, 3 when the guest crashed.
+// 2 on a usage error, 3 when the guest crashed, 5 when its memory pager died under the fail policy.
 
 let mainEnteredAt = Clock.monotonicNanoseconds()
 
@@ -93,8 +93,8 @@ do {
     machine = try VirtualMachine.boot(config: config, image: image, imageSource: imagePath, logger: logger)
   case .restore:
     machine = try VirtualMachine.restore(
-      from: options.snapshot!, vsockSocketPath: options.vsockSocket!, consoleSink: consoleSink, logger: logger,
-      timings: &timings)
+      from: options.snapshot!, backend: options.backend, vsockSocketPath: options.vsockSocket!,
+      consoleSink: consoleSink, logger: logger, timings: &timings)
   }
 } catch let error as VMMError {
   fail(1, error.description, readyFD: options.readyFD)
@@ -102,18 +102,54 @@ do {
   fail(1, "\(error)", readyFD: options.readyFD)
 }
 
+// The pager: the VM keeps the uffd; the pager gets a copy over its socket before the VM runs.
+var pager: PagerLink? = nil
+var pagerNanoseconds: UInt64 = 0
+if options.backend == .uffd, case .userfault(let path) = machine.memory.backend {
+  let policy = options.pagerPolicy
+  do {
+    let link = try PagerLink(memory: machine.memory, source: PagerMemorySource(mode: .copy, layers: [path]), policy: policy) {
+      [weak machine] reason in
+      guard let machine else { return }
+      if policy == .fail {
+        machine.terminate(.pagerLost(reason))
+      } else {
+        logger.warning("\(reason); waiting for attach_pager (faulting vCPUs stall until then)")
+      }
+    }
+    let t0 = Clock.monotonicNanoseconds()
+    try link.attach(socketPath: options.pagerSocket!)
+    pagerNanoseconds = Clock.monotonicNanoseconds() - t0
+    pager = link
+  } catch {
+    machine.close()
+    fail(1, error.description, readyFD: options.readyFD)
+  }
+}
+
+// Control plane on its own thread: it must answer (e.g. attach_pager) even while the data plane
+// is stalled on a page fault that only a new pager can resolve.
+let controlLoop: EventLoop
 let server: ControlServer
 do {
-  server = try ControlServer(path: options.controlSocket!, machine: machine)
+  controlLoop = try EventLoop()
+  server = try ControlServer(path: options.controlSocket!, machine: machine, pager: pager)
 } catch {
   machine.close()
   fail(1, error.description, readyFD: options.readyFD)
 }
-machine.eventLoop.add(server)
+controlLoop.add(server)
+if let pager { controlLoop.add(pager) }
 let loop = machine.eventLoop
-machine.onExit { _ in loop.wake() }
+machine.onExit { _ in
+  loop.wake()
+  controlLoop.wake()
+}
 
 do {
+  _ = try OSThread.start(name: "control") {
+    controlLoop.run(timeoutMS: 1000) { machine.exit != nil }
+  }
   _ = try OSThread.start(name: "signals") {
     var set = sigset_t()
     sigemptyset(&set)
@@ -133,7 +169,7 @@ do {
 if let readyFD = options.readyFD {
   let readyAt = Clock.monotonicNanoseconds()
   let line =
-    "READY pid=\(getpid()) main_ns=\(mainEnteredAt) files_ns=\(timings.readFilesNanoseconds) kvm_ns=\(timings.kvmSetupNanoseconds) state_ns=\(timings.stateRestoreNanoseconds) ready_ns=\(readyAt)\n"
+    "READY pid=\(getpid()) main_ns=\(mainEnteredAt) files_ns=\(timings.readFilesNanoseconds) kvm_ns=\(timings.kvmSetupNanoseconds) state_ns=\(timings.stateRestoreNanoseconds) pager_ns=\(pagerNanoseconds) ready_ns=\(readyAt)\n"
   let fd = FileDescriptor(rawValue: readyFD)
   try? fd.writeAll(Array(line.utf8))
   fd.close()
@@ -154,4 +190,7 @@ case .stopped, .reset:
 case .crashed(let reason):
   writeStderr("forkd-vmm: error: guest crashed: \(reason)\n")
   exit(3)
+case .pagerLost(let reason):
+  writeStderr("forkd-vmm: error: memory pager lost (policy fail): \(reason)\n")
+  exit(5)
 }

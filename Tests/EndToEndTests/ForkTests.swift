@@ -9,23 +9,28 @@ import VMMControl
 
 @Suite("Boot, snapshot and fork the test guest on real KVM", .serialized)
 struct ForkTests {
-  @Test("the parent's state is inherited by 10 children, each in its own forkd-vmm process, and stays isolated")
-  func tenChildren() throws {
-    let scratch = try Scratch("fork")
+  @Test(
+    "the parent's state is inherited by 10 children, each in its own forkd-vmm process, and stays isolated",
+    arguments: [ChildBackend.file, .uffd(policy: .fail)])
+  func tenChildren(backend: ChildBackend) throws {
+    let scratch = try Scratch("fork-\(backend.name)")
     let parent = try WarmParent(in: scratch)
     #expect(parent.checksum == TestGuestMath.checksum(pages: parent.pages, seed: WarmParent.seed))
     let memoryFile = parent.snapshot + "/memory.bin"
     let snapshotDigest = SHA256.digestString(of: try FileSystem.readFile(memoryFile, limit: 128 << 20))
 
-    var children: [VMMProcess] = []
+    var children: [Child] = []
     var agents: [AgentClient] = []
     for index in 0..<10 {
-      let child = try VMMProcess.launch(
-        .restore(snapshot: parent.snapshot), runDirectory: scratch.path + "/child-\(index)")
+      let child = try Child.restore(
+        snapshot: parent.snapshot, runDirectory: scratch.path + "/child-\(index)", backend: backend)
       children.append(child)
-      agents.append(try child.agent())
+      agents.append(try child.vmm.agent())
     }
-    #expect(Set(children.map(\.pid)).count == 10, "one process per child")
+    #expect(Set(children.map(\.vmm.pid)).count == 10, "one process per child")
+    if backend != .file {
+      #expect(Set(children.compactMap { $0.pager?.pid }).count == 10, "one pager per child")
+    }
 
     // Every child computes the parent's checksum over the inherited pages (all at once).
     let pending = try agents.map { try $0.send(.checksum(pages: parent.pages)) }
@@ -46,18 +51,27 @@ struct ForkTests {
     #expect(try agents[1].counter(add: 0) == WarmParent.counter + 1)
     #expect(SHA256.digestString(of: try FileSystem.readFile(memoryFile, limit: 128 << 20)) == snapshotDigest)
 
-    // Clean snapshot pages are shared through the page cache, not copied into each child.
-    let rollup = try smapsRollup(children[2].pid)
+    let rollup = try smapsRollup(children[2].vmm.pid)
     let dataKiB = parent.pages * 4
-    #expect(
-      (rollup["Shared_Clean"] ?? 0) + (rollup["Private_Clean"] ?? 0) >= dataKiB,
-      "the \(dataKiB) KiB the child read are clean file pages: \(rollup)")
-    #expect((rollup["Private_Dirty"] ?? .max) < dataKiB, "the child did not copy the pages it only read: \(rollup)")
-    #expect((rollup["Shared_Clean"] ?? 0) >= dataKiB, "other children map the same page-cache pages: \(rollup)")
+    if backend == .file {
+      // Clean snapshot pages are shared through the page cache, not copied into each child.
+      #expect(
+        (rollup["Shared_Clean"] ?? 0) + (rollup["Private_Clean"] ?? 0) >= dataKiB,
+        "the \(dataKiB) KiB the child read are clean file pages: \(rollup)")
+      #expect((rollup["Private_Dirty"] ?? .max) < dataKiB, "the child did not copy the pages it only read: \(rollup)")
+      #expect((rollup["Shared_Clean"] ?? 0) >= dataKiB, "other children map the same page-cache pages: \(rollup)")
+    } else {
+      // UFFDIO_COPY gives each child its own copy of every page it touched: the cost of control.
+      #expect((rollup["Anonymous"] ?? 0) >= dataKiB, "uffd pages are private anonymous memory: \(rollup)")
+      let stats = try #require(children[2].pager).stats()
+      #expect((stats["copies"]?.int64Value ?? 0) >= Int64(parent.pages), "every filled page came from the pager")
+    }
 
     for child in children {
+      let pids = [child.vmm.pid] + (child.pager.map { [$0.pid] } ?? [])
       #expect(child.stop() == .exited(0))
-      #expect(!processExists(child.pid))
+      for pid in pids { #expect(!processExists(pid)) }
+      #expect(!FileSystem.exists(child.runDirectory))
     }
   }
 

@@ -11,11 +11,23 @@ public enum MemoryBackend: Sendable, Equatable, CustomStringConvertible {
   /// `memory.bin` mapped MAP_PRIVATE: children share clean pages through the page cache and
   /// copy a page only when they write it.
   case file(path: String)
+  /// Anonymous private memory registered with a userfaultfd: every first touch of a page is a
+  /// fault that the child's `forkd-pager` answers from `path` (UFFDIO_COPY / UFFDIO_ZEROPAGE).
+  case userfault(path: String)
 
   public var description: String {
     switch self {
     case .anonymous: "anonymous"
     case .file(let path): "file(\(path))"
+    case .userfault(let path): "uffd(\(path))"
+    }
+  }
+
+  public var name: String {
+    switch self {
+    case .anonymous: "anonymous"
+    case .file: "file"
+    case .userfault: "uffd"
     }
   }
 }
@@ -46,6 +58,10 @@ public final class GuestMemory: @unchecked Sendable {
     }
     let host: UnsafeMutableRawPointer
     switch backend {
+    case .userfault(let path):
+      // The size check happens here too, so a truncated memory.bin fails before any pager runs.
+      try checkSize(of: path, expected: size)
+      fallthrough
     case .anonymous:
       do {
         host = try MemoryMapping.anonymous(size: Int(size))
@@ -77,6 +93,24 @@ public final class GuestMemory: @unchecked Sendable {
     }
     return GuestMemory(
       size: size, regions: [Region(guestPhysical: 0, size: size, host: host, fileOffset: 0)], backend: backend)
+  }
+
+  private static func checkSize(of path: String, expected size: UInt64) throws(VMMError) {
+    let fd: FileDescriptor
+    do {
+      fd = try FileDescriptor.open(path, .readOnly)
+    } catch {
+      throw VMMError(.invalidSnapshot, "\(path): cannot open memory file", cause: error)
+    }
+    defer { fd.close() }
+    let fileSize: Int64
+    do { fileSize = try fd.size() } catch { throw VMMError(.invalidSnapshot, "\(path): cannot stat", cause: error) }
+    guard UInt64(fileSize) == size else {
+      throw VMMError(
+        .invalidSnapshot,
+        "\(path): memory file is \(fileSize) bytes but the snapshot's memory_size is \(size)"
+          + (UInt64(fileSize) < size ? " (truncated)" : ""))
+    }
   }
 
   init(size: UInt64, regions: [Region], backend: MemoryBackend) {

@@ -19,6 +19,14 @@ public struct SnapshotResult: Sendable {
   public let totalNanoseconds: UInt64
 }
 
+/// How a restored VM gets its memory.
+public enum RestoreBackend: String, Sendable {
+  /// memory.bin mapped MAP_PRIVATE.
+  case file
+  /// Anonymous memory filled on demand by a per-child forkd-pager through userfaultfd.
+  case uffd
+}
+
 /// Where restore spent its time, for the benchmark's split.
 public struct RestoreTimings: Sendable {
   public var readFilesNanoseconds: UInt64 = 0
@@ -197,14 +205,15 @@ extension VirtualMachine {
   /// Rebuilds a VM from a snapshot directory with the File backend (memory.bin mapped
   /// MAP_PRIVATE). The VM is ready to `start()`; nothing of it runs yet.
   public static func restore(
-    from directory: String, vsockSocketPath: String, consoleSink: @escaping @Sendable (String) -> Void,
-    logger: Logger, timings: UnsafeMutablePointer<RestoreTimings>? = nil
+    from directory: String, backend: RestoreBackend = .file, vsockSocketPath: String,
+    consoleSink: @escaping @Sendable (String) -> Void, logger: Logger, timings: UnsafeMutablePointer<RestoreTimings>? = nil
   ) throws(VMMError) -> VirtualMachine {
     let t0 = Clock.monotonicNanoseconds()
     let loaded = try LoadedSnapshot(directory: directory)
     let manifest = loaded.manifest
+    let memoryPath = directory + "/" + manifest.memoryFile
     let memory = try GuestMemory.create(
-      size: manifest.memorySize, backend: .file(path: directory + "/" + manifest.memoryFile))
+      size: manifest.memorySize, backend: backend == .file ? .file(path: memoryPath) : .userfault(path: memoryPath))
     let t1 = Clock.monotonicNanoseconds()
 
     let storedConfig: StoredVMConfig

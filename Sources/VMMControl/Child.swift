@@ -1,0 +1,160 @@
+import Protocol
+import Syscalls
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// How a child's memory is served.
+public enum ChildBackend: Sendable, Equatable {
+  /// memory.bin mapped MAP_PRIVATE by forkd-vmm itself.
+  case file
+  /// A dedicated forkd-pager serves every first touch through userfaultfd.
+  case uffd(policy: PagerPolicy = .restart, prefetch: Bool = false, recordWorkingSet: Bool = false)
+
+  public var name: String {
+    switch self {
+    case .file: "file"
+    case .uffd(_, let prefetch, _): prefetch ? "uffd+prefetch" : "uffd"
+    }
+  }
+}
+
+/// What the owner does when a child's pager dies.
+public enum PagerPolicy: String, Sendable {
+  /// Start a new pager and hand it the same uffd; stalled faults resume.
+  case restart
+  /// The VM stops with an error; everything of the child is cleaned up.
+  case fail
+}
+
+/// One restored child: its forkd-vmm and, with the uffd backend, its own forkd-pager. The owner
+/// of this object owns both processes and the run directory.
+public final class Child: @unchecked Sendable {
+  public let vmm: VMMProcess
+  public let backend: ChildBackend
+  public let runDirectory: String
+  public let snapshot: String
+  public private(set) var pager: PagerProcess?
+  public private(set) var pagerRestarts = 0
+  private var pagerGeneration = 0
+  private let lock = ConditionLock()
+
+  /// Restores a child from `snapshot` into `runDirectory` (created; removed again on failure).
+  public static func restore(
+    snapshot: String, runDirectory: String, backend: ChildBackend, timeoutMS: Int = 30_000
+  ) throws(ControlError) -> Child {
+    do {
+      try FileSystem.makeDirectories(runDirectory)
+    } catch {
+      throw ControlError(.launch, "cannot create the run directory \(runDirectory)", cause: error)
+    }
+    var pager: PagerProcess? = nil
+    var extra: [String] = []
+    if case .uffd(let policy, let prefetch, let record) = backend {
+      let workingSet = snapshot + "/" + WorkingSet.fileName
+      let socket = runDirectory + "/pager-0.sock"
+      do {
+        pager = try PagerProcess.launch(
+          socket: socket, logPath: runDirectory + "/pager-0.log",
+          recordWorkingSet: record && !FileSystem.exists(workingSet) ? workingSet : nil,
+          prefetch: prefetch && FileSystem.exists(workingSet) ? workingSet : nil)
+      } catch {
+        FileSystem.removeTree(runDirectory)
+        throw error
+      }
+      extra = ["--backend", "uffd", "--pager-sock", socket, "--pager-policy", policy.rawValue]
+    }
+    let vmm: VMMProcess
+    do {
+      vmm = try VMMProcess.launch(
+        .restore(snapshot: snapshot), runDirectory: runDirectory, extraArguments: extra, timeoutMS: timeoutMS)
+    } catch {
+      if let pager {
+        pager.signal(SIGKILL)
+        pager.wait()
+      }
+      FileSystem.removeTree(runDirectory)
+      throw error
+    }
+    return Child(vmm: vmm, backend: backend, runDirectory: runDirectory, snapshot: snapshot, pager: pager)
+  }
+
+  private init(vmm: VMMProcess, backend: ChildBackend, runDirectory: String, snapshot: String, pager: PagerProcess?) {
+    self.vmm = vmm
+    self.backend = backend
+    self.runDirectory = runDirectory
+    self.snapshot = snapshot
+    self.pager = pager
+  }
+
+  public enum PagerEvent: Equatable, Sendable {
+    /// A new pager took over the same uffd.
+    case restarted(oldPID: pid_t, newPID: pid_t, termination: ChildProcess.Termination)
+    /// The VM stopped (fail policy) and the child was cleaned up.
+    case failed(termination: ChildProcess.Termination, vmm: ChildProcess.Termination?)
+  }
+
+  /// Applies the pager policy if the pager has died; nil while it runs (or with no pager).
+  public func handlePagerExit() throws(ControlError) -> PagerEvent? {
+    lock.lock()
+    defer { lock.unlock() }
+    guard let current = pager, current.hasExited, case .uffd(let policy, _, _) = backend else { return nil }
+    let termination = current.termination ?? .exited(-1)
+    _ = try? FileSystem.unlink(current.socket)
+    switch policy {
+    case .fail:
+      // The VM sees its pager connection close and stops with exit status 5.
+      let vmmEnd = vmm.wait(timeoutMS: 10_000)
+      pager = nil
+      FileSystem.removeTree(runDirectory)
+      return .failed(termination: termination, vmm: vmmEnd)
+    case .restart:
+      pagerGeneration += 1
+      let socket = runDirectory + "/pager-\(pagerGeneration).sock"
+      let next = try PagerProcess.launch(socket: socket, logPath: runDirectory + "/pager-\(pagerGeneration).log")
+      try vmm.control().call(.attachPager(socket: socket))
+      pager = next
+      pagerRestarts += 1
+      return .restarted(oldPID: current.pid, newPID: next.pid, termination: termination)
+    }
+  }
+
+  /// Blocks until the pager or the VM ends (or `timeoutMS`); returns true if the pager ended.
+  public func waitForPagerExit(timeoutMS: Int32) -> Bool {
+    guard let pager = lock.withLock({ pager }) else { return false }
+    let ready = (try? Poll.wait([(pager.pidFD, .readable)], timeoutMS: timeoutMS)) ?? [[]]
+    return !ready[0].isEmpty
+  }
+
+  /// Stops the VM, then the pager (it exits when the VM closes its connection), and removes the
+  /// run directory.
+  @discardableResult
+  public func stop(timeoutMS: Int = 5000) -> ChildProcess.Termination? {
+    let end = vmm.stop(timeoutMS: timeoutMS)
+    lock.withLock {
+      if let pager {
+        pager.wait(timeoutMS: timeoutMS)
+        self.pager = nil
+      }
+    }
+    FileSystem.removeTree(runDirectory)
+    return end
+  }
+
+  /// PSS (KiB) of every process of this child, summed.
+  public func proportionalSetSizeKiB() -> UInt64 {
+    var pids = [vmm.pid]
+    if let pager = lock.withLock({ pager }) { pids.append(pager.pid) }
+    return pids.reduce(0) { $0 + (smapsRollupField($1, "Pss") ?? 0) }
+  }
+}
+
+/// One field (KiB) of /proc/<pid>/smaps_rollup.
+public func smapsRollupField(_ pid: pid_t, _ field: String) -> UInt64? {
+  guard let bytes = try? FileSystem.readFile("/proc/\(pid)/smaps_rollup") else { return nil }
+  for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix(field + ":") {
+    return line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) }
+  }
+  return nil
+}

@@ -1,0 +1,132 @@
+import Protocol
+import Syscalls
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// One running forkd-pager: the per-child userfaultfd page server.
+public final class PagerProcess: @unchecked Sendable {
+  public let pid: pid_t
+  public let socket: String
+  public let logPath: String
+  public let pidFD: FileDescriptor
+  private var reaped: ChildProcess.Termination?
+
+  /// Starts forkd-pager listening on `socket` and waits until it is listening.
+  public static func launch(
+    socket: String, logPath: String, recordWorkingSet: String? = nil, prefetch: String? = nil,
+    handshakeTimeoutMS: Int = 5000, binary: String? = nil, timeoutMS: Int = 10_000
+  ) throws(ControlError) -> PagerProcess {
+    let path: String
+    if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-pager") }
+    var arguments = [path, "--socket", socket, "--ready-fd", "3", "--handshake-timeout-ms", "\(handshakeTimeoutMS)"]
+    if let recordWorkingSet { arguments += ["--record-working-set", recordWorkingSet] }
+    if let prefetch { arguments += ["--prefetch", prefetch] }
+    let pipe: (read: FileDescriptor, write: FileDescriptor)
+    let log: FileDescriptor
+    do {
+      pipe = try FileDescriptor.pipe()
+      log = try FileDescriptor.open(logPath, [.writeOnly, .create, .truncate], mode: 0o600)
+    } catch {
+      throw ControlError(.launch, "cannot prepare the launch of \(path)", cause: error)
+    }
+    let pid: pid_t
+    do {
+      pid = try ChildProcess.spawn(
+        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log)
+    } catch {
+      pipe.read.close()
+      pipe.write.close()
+      log.close()
+      throw ControlError(.launch, "cannot start \(path)", cause: error)
+    }
+    pipe.write.close()
+    log.close()
+    defer { pipe.read.close() }
+    var line: [UInt8] = []
+    do {
+      try readUntil(
+        pipe.read, deadline: Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000,
+        what: "forkd-pager to listen", { $0.contains(UInt8(ascii: "\n")) }, buffer: &line)
+    } catch {
+      ChildProcess.waitOrKill(pid, timeoutMS: 1000)
+      _ = try? FileSystem.unlink(socket)
+      throw ControlError(.notReady, "forkd-pager did not start: \(lastLines(of: logPath))", cause: error)
+    }
+    guard line.starts(with: Array("READY".utf8)) else {
+      ChildProcess.waitOrKill(pid, timeoutMS: 1000)
+      throw ControlError(.launch, "forkd-pager failed: \(String(decoding: line, as: UTF8.self))")
+    }
+    let pidFD: FileDescriptor
+    do {
+      pidFD = try ChildProcess.pidFD(pid)
+    } catch {
+      ChildProcess.waitOrKill(pid, timeoutMS: 0)
+      throw ControlError(.launch, "cannot watch forkd-pager \(pid)", cause: error)
+    }
+    return PagerProcess(pid: pid, socket: socket, logPath: logPath, pidFD: pidFD)
+  }
+
+  private init(pid: pid_t, socket: String, logPath: String, pidFD: FileDescriptor) {
+    self.pid = pid
+    self.socket = socket
+    self.logPath = logPath
+    self.pidFD = pidFD
+  }
+
+  deinit {
+    if reaped == nil {
+      _ = kill(pid, SIGKILL)
+      _ = try? ChildProcess.wait(pid)
+    }
+    pidFD.close()
+  }
+
+  /// The pager's counters and fault service-time percentiles.
+  public func stats(timeoutMS: Int = 5000) throws(ControlError) -> [String: JSONValue] {
+    let fd: FileDescriptor
+    do {
+      fd = try UnixSocket.connect(path: socket)
+    } catch {
+      throw ControlError(.connection, "cannot reach the pager at \(socket)", cause: error)
+    }
+    defer { fd.close() }
+    do {
+      try fd.writeAll(Array("{\"op\":\"stats\"}\n".utf8))
+    } catch {
+      throw ControlError(.connection, "cannot ask the pager for stats", cause: error)
+    }
+    var buffer: [UInt8] = []
+    try readUntil(
+      fd, deadline: Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000, what: "pager stats",
+      { $0.contains(UInt8(ascii: "\n")) }, buffer: &buffer)
+    guard let reply = try? JSONValue.parse(Array(buffer.prefix(while: { $0 != UInt8(ascii: "\n") })), source: "pager stats"),
+      reply["ok"] == .bool(true), let result = reply["result"]?.objectValue
+    else { throw ControlError(.protocolViolation, "bad stats reply from the pager") }
+    return result
+  }
+
+  /// Whether the process has ended (reaps it if so).
+  public var hasExited: Bool {
+    if reaped != nil { return true }
+    if let t = try? ChildProcess.wait(pid, block: false) {
+      reaped = t
+      return true
+    }
+    return false
+  }
+
+  public var termination: ChildProcess.Termination? {
+    _ = hasExited
+    return reaped
+  }
+
+  public func signal(_ signal: Int32) { _ = kill(pid, signal) }
+
+  @discardableResult
+  public func wait(timeoutMS: Int = 10_000) -> ChildProcess.Termination? {
+    if reaped == nil { reaped = ChildProcess.waitOrKill(pid, timeoutMS: timeoutMS) }
+    return reaped
+  }
+}

@@ -1,0 +1,78 @@
+import Protocol
+
+/// Counters and a service-time histogram, small enough to live in every pager.
+///
+/// Service time is handler-side: from reading the fault event to the ioctl that resolves it.
+/// Buckets are 250 ns wide up to 64 µs, then powers of two, so percentiles are exact to a bucket.
+struct FaultStats {
+  var faults: UInt64 = 0
+  var minorFaults: UInt64 = 0
+  var copies: UInt64 = 0
+  var zeroPages: UInt64 = 0
+  var continues: UInt64 = 0
+  var alreadyMapped: UInt64 = 0
+  var retriesAfterEvents: UInt64 = 0
+  var bytesCopied: UInt64 = 0
+  var removeEvents: UInt64 = 0
+  var unmapEvents: UInt64 = 0
+  var prefetchedPages: UInt64 = 0
+  var prefetchNanoseconds: UInt64 = 0
+  var firstFaultAt: UInt64 = 0
+  var lastFaultAt: UInt64 = 0
+
+  static let fineBuckets = 256
+  static let fineWidth: UInt64 = 250
+  private var histogram = [UInt32](repeating: 0, count: fineBuckets + 40)
+
+  mutating func record(serviceNanoseconds ns: UInt64, at now: UInt64) {
+    let bucket: Int
+    if ns < UInt64(Self.fineBuckets) * Self.fineWidth {
+      bucket = Int(ns / Self.fineWidth)
+    } else {
+      bucket = Self.fineBuckets + min(39, 64 - (ns / (UInt64(Self.fineBuckets) * Self.fineWidth)).leadingZeroBitCount)
+    }
+    histogram[bucket] &+= 1
+    if firstFaultAt == 0 { firstFaultAt = now }
+    lastFaultAt = now
+  }
+
+  /// Upper bound (ns) of the bucket holding the p-th percentile.
+  func percentile(_ p: Double) -> UInt64 {
+    let total = histogram.reduce(UInt64(0)) { $0 + UInt64($1) }
+    guard total > 0 else { return 0 }
+    let rank = UInt64((p * Double(total)).rounded(.up))
+    var seen: UInt64 = 0
+    for (bucket, count) in histogram.enumerated() {
+      seen += UInt64(count)
+      if seen >= rank {
+        if bucket < Self.fineBuckets { return UInt64(bucket + 1) * Self.fineWidth }
+        return UInt64(Self.fineBuckets) * Self.fineWidth << UInt64(bucket - Self.fineBuckets)
+      }
+    }
+    return 0
+  }
+
+  var json: JSONValue {
+    let served = copies + zeroPages + continues
+    let window = lastFaultAt > firstFaultAt ? Double(lastFaultAt - firstFaultAt) / 1e9 : 0
+    return .object([
+      "faults": .integer(Int64(faults)),
+      "minor_faults": .integer(Int64(minorFaults)),
+      "copies": .integer(Int64(copies)),
+      "zero_pages": .integer(Int64(zeroPages)),
+      "continues": .integer(Int64(continues)),
+      "already_mapped": .integer(Int64(alreadyMapped)),
+      "retries_after_events": .integer(Int64(retriesAfterEvents)),
+      "bytes_copied": .integer(Int64(bytesCopied)),
+      "remove_events": .integer(Int64(removeEvents)),
+      "unmap_events": .integer(Int64(unmapEvents)),
+      "prefetched_pages": .integer(Int64(prefetchedPages)),
+      "prefetch_us": .integer(Int64(prefetchNanoseconds / 1000)),
+      "service_ns": .object([
+        "p50": .integer(Int64(percentile(0.50))), "p90": .integer(Int64(percentile(0.90))),
+        "p99": .integer(Int64(percentile(0.99))),
+      ]),
+      "faults_per_second": .double(window > 0 ? Double(served) / window : 0),
+    ])
+  }
+}

@@ -1,0 +1,193 @@
+import Protocol
+import Syscalls
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// A handshake that could not be accepted: a code for the VM, a message for people.
+struct PagerError: Error, CustomStringConvertible {
+  let code: String
+  let message: String
+  var description: String { "[\(code)] \(message)" }
+}
+
+/// A page-aligned bitset over the pages of the memory source.
+struct PageBitmap {
+  private var words: [UInt64]
+  init(pages: Int) { words = [UInt64](repeating: 0, count: (pages + 63) / 64) }
+  @inline(__always) func contains(_ page: Int) -> Bool { words[page >> 6] & (1 << UInt64(page & 63)) != 0 }
+  @inline(__always) mutating func insert(_ page: Int) { words[page >> 6] |= 1 << UInt64(page & 63) }
+  mutating func insert(range: Range<Int>) { for page in range { insert(page) } }
+}
+
+/// The memory source mapped read-only, with the pages that hold data (the rest are holes).
+final class MemorySource {
+  let path: String
+  let size: UInt64
+  let base: UnsafeRawPointer?
+  let dataPages: PageBitmap
+  let dataPageCount: Int
+
+  init(path: String) throws(PagerError) {
+    self.path = path
+    let fd: FileDescriptor
+    do {
+      fd = try FileDescriptor.open(path, .readOnly)
+    } catch {
+      throw PagerError(code: "invalid_source", message: "\(path): cannot open the memory source: \(error)")
+    }
+    defer { fd.close() }
+    do {
+      size = UInt64(try fd.size())
+      base = size == 0 ? nil : UnsafeRawPointer(try MemoryMapping.sharedFile(fd, size: Int(size), protection: .read))
+      // Holes (SEEK_HOLE) are zero pages: they are answered with UFFDIO_ZEROPAGE, never read.
+      let pages = Int((size + 4095) / 4096)
+      var bitmap = PageBitmap(pages: pages)
+      var count = 0
+      var offset: Int64 = 0
+      while offset < Int64(size), let dataStart = try fd.seek(data: offset) {
+        let dataEnd = try fd.seek(hole: dataStart) ?? Int64(size)
+        let first = Int(dataStart / 4096)
+        let last = Int((dataEnd + 4095) / 4096)
+        bitmap.insert(range: first..<min(last, pages))
+        count += min(last, pages) - first
+        offset = dataEnd
+      }
+      dataPages = bitmap
+      dataPageCount = count
+    } catch {
+      throw PagerError(code: "invalid_source", message: "\(path): cannot map the memory source: \(error)")
+    }
+  }
+}
+
+/// What the handshake established.
+struct Session {
+  let uffd: Userfault
+  let hello: PagerHello
+  let vmSocket: FileDescriptor
+  let source: MemorySource
+}
+
+enum Handshake {
+  /// Waits for the VM, receives the uffd and region table, validates them against the memory
+  /// source, and acknowledges. Any failure is answered with an error frame before it is thrown.
+  static func accept(on listener: FileDescriptor, timeoutMS: Int32) throws(PagerError) -> Session {
+    let deadline = Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000
+    func remainingMS() -> Int32 {
+      let now = Clock.monotonicNanoseconds()
+      return now >= deadline ? 0 : Int32((deadline - now) / 1_000_000) + 1
+    }
+    var connection: FileDescriptor? = nil
+    while connection == nil {
+      guard remainingMS() > 0 else {
+        throw PagerError(code: "timeout", message: "no VM connected within \(timeoutMS) ms")
+      }
+      _ = try? Poll.wait([(listener, .readable)], timeoutMS: remainingMS())
+      connection = try? UnixSocket.accept(listener)
+    }
+    let vm = connection!
+    do throws(PagerError) {
+      let session = try receive(on: vm, deadline: deadline, remainingMS: remainingMS, timeoutMS: timeoutMS)
+      let ack = PagerAck(ok: true, pagerPID: getpid())
+      do {
+        try vm.writeAll(PagerFrame.encode(ack.jsonValue))
+      } catch {
+        throw PagerError(code: "io", message: "cannot acknowledge the handshake: \(error)")
+      }
+      return session
+    } catch {
+      let nack = PagerAck(ok: false, pagerPID: getpid(), error: ControlErrorBody(code: error.code, message: error.message))
+      try? vm.writeAll(PagerFrame.encode(nack.jsonValue))
+      vm.close()
+      throw error
+    }
+  }
+
+  private static func receive(
+    on vm: FileDescriptor, deadline: UInt64, remainingMS: () -> Int32, timeoutMS: Int32
+  ) throws(PagerError) -> Session {
+    var bytes: [UInt8] = []
+    var uffdFD: FileDescriptor? = nil
+    var want = PagerHandshake.headerSize
+    var closeOnFailure: FileDescriptor? = nil
+    defer { closeOnFailure?.close() }
+    while bytes.count < want {
+      guard remainingMS() > 0 else {
+        throw PagerError(
+          code: "timeout",
+          message: bytes.isEmpty
+            ? "the VM connected but sent no handshake within \(timeoutMS) ms"
+            : "handshake truncated: \(bytes.count) of \(want) bytes within \(timeoutMS) ms")
+      }
+      let ready = (try? Poll.wait([(vm, .readable)], timeoutMS: remainingMS())) ?? [[]]
+      if ready[0].isEmpty { continue }
+      let received: (bytes: [UInt8], fd: FileDescriptor?, truncated: Bool)
+      do {
+        received = try UnixSocket.receive(capacity: want - bytes.count, on: vm)
+      } catch {
+        throw PagerError(code: "io", message: "cannot read the handshake: \(error)")
+      }
+      if let fd = received.fd {
+        if uffdFD != nil {
+          fd.close()
+          throw PagerError(code: "bad_handshake", message: "more than one descriptor attached")
+        }
+        uffdFD = fd
+        closeOnFailure = fd
+      }
+      if received.truncated {
+        throw PagerError(code: "bad_handshake", message: "more than one descriptor or oversized ancillary data")
+      }
+      if received.bytes.isEmpty {
+        throw PagerError(
+          code: "bad_handshake", message: "the VM closed the connection after \(bytes.count) of \(want) handshake bytes")
+      }
+      bytes += received.bytes
+      if bytes.count == PagerHandshake.headerSize && want == PagerHandshake.headerSize {
+        do {
+          want += try PagerFrame.bodyLength(header: bytes, source: "handshake")
+        } catch {
+          throw PagerError(code: "bad_handshake", message: error.message)
+        }
+      }
+    }
+    guard let uffdFD else {
+      throw PagerError(code: "bad_handshake", message: "the handshake carried no userfaultfd (SCM_RIGHTS)")
+    }
+    guard isUserfaultfd(uffdFD) else {
+      throw PagerError(code: "bad_handshake", message: "the descriptor attached to the handshake is not a userfaultfd")
+    }
+    let hello: PagerHello
+    do {
+      hello = try PagerHello.decode(try PagerFrame.decode(bytes, source: "handshake"), source: "handshake")
+    } catch {
+      throw PagerError(code: error.code == .unsupportedVersion ? "unsupported_version" : "bad_handshake", message: error.message)
+    }
+    if let peer = try? UnixSocket.peerPID(vm), peer != hello.vmPID {
+      throw PagerError(code: "bad_handshake", message: "vm_pid \(hello.vmPID) is not the connected process (\(peer))")
+    }
+    guard hello.memory.mode == .copy else {
+      throw PagerError(code: "unsupported", message: "memory mode \(hello.memory.mode.rawValue) is not served by this pager")
+    }
+    let source = try MemorySource(path: hello.memory.layers[0])
+    for (index, region) in hello.regions.enumerated() where region.fileOffset + region.size > source.size {
+      throw PagerError(
+        code: "bad_handshake",
+        message:
+          "region \(index) (file offset \(region.fileOffset) + \(region.size) bytes) lies outside \(source.path) (\(source.size) bytes)"
+      )
+    }
+    closeOnFailure = nil
+    return Session(uffd: Userfault(fd: uffdFD), hello: hello, vmSocket: vm, source: source)
+  }
+
+  /// A uffd shows as "anon_inode:[userfaultfd]" in /proc/self/fd.
+  private static func isUserfaultfd(_ fd: FileDescriptor) -> Bool {
+    var buffer = [CChar](repeating: 0, count: 128)
+    let n = readlink("/proc/self/fd/\(fd.rawValue)", &buffer, buffer.count - 1)
+    guard n > 0 else { return false }
+    return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == "anon_inode:[userfaultfd]"
+  }
+}

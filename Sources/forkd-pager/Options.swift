@@ -1,0 +1,46 @@
+/// Command line of forkd-pager (parsed by hand: the pager starts once per child).
+struct Options {
+  var socket: String
+  var readyFD: Int32?
+  var recordPath: String?
+  var prefetchPath: String?
+  var handshakeTimeoutMS: Int32 = 5000
+
+  static let usage = """
+    usage: forkd-pager --socket PATH [--ready-fd N] [--handshake-timeout-ms N]
+                       [--record-working-set PATH] [--prefetch PATH]
+    Serves one child's guest memory through the userfaultfd its VM sends over PATH (SCM_RIGHTS).
+    Further connections on PATH may send {"op":"stats"} or {"op":"save_working_set"} lines.
+    """
+
+  struct UsageError: Error, CustomStringConvertible { let description: String }
+
+  init(_ arguments: [String]) throws(UsageError) {
+    var rest = arguments[...]
+    var socket: String?
+    func value(_ flag: String) throws(UsageError) -> String {
+      guard let v = rest.popFirst() else { throw UsageError(description: "\(flag) needs a value") }
+      return v
+    }
+    while let flag = rest.popFirst() {
+      switch flag {
+      case "--socket": socket = try value(flag)
+      case "--ready-fd":
+        let text = try value(flag)
+        guard let fd = Int32(text) else { throw UsageError(description: "--ready-fd '\(text)' is not a number") }
+        readyFD = fd
+      case "--record-working-set": recordPath = try value(flag)
+      case "--prefetch": prefetchPath = try value(flag)
+      case "--handshake-timeout-ms":
+        let text = try value(flag)
+        guard let ms = Int32(text), ms > 0 else {
+          throw UsageError(description: "--handshake-timeout-ms '\(text)' is not a positive number")
+        }
+        handshakeTimeoutMS = ms
+      default: throw UsageError(description: "unknown option '\(flag)'")
+      }
+    }
+    guard let socket else { throw UsageError(description: "--socket is required") }
+    self.socket = socket
+  }
+}

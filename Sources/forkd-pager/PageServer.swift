@@ -1,0 +1,323 @@
+import Protocol
+import Syscalls
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Serves one child's page faults until its VM goes away.
+final class PageServer {
+  private let session: Session
+  private let listener: FileDescriptor
+  private var clients: [FileDescriptor: LineDecoder] = [:]
+  private(set) var stats = FaultStats()
+
+  private struct Region {
+    let host: UInt64
+    let size: UInt64
+    let filePage: Int
+  }
+  private let regions: [Region]
+  /// Pages the VM discarded (EVENT_REMOVE): they read as zero from now on.
+  private var removed: PageBitmap
+  /// Pages already faulted, and in which order (the working-set record).
+  private var seen: PageBitmap
+  private var order: [UInt64] = []
+  private let recorder: WorkingSetRecorder?
+  /// Pages still to copy ahead of the guest (working-set prefetch), in order.
+  private var prefetch: ArraySlice<UInt64>
+  private var prefetchStarted: UInt64 = 0
+  private var pendingFaults: [UInt64] = []
+  private var vmGone = false
+  private(set) var exitReason = ""
+
+  init(session: Session, listener: FileDescriptor, recorder: WorkingSetRecorder?, prefetch: [UInt64]) {
+    self.session = session
+    self.listener = listener
+    self.recorder = recorder
+    regions = session.hello.regions.map {
+      Region(host: $0.hostVirtualAddress, size: $0.size, filePage: Int($0.fileOffset / 4096))
+    }
+    let pages = Int((session.source.size + 4095) / 4096)
+    removed = PageBitmap(pages: pages)
+    seen = PageBitmap(pages: pages)
+    self.prefetch = prefetch.filter { Int($0) < pages }[...]
+  }
+
+  /// The file page index and host address of the page containing `address`.
+  @inline(__always)
+  private func locate(_ address: UInt64) -> (filePage: Int, host: UInt64)? {
+    for region in regions where address >= region.host && address < region.host + region.size {
+      let offset = (address - region.host) & ~4095
+      return (region.filePage + Int(offset / 4096), region.host + offset)
+    }
+    return nil
+  }
+
+  private func hostAddress(ofFilePage page: Int) -> UInt64? {
+    for region in regions where page >= region.filePage && page < region.filePage + Int(region.size / 4096) {
+      return region.host + UInt64(page - region.filePage) * 4096
+    }
+    return nil
+  }
+
+  enum Outcome { case served, retryAfterEvents, vmGone }
+
+  /// Maps one page into the VM: its data from the memory source, or a zero page for a hole or
+  /// a removed page. `wake: false` is used for prefetch batches (one UFFDIO_WAKE at the end).
+  private func populate(filePage page: Int, host: UInt64, wake: Bool) -> Outcome {
+    let uffd = session.uffd
+    do {
+      if removed.contains(page) || !session.source.dataPages.contains(page) {
+        _ = try uffd.zeroPage(at: host, length: 4096, wake: wake)
+        stats.zeroPages += 1
+      } else {
+        _ = try uffd.copy(to: host, from: session.source.base! + page * 4096, length: 4096, wake: wake)
+        stats.copies += 1
+        stats.bytesCopied += 4096
+      }
+      return .served
+    } catch {
+      switch error.errno.rawValue {
+      case EEXIST:
+        // Mapped already (prefetch got there first, or a racing fault): make sure nobody sleeps on it.
+        stats.alreadyMapped += 1
+        try? uffd.wake(start: host, length: 4096)
+        return .served
+      case EAGAIN:
+        // The kernel has queued events (REMOVE/UNMAP) that must be read before any ioctl works.
+        stats.retriesAfterEvents += 1
+        return .retryAfterEvents
+      case ESRCH, ENOENT, EBADF:
+        return .vmGone
+      default:
+        writeLog("pager: cannot resolve the fault at 0x\(String(host, radix: 16)): \(error)")
+        return .vmGone
+      }
+    }
+  }
+
+  private func serveFault(_ address: UInt64) -> Outcome {
+    let started = Clock.monotonicNanoseconds()
+    guard let (page, host) = locate(address) else {
+      writeLog("pager: fault at 0x\(String(address, radix: 16)) outside every region; ignored")
+      return .served
+    }
+    let outcome = populate(filePage: page, host: host, wake: true)
+    if outcome == .served {
+      let now = Clock.monotonicNanoseconds()
+      stats.record(serviceNanoseconds: now - started, at: now)
+      if !seen.contains(page) {
+        seen.insert(page)
+        if recorder != nil { order.append(UInt64(page)) }
+      }
+    }
+    return outcome
+  }
+
+  /// Reads every queued event; non-fault events are applied at once, faults are queued.
+  private func drainEvents() {
+    while true {
+      let events: [Userfault.Event]?
+      do {
+        events = try session.uffd.readEvents()
+      } catch {
+        vmGone = true
+        exitReason = "reading the userfaultfd failed: \(error)"
+        return
+      }
+      guard let events else {
+        vmGone = true
+        exitReason = "the userfaultfd reached EOF"
+        return
+      }
+      if events.isEmpty { return }
+      for event in events {
+        switch event {
+        case .pageFault(let address, _, _, let minor, _):
+          stats.faults += 1
+          if minor { stats.minorFaults += 1 }
+          pendingFaults.append(address)
+        case .remove(let start, let end):
+          stats.removeEvents += 1
+          markRemoved(start, end)
+        case .unmap(let start, let end):
+          stats.unmapEvents += 1
+          markRemoved(start, end)
+        default:
+          break
+        }
+      }
+    }
+  }
+
+  private func markRemoved(_ start: UInt64, _ end: UInt64) {
+    var address = start & ~4095
+    while address < end {
+      if let (page, _) = locate(address) { removed.insert(page) }
+      address += 4096
+    }
+  }
+
+  private func servePending() {
+    var index = 0
+    while index < pendingFaults.count {
+      switch serveFault(pendingFaults[index]) {
+      case .served:
+        index += 1
+      case .retryAfterEvents:
+        pendingFaults.removeFirst(index)
+        return
+      case .vmGone:
+        vmGone = true
+        exitReason = "the VM's memory is gone"
+        pendingFaults.removeAll()
+        return
+      }
+    }
+    pendingFaults.removeAll(keepingCapacity: true)
+  }
+
+  /// Copies the next batch of the recorded working set ahead of the guest (DONTWAKE), then one
+  /// wake over every region so a vCPU that faulted on one of them meanwhile continues.
+  private func prefetchBatch(_ count: Int = 64) {
+    if prefetchStarted == 0 { prefetchStarted = Clock.monotonicNanoseconds() }
+    var done = 0
+    while done < count, let page = prefetch.popFirst() {
+      guard let host = hostAddress(ofFilePage: Int(page)), !seen.contains(Int(page)) else { continue }
+      switch populate(filePage: Int(page), host: host, wake: false) {
+      case .served:
+        seen.insert(Int(page))
+        stats.prefetchedPages += 1
+        done += 1
+      case .retryAfterEvents:
+        prefetch.insert(page, at: prefetch.startIndex)
+        return
+      case .vmGone:
+        vmGone = true
+        return
+      }
+    }
+    for region in regions { try? session.uffd.wake(start: region.host, length: region.size) }
+    if prefetch.isEmpty { stats.prefetchNanoseconds = Clock.monotonicNanoseconds() - prefetchStarted }
+  }
+
+  /// The event loop: faults first, then prefetch work, then stats requests.
+  func run() {
+    while !vmGone {
+      var entries: [(FileDescriptor, Poll.Events)] = [
+        (session.uffd.fd, .readable), (session.vmSocket, .readable), (listener, .readable),
+      ]
+      for fd in clients.keys { entries.append((fd, .readable)) }
+      let busy = !pendingFaults.isEmpty || !prefetch.isEmpty
+      guard let ready = try? Poll.wait(entries, timeoutMS: busy ? 0 : 1000) else { continue }
+      if !ready[0].isEmpty || !pendingFaults.isEmpty {
+        drainEvents()
+        servePending()
+      }
+      if !ready[1].isEmpty {
+        var byte: UInt8 = 0
+        if Glibc.read(session.vmSocket.rawValue, &byte, 1) <= 0 {
+          vmGone = true
+          exitReason = "the VM closed its pager connection"
+        }
+      }
+      if !ready[2].isEmpty {
+        while let client = try? UnixSocket.accept(listener) { clients[client] = LineDecoder() }
+      }
+      for (i, entry) in entries.enumerated().dropFirst(3) where !ready[i].isEmpty {
+        serveClient(entry.0)
+      }
+      if ready[0].isEmpty && pendingFaults.isEmpty && !prefetch.isEmpty { prefetchBatch() }
+    }
+    for fd in clients.keys { fd.close() }
+    clients.removeAll()
+  }
+
+  func saveWorkingSet() -> Int? {
+    guard let recorder else { return nil }
+    return recorder.save(WorkingSet(pages: order))
+  }
+
+  private func serveClient(_ fd: FileDescriptor) {
+    guard var decoder = clients[fd] else { return }
+    var buffer = [UInt8](repeating: 0, count: 1024)
+    let n = buffer.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
+    guard n > 0 else {
+      clients[fd] = nil
+      fd.close()
+      return
+    }
+    decoder.feed(buffer[0..<n])
+    while let line = try? decoder.next() {
+      let op = (try? JSONValue.parse(line, source: "pager request"))?["op"]?.stringValue
+      var reply: JSONValue
+      switch op {
+      case "stats":
+        reply = .object(["ok": .bool(true), "result": statsJSON()])
+      case "save_working_set":
+        if let pages = saveWorkingSet() {
+          reply = .object(["ok": .bool(true), "result": .object(["pages": .integer(Int64(pages))])])
+        } else {
+          reply = .object([
+            "ok": .bool(false),
+            "error": .object([
+              "code": .string("invalid_config"), "message": .string("this pager does not record a working set"),
+            ]),
+          ])
+        }
+      default:
+        reply = .object([
+          "ok": .bool(false),
+          "error": .object([
+            "code": .string("bad_request"), "message": .string("unknown op; expected stats or save_working_set"),
+          ]),
+        ])
+      }
+      try? fd.writeAll(Array((reply.serialized() + "\n").utf8))
+    }
+    clients[fd] = decoder
+  }
+
+  func statsJSON() -> JSONValue {
+    guard case .object(var o) = stats.json else { return stats.json }
+    o["pid"] = .integer(Int64(getpid()))
+    o["vm_pid"] = .integer(Int64(session.hello.vmPID))
+    o["data_pages_in_source"] = .integer(Int64(session.source.dataPageCount))
+    o["distinct_pages_served"] = .integer(Int64(stats.copies + stats.zeroPages))
+    return .object(o)
+  }
+}
+
+/// Writes the working-set record beside the snapshot: into a file opened before the seccomp
+/// filter (the pager may not open files afterwards), then renamed into place.
+final class WorkingSetRecorder {
+  let path: String
+  private let staging: String
+  private let fd: FileDescriptor
+
+  init(path: String) throws(SyscallError) {
+    self.path = path
+    staging = path + ".tmp-\(getpid())"
+    fd = try FileDescriptor.open(staging, [.writeOnly, .create, .exclusive], mode: 0o600)
+  }
+
+  /// Returns the number of pages written, nil on failure.
+  func save(_ set: WorkingSet) -> Int? {
+    do {
+      let bytes = set.serialized()
+      try fd.truncate(to: 0)
+      try fd.pwriteAll(bytes, at: 0)
+      try fd.sync()
+      try FileSystem.rename(staging, to: path)
+      return set.pages.count
+    } catch {
+      writeLog("pager: cannot save the working set to \(path): \(error)")
+      return nil
+    }
+  }
+}
+
+func writeLog(_ text: String) {
+  try? FileDescriptor(rawValue: 2).writeAll(Array((text + "\n").utf8))
+}

