@@ -23,6 +23,7 @@ final class PageServer {
   /// Pages already faulted, and in which order (the working-set record).
   private var seen: PageBitmap
   private var order: [UInt64] = []
+  private var distinctFaultedPages = 0
   private let recorder: WorkingSetRecorder?
   /// Pages still to copy ahead of the guest (working-set prefetch), in order.
   private var prefetch: ArraySlice<UInt64>
@@ -109,6 +110,7 @@ final class PageServer {
       stats.record(serviceNanoseconds: now - started, at: now)
       if !seen.contains(page) {
         seen.insert(page)
+        distinctFaultedPages += 1
         if recorder != nil { order.append(UInt64(page)) }
       }
     }
@@ -284,7 +286,7 @@ final class PageServer {
     o["pid"] = .integer(Int64(getpid()))
     o["vm_pid"] = .integer(Int64(session.hello.vmPID))
     o["data_pages_in_source"] = .integer(Int64(session.source.dataPageCount))
-    o["distinct_pages_served"] = .integer(Int64(stats.copies + stats.zeroPages))
+    o["distinct_pages_faulted"] = .integer(Int64(distinctFaultedPages))
     return .object(o)
   }
 }

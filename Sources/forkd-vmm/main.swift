@@ -149,6 +149,14 @@ machine.onExit { _ in
 do {
   _ = try OSThread.start(name: "control") {
     controlLoop.run(timeoutMS: 1000) { machine.exit != nil }
+    if case .pagerLost(let reason) = machine.exit {
+      // vCPUs and the data plane may be stalled in faults no pager will ever serve: do not wait
+      // for them (or take their locks). Remove the sockets and end the process here.
+      _ = try? FileSystem.unlink(options.controlSocket!)
+      _ = try? FileSystem.unlink(options.vsockSocket!)
+      writeStderr("forkd-vmm: error: memory pager lost (policy fail): \(reason)\n")
+      exit(5)
+    }
   }
   _ = try OSThread.start(name: "signals") {
     var set = sigset_t()
