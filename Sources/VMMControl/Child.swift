@@ -11,11 +11,23 @@ public enum ChildBackend: Sendable, Equatable {
   case file
   /// A dedicated forkd-pager serves every first touch through userfaultfd.
   case uffd(policy: PagerPolicy = .restart, prefetch: Bool = false, recordWorkingSet: Bool = false)
+  /// A shmem copy of memory.bin shared by all children, mapped private; the pager answers MINOR
+  /// faults with UFFDIO_CONTINUE (page-cache sharing and pager control at once).
+  case shmem(policy: PagerPolicy = .restart, prefetch: Bool = false, recordWorkingSet: Bool = false)
 
   public var name: String {
     switch self {
     case .file: "file"
     case .uffd(_, let prefetch, _): prefetch ? "uffd+prefetch" : "uffd"
+    case .shmem(_, let prefetch, _): prefetch ? "shmem-minor+prefetch" : "shmem-minor"
+    }
+  }
+
+  var pagerSettings: (policy: PagerPolicy, prefetch: Bool, record: Bool)? {
+    switch self {
+    case .file: nil
+    case .uffd(let policy, let prefetch, let record), .shmem(let policy, let prefetch, let record):
+      (policy, prefetch, record)
     }
   }
 }
@@ -51,7 +63,16 @@ public final class Child: @unchecked Sendable {
     }
     var pager: PagerProcess? = nil
     var extra: [String] = []
-    if case .uffd(let policy, let prefetch, let record) = backend {
+    if let (policy, prefetch, record) = backend.pagerSettings {
+      var shmemArguments: [String] = []
+      if case .shmem = backend {
+        do {
+          shmemArguments = ["--shmem-image", try ShmemImage.ensure(for: snapshot)]
+        } catch {
+          FileSystem.removeTree(runDirectory)
+          throw error
+        }
+      }
       let workingSet = snapshot + "/" + WorkingSet.fileName
       let socket = runDirectory + "/pager-0.sock"
       do {
@@ -63,7 +84,12 @@ public final class Child: @unchecked Sendable {
         FileSystem.removeTree(runDirectory)
         throw error
       }
-      extra = ["--backend", "uffd", "--pager-sock", socket, "--pager-policy", policy.rawValue]
+      extra =
+        [
+          "--backend", shmemArguments.isEmpty ? "uffd" : "shmem", "--pager-sock", socket, "--pager-policy",
+          policy.rawValue,
+        ]
+        + shmemArguments
     }
     let vmm: VMMProcess
     do {
@@ -99,7 +125,7 @@ public final class Child: @unchecked Sendable {
   public func handlePagerExit() throws(ControlError) -> PagerEvent? {
     lock.lock()
     defer { lock.unlock() }
-    guard let current = pager, current.hasExited, case .uffd(let policy, _, _) = backend else { return nil }
+    guard let current = pager, current.hasExited, let policy = backend.pagerSettings?.policy else { return nil }
     let termination = current.termination ?? .exited(-1)
     _ = try? FileSystem.unlink(current.socket)
     switch policy {

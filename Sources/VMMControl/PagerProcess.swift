@@ -101,7 +101,9 @@ public final class PagerProcess: @unchecked Sendable {
     try readUntil(
       fd, deadline: Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000, what: "pager stats",
       { $0.contains(UInt8(ascii: "\n")) }, buffer: &buffer)
-    guard let reply = try? JSONValue.parse(Array(buffer.prefix(while: { $0 != UInt8(ascii: "\n") })), source: "pager stats"),
+    guard
+      let reply = try? JSONValue.parse(
+        Array(buffer.prefix(while: { $0 != UInt8(ascii: "\n") })), source: "pager stats"),
       reply["ok"] == .bool(true), let result = reply["result"]?.objectValue
     else { throw ControlError(.protocolViolation, "bad stats reply from the pager") }
     return result

@@ -98,7 +98,8 @@ enum Handshake {
       }
       return session
     } catch {
-      let nack = PagerAck(ok: false, pagerPID: getpid(), error: ControlErrorBody(code: error.code, message: error.message))
+      let nack = PagerAck(
+        ok: false, pagerPID: getpid(), error: ControlErrorBody(code: error.code, message: error.message))
       try? vm.writeAll(PagerFrame.encode(nack.jsonValue))
       vm.close()
       throw error
@@ -142,7 +143,8 @@ enum Handshake {
       }
       if received.bytes.isEmpty {
         throw PagerError(
-          code: "bad_handshake", message: "the VM closed the connection after \(bytes.count) of \(want) handshake bytes")
+          code: "bad_handshake", message: "the VM closed the connection after \(bytes.count) of \(want) handshake bytes"
+        )
       }
       bytes += received.bytes
       if bytes.count == PagerHandshake.headerSize && want == PagerHandshake.headerSize {
@@ -163,13 +165,11 @@ enum Handshake {
     do {
       hello = try PagerHello.decode(try PagerFrame.decode(bytes, source: "handshake"), source: "handshake")
     } catch {
-      throw PagerError(code: error.code == .unsupportedVersion ? "unsupported_version" : "bad_handshake", message: error.message)
+      throw PagerError(
+        code: error.code == .unsupportedVersion ? "unsupported_version" : "bad_handshake", message: error.message)
     }
     if let peer = try? UnixSocket.peerPID(vm), peer != hello.vmPID {
       throw PagerError(code: "bad_handshake", message: "vm_pid \(hello.vmPID) is not the connected process (\(peer))")
-    }
-    guard hello.memory.mode == .copy else {
-      throw PagerError(code: "unsupported", message: "memory mode \(hello.memory.mode.rawValue) is not served by this pager")
     }
     let source = try MemorySource(path: hello.memory.layers[0])
     for (index, region) in hello.regions.enumerated() where region.fileOffset + region.size > source.size {

@@ -28,7 +28,8 @@ final class PageServer {
   /// Pages still to copy ahead of the guest (working-set prefetch), in order.
   private var prefetch: ArraySlice<UInt64>
   private var prefetchStarted: UInt64 = 0
-  private var pendingFaults: [UInt64] = []
+  private var pendingFaults: [(address: UInt64, minor: Bool)] = []
+  private let minorMode: Bool
   private var vmGone = false
   private(set) var exitReason = ""
 
@@ -43,6 +44,7 @@ final class PageServer {
     removed = PageBitmap(pages: pages)
     seen = PageBitmap(pages: pages)
     self.prefetch = prefetch.filter { Int($0) < pages }[...]
+    minorMode = session.hello.memory.mode == .minor
   }
 
   /// The file page index and host address of the page containing `address`.
@@ -64,12 +66,22 @@ final class PageServer {
 
   enum Outcome { case served, retryAfterEvents, vmGone }
 
-  /// Maps one page into the VM: its data from the memory source, or a zero page for a hole or
-  /// a removed page. `wake: false` is used for prefetch batches (one UFFDIO_WAKE at the end).
-  private func populate(filePage page: Int, host: UInt64, wake: Bool) -> Outcome {
+  /// Maps one page into the VM. Copy mode: its data from the memory source, or a zero page for a
+  /// hole or a removed page. Minor mode: the page-cache page (UFFDIO_CONTINUE) when the page
+  /// exists in the shmem image, else a zero page. `minorFault` is the fault's kind (nil for
+  /// prefetch); `wake: false` is used for prefetch batches (one UFFDIO_WAKE at the end).
+  private func populate(filePage page: Int, host: UInt64, minorFault: Bool?, wake: Bool) -> Outcome {
     let uffd = session.uffd
     do {
-      if removed.contains(page) || !session.source.dataPages.contains(page) {
+      if minorMode {
+        if minorFault ?? session.source.dataPages.contains(page) {
+          _ = try uffd.continue(at: host, length: 4096, wake: wake)
+          stats.continues += 1
+        } else {
+          _ = try uffd.zeroPage(at: host, length: 4096, wake: wake)
+          stats.zeroPages += 1
+        }
+      } else if removed.contains(page) || !session.source.dataPages.contains(page) {
         _ = try uffd.zeroPage(at: host, length: 4096, wake: wake)
         stats.zeroPages += 1
       } else {
@@ -98,13 +110,13 @@ final class PageServer {
     }
   }
 
-  private func serveFault(_ address: UInt64) -> Outcome {
+  private func serveFault(_ address: UInt64, minor: Bool) -> Outcome {
     let started = Clock.monotonicNanoseconds()
     guard let (page, host) = locate(address) else {
       writeLog("pager: fault at 0x\(String(address, radix: 16)) outside every region; ignored")
       return .served
     }
-    let outcome = populate(filePage: page, host: host, wake: true)
+    let outcome = populate(filePage: page, host: host, minorFault: minor, wake: true)
     if outcome == .served {
       let now = Clock.monotonicNanoseconds()
       stats.record(serviceNanoseconds: now - started, at: now)
@@ -139,7 +151,7 @@ final class PageServer {
         case .pageFault(let address, _, _, let minor, _):
           stats.faults += 1
           if minor { stats.minorFaults += 1 }
-          pendingFaults.append(address)
+          pendingFaults.append((address, minor))
         case .remove(let start, let end):
           stats.removeEvents += 1
           markRemoved(start, end)
@@ -164,7 +176,7 @@ final class PageServer {
   private func servePending() {
     var index = 0
     while index < pendingFaults.count {
-      switch serveFault(pendingFaults[index]) {
+      switch serveFault(pendingFaults[index].address, minor: pendingFaults[index].minor) {
       case .served:
         index += 1
       case .retryAfterEvents:
@@ -187,7 +199,7 @@ final class PageServer {
     var done = 0
     while done < count, let page = prefetch.popFirst() {
       guard let host = hostAddress(ofFilePage: Int(page)), !seen.contains(Int(page)) else { continue }
-      switch populate(filePage: Int(page), host: host, wake: false) {
+      switch populate(filePage: Int(page), host: host, minorFault: nil, wake: false) {
       case .served:
         seen.insert(Int(page))
         stats.prefetchedPages += 1

@@ -10,6 +10,7 @@ struct Options {
   var snapshot: String?
   var backend = RestoreBackend.file
   var pagerSocket: String?
+  var shmemImage: String?
   var pagerPolicy = PagerLink.Policy.fail
   var memoryMiB: UInt64 = 64
   var vcpus: UInt32 = 1
@@ -24,7 +25,8 @@ struct Options {
     usage: forkd-vmm boot --image PATH|builtin:test-guest --api-sock PATH --vsock-sock PATH
                           [--memory-mib N] [--vcpus N] [--cid N] [--console PATH|-|none] [--ready-fd N]
            forkd-vmm restore --snapshot DIR --api-sock PATH --vsock-sock PATH
-                          [--backend file|uffd --pager-sock PATH [--pager-policy fail|restart]]
+                          [--backend file|uffd|shmem --pager-sock PATH [--pager-policy fail|restart]
+                           [--shmem-image PATH]]
                           [--console PATH|-|none] [--ready-fd N]
     One microVM per process, driven over its control socket (--api-sock): newline-delimited JSON
     requests {"op":"status"|"pause"|"resume"|"snapshot","dir":…|"stop"|"attach_pager","socket":…}.
@@ -57,10 +59,11 @@ struct Options {
       case "--backend":
         let name = try value(flag)
         guard let parsed = RestoreBackend(rawValue: name) else {
-          throw UsageError(description: "--backend '\(name)': expected file or uffd")
+          throw UsageError(description: "--backend '\(name)': expected file, uffd or shmem")
         }
         backend = parsed
       case "--pager-sock": pagerSocket = try value(flag)
+      case "--shmem-image": shmemImage = try value(flag)
       case "--pager-policy":
         let name = try value(flag)
         guard let parsed = PagerLink.Policy(rawValue: name) else {
@@ -87,8 +90,12 @@ struct Options {
       guard guestCID >= 3 else { throw UsageError(description: "--cid \(guestCID): guest CIDs start at 3") }
     case .restore:
       guard snapshot != nil else { throw UsageError(description: "restore needs --snapshot") }
-      if backend == .uffd && pagerSocket == nil {
-        throw UsageError(description: "--backend uffd needs --pager-sock (the child's forkd-pager socket)")
+      if backend != .file && pagerSocket == nil {
+        throw UsageError(
+          description: "--backend \(backend.rawValue) needs --pager-sock (the child's forkd-pager socket)")
+      }
+      if backend == .shmem && shmemImage == nil {
+        throw UsageError(description: "--backend shmem needs --shmem-image (the snapshot's memory in tmpfs)")
       }
     }
   }

@@ -93,7 +93,8 @@ do {
     machine = try VirtualMachine.boot(config: config, image: image, imageSource: imagePath, logger: logger)
   case .restore:
     machine = try VirtualMachine.restore(
-      from: options.snapshot!, backend: options.backend, vsockSocketPath: options.vsockSocket!,
+      from: options.snapshot!, backend: options.backend, shmemImage: options.shmemImage,
+      vsockSocketPath: options.vsockSocket!,
       consoleSink: consoleSink, logger: logger, timings: &timings)
   }
 } catch let error as VMMError {
@@ -105,10 +106,16 @@ do {
 // The pager: the VM keeps the uffd; the pager gets a copy over its socket before the VM runs.
 var pager: PagerLink? = nil
 var pagerNanoseconds: UInt64 = 0
-if options.backend == .uffd, case .userfault(let path) = machine.memory.backend {
+let pagerSource: PagerMemorySource? =
+  switch machine.memory.backend {
+  case .userfault(let path): PagerMemorySource(mode: .copy, layers: [path])
+  case .shmemMinor(let path): PagerMemorySource(mode: .minor, layers: [path])
+  default: nil
+  }
+if let pagerSource {
   let policy = options.pagerPolicy
   do {
-    let link = try PagerLink(memory: machine.memory, source: PagerMemorySource(mode: .copy, layers: [path]), policy: policy) {
+    let link = try PagerLink(memory: machine.memory, source: pagerSource, policy: policy) {
       [weak machine] reason in
       guard let machine else { return }
       if policy == .fail {

@@ -11,10 +11,11 @@ import VMMControl
 struct ForkTests {
   @Test(
     "the parent's state is inherited by 10 children, each in its own forkd-vmm process, and stays isolated",
-    arguments: [ChildBackend.file, .uffd(policy: .fail)])
+    arguments: [ChildBackend.file, .uffd(policy: .fail), .shmem(policy: .fail)])
   func tenChildren(backend: ChildBackend) throws {
     let scratch = try Scratch("fork-\(backend.name)")
     let parent = try WarmParent(in: scratch)
+    defer { ShmemImage.remove(for: parent.snapshot) }
     #expect(parent.checksum == TestGuestMath.checksum(pages: parent.pages, seed: WarmParent.seed))
     let memoryFile = parent.snapshot + "/memory.bin"
     let snapshotDigest = SHA256.digestString(of: try FileSystem.readFile(memoryFile, limit: 128 << 20))
@@ -53,14 +54,21 @@ struct ForkTests {
 
     let rollup = try smapsRollup(children[2].vmm.pid)
     let dataKiB = parent.pages * 4
-    if backend == .file {
+    switch backend {
+    case .file, .shmem:
       // Clean snapshot pages are shared through the page cache, not copied into each child.
       #expect(
         (rollup["Shared_Clean"] ?? 0) + (rollup["Private_Clean"] ?? 0) >= dataKiB,
         "the \(dataKiB) KiB the child read are clean file pages: \(rollup)")
       #expect((rollup["Private_Dirty"] ?? .max) < dataKiB, "the child did not copy the pages it only read: \(rollup)")
       #expect((rollup["Shared_Clean"] ?? 0) >= dataKiB, "other children map the same page-cache pages: \(rollup)")
-    } else {
+      if case .shmem = backend {
+        // ...and yet the pager saw every first touch (MINOR faults answered with UFFDIO_CONTINUE).
+        let stats = try #require(children[2].pager).stats()
+        #expect((stats["continues"]?.int64Value ?? 0) >= Int64(parent.pages), "\(stats)")
+        #expect((stats["copies"]?.int64Value ?? -1) == 0, "nothing is copied in shmem-minor mode")
+      }
+    case .uffd:
       // UFFDIO_COPY gives each child its own copy of every page it touched: the cost of control.
       #expect((rollup["Anonymous"] ?? 0) >= dataKiB, "uffd pages are private anonymous memory: \(rollup)")
       let stats = try #require(children[2].pager).stats()

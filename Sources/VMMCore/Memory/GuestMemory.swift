@@ -14,12 +14,17 @@ public enum MemoryBackend: Sendable, Equatable, CustomStringConvertible {
   /// Anonymous private memory registered with a userfaultfd: every first touch of a page is a
   /// fault that the child's `forkd-pager` answers from `path` (UFFDIO_COPY / UFFDIO_ZEROPAGE).
   case userfault(path: String)
+  /// A shmem (tmpfs) copy of memory.bin mapped MAP_PRIVATE and registered for MINOR faults:
+  /// children share its page cache like the File backend, yet every first touch still goes to
+  /// the pager, which maps the page with UFFDIO_CONTINUE.
+  case shmemMinor(path: String)
 
   public var description: String {
     switch self {
     case .anonymous: "anonymous"
     case .file(let path): "file(\(path))"
     case .userfault(let path): "uffd(\(path))"
+    case .shmemMinor(let path): "shmem-minor(\(path))"
     }
   }
 
@@ -28,6 +33,7 @@ public enum MemoryBackend: Sendable, Equatable, CustomStringConvertible {
     case .anonymous: "anonymous"
     case .file: "file"
     case .userfault: "uffd"
+    case .shmemMinor: "shmem-minor"
     }
   }
 }
@@ -59,7 +65,7 @@ public final class GuestMemory: @unchecked Sendable {
     let host: UnsafeMutableRawPointer
     switch backend {
     case .userfault(let path):
-      // The size check happens here too, so a truncated memory.bin fails before any pager runs.
+      // Checked here too, so a truncated memory.bin fails before any pager runs.
       try checkSize(of: path, expected: size)
       fallthrough
     case .anonymous:
@@ -68,27 +74,14 @@ public final class GuestMemory: @unchecked Sendable {
       } catch {
         throw VMMError(.guestMemory, "cannot map \(size >> 20) MiB of guest memory", cause: error)
       }
-    case .file(let path):
-      let fd: FileDescriptor
+    case .file(let path), .shmemMinor(let path):
+      try checkSize(of: path, expected: size)
       do {
-        fd = try FileDescriptor.open(path, .readOnly)
-      } catch {
-        throw VMMError(.invalidSnapshot, "\(path): cannot open memory file", cause: error)
-      }
-      defer { fd.close() }
-      do {
-        let fileSize = try fd.size()
-        guard UInt64(fileSize) == size else {
-          throw VMMError(
-            .invalidSnapshot,
-            "\(path): memory file is \(fileSize) bytes but the snapshot's memory_size is \(size)"
-              + (UInt64(fileSize) < size ? " (truncated)" : ""))
-        }
+        let fd = try FileDescriptor.open(path, .readOnly)
+        defer { fd.close() }
         host = try MemoryMapping.privateFile(fd, size: Int(size))
-      } catch let error as VMMError {
-        throw error
       } catch {
-        throw VMMError(.guestMemory, "\(path): cannot map memory file", cause: error as? SyscallError)
+        throw VMMError(.guestMemory, "\(path): cannot map memory file", cause: error)
       }
     }
     return GuestMemory(

@@ -28,19 +28,34 @@ public final class PagerLink: PollSource, @unchecked Sendable {
   private let onLost: @Sendable (String) -> Void
 
   /// Creates the uffd and registers every region of `memory` for MISSING faults.
-  public init(memory: GuestMemory, source: PagerMemorySource, policy: Policy, onLost: @escaping @Sendable (String) -> Void)
+  public init(
+    memory: GuestMemory, source: PagerMemorySource, policy: Policy, onLost: @escaping @Sendable (String) -> Void
+  )
     throws(VMMError)
   {
+    // MINOR mode on shmem: the page is in the page cache, the pager decides when it is mapped.
+    // MISSING stays registered for holes (no page-cache page), answered with zero pages.
+    let minor = source.mode == .minor
+    let wanted: Userfault.Features = minor ? [.eventRemove, .minorShmem, .missingShmem] : [.eventRemove]
     let created: (Userfault, Userfault.Features)
     do {
-      created = try Userfault.create(features: [.eventRemove])
+      created = try Userfault.create(features: wanted)
     } catch {
       throw VMMError(.guestMemory, "cannot create a userfaultfd for guest memory", cause: error)
     }
     uffd = created.0
+    guard created.1.isSuperset(of: wanted) else {
+      uffd.fd.close()
+      throw VMMError(
+        .guestMemory,
+        "this kernel's userfaultfd lacks features \(Userfault.Features(rawValue: wanted.rawValue & ~created.1.rawValue))"
+      )
+    }
     do {
       for region in memory.regions {
-        try uffd.register(start: UInt64(UInt(bitPattern: region.host)), length: region.size, mode: .missing)
+        try uffd.register(
+          start: UInt64(UInt(bitPattern: region.host)), length: region.size,
+          mode: minor ? [.missing, .minor] : .missing)
       }
     } catch {
       uffd.fd.close()
@@ -81,7 +96,9 @@ public final class PagerLink: PollSource, @unchecked Sendable {
       let ack = try readAck(fd, timeoutMS: timeoutMS, path: path)
       guard ack.ok else {
         throw VMMError(
-          .guestMemory, "the pager at \(path) refused the handshake: \(ack.error.map { "[\($0.code)] \($0.message)" } ?? "no reason")")
+          .guestMemory,
+          "the pager at \(path) refused the handshake: \(ack.error.map { "[\($0.code)] \($0.message)" } ?? "no reason")"
+        )
       }
       let previous: FileDescriptor? = lock.withLock {
         defer {
@@ -107,11 +124,15 @@ public final class PagerLink: PollSource, @unchecked Sendable {
     do {
       while bytes.count < want {
         let now = Clock.monotonicNanoseconds()
-        guard now < deadline else { throw VMMError(.guestMemory, "the pager at \(path) did not answer within \(timeoutMS) ms") }
+        guard now < deadline else {
+          throw VMMError(.guestMemory, "the pager at \(path) did not answer within \(timeoutMS) ms")
+        }
         let ready = try Poll.wait([(fd, .readable)], timeoutMS: Int32((deadline - now) / 1_000_000) + 1)
         if ready[0].isEmpty { continue }
         let chunk = try fd.read(upTo: want - bytes.count)
-        guard !chunk.isEmpty else { throw VMMError(.guestMemory, "the pager at \(path) closed the connection instead of answering") }
+        guard !chunk.isEmpty else {
+          throw VMMError(.guestMemory, "the pager at \(path) closed the connection instead of answering")
+        }
         bytes += chunk
         if bytes.count == PagerHandshake.headerSize {
           want += try PagerFrame.bodyLength(header: bytes, source: "pager ack")

@@ -25,6 +25,8 @@ public enum RestoreBackend: String, Sendable {
   case file
   /// Anonymous memory filled on demand by a per-child forkd-pager through userfaultfd.
   case uffd
+  /// A shared shmem copy of memory.bin, mapped private; the pager answers MINOR faults.
+  case shmem
 }
 
 /// Where restore spent its time, for the benchmark's split.
@@ -205,15 +207,25 @@ extension VirtualMachine {
   /// Rebuilds a VM from a snapshot directory with the File backend (memory.bin mapped
   /// MAP_PRIVATE). The VM is ready to `start()`; nothing of it runs yet.
   public static func restore(
-    from directory: String, backend: RestoreBackend = .file, vsockSocketPath: String,
-    consoleSink: @escaping @Sendable (String) -> Void, logger: Logger, timings: UnsafeMutablePointer<RestoreTimings>? = nil
+    from directory: String, backend: RestoreBackend = .file, shmemImage: String? = nil, vsockSocketPath: String,
+    consoleSink: @escaping @Sendable (String) -> Void, logger: Logger,
+    timings: UnsafeMutablePointer<RestoreTimings>? = nil
   ) throws(VMMError) -> VirtualMachine {
     let t0 = Clock.monotonicNanoseconds()
     let loaded = try LoadedSnapshot(directory: directory)
     let manifest = loaded.manifest
     let memoryPath = directory + "/" + manifest.memoryFile
-    let memory = try GuestMemory.create(
-      size: manifest.memorySize, backend: backend == .file ? .file(path: memoryPath) : .userfault(path: memoryPath))
+    let memoryBackend: MemoryBackend
+    switch backend {
+    case .file: memoryBackend = .file(path: memoryPath)
+    case .uffd: memoryBackend = .userfault(path: memoryPath)
+    case .shmem:
+      guard let shmemImage else {
+        throw VMMError(.invalidConfig, "the shmem backend needs the shmem image of the snapshot")
+      }
+      memoryBackend = .shmemMinor(path: shmemImage)
+    }
+    let memory = try GuestMemory.create(size: manifest.memorySize, backend: memoryBackend)
     let t1 = Clock.monotonicNanoseconds()
 
     let storedConfig: StoredVMConfig
