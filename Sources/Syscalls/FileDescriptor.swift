@@ -165,3 +165,11 @@ public struct FileDescriptor: Hashable, Sendable, CustomStringConvertible {
     return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
   }
 }
+
+extension FileDescriptor {
+  /// Drops the file's clean pages from the page cache (POSIX_FADV_DONTNEED): a cold start.
+  public func evictFromPageCache() throws(SyscallError) {
+    let rc = posix_fadvise(rawValue, 0, 0, POSIX_FADV_DONTNEED)
+    guard rc == 0 else { throw SyscallError("posix_fadvise(DONTNEED)", Errno(rc)) }
+  }
+}

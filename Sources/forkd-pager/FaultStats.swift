@@ -17,14 +17,14 @@ struct FaultStats {
   var unmapEvents: UInt64 = 0
   var prefetchedPages: UInt64 = 0
   var prefetchNanoseconds: UInt64 = 0
-  var firstFaultAt: UInt64 = 0
-  var lastFaultAt: UInt64 = 0
+  /// Time spent resolving faults: the pager's busy time.
+  var serviceNanoseconds: UInt64 = 0
 
   static let fineBuckets = 256
   static let fineWidth: UInt64 = 250
   private var histogram = [UInt32](repeating: 0, count: fineBuckets + 40)
 
-  mutating func record(serviceNanoseconds ns: UInt64, at now: UInt64) {
+  mutating func record(serviceNanoseconds ns: UInt64) {
     let bucket: Int
     if ns < UInt64(Self.fineBuckets) * Self.fineWidth {
       bucket = Int(ns / Self.fineWidth)
@@ -32,8 +32,7 @@ struct FaultStats {
       bucket = Self.fineBuckets + min(39, 64 - (ns / (UInt64(Self.fineBuckets) * Self.fineWidth)).leadingZeroBitCount)
     }
     histogram[bucket] &+= 1
-    if firstFaultAt == 0 { firstFaultAt = now }
-    lastFaultAt = now
+    serviceNanoseconds &+= ns
   }
 
   /// Upper bound (ns) of the bucket holding the p-th percentile.
@@ -53,8 +52,7 @@ struct FaultStats {
   }
 
   var json: JSONValue {
-    let served = copies + zeroPages + continues
-    let window = lastFaultAt > firstFaultAt ? Double(lastFaultAt - firstFaultAt) / 1e9 : 0
+    let histogramCount = histogram.reduce(UInt64(0)) { $0 + UInt64($1) }
     return .object([
       "faults": .integer(Int64(faults)),
       "minor_faults": .integer(Int64(minorFaults)),
@@ -72,7 +70,9 @@ struct FaultStats {
         "p50": .integer(Int64(percentile(0.50))), "p90": .integer(Int64(percentile(0.90))),
         "p99": .integer(Int64(percentile(0.99))),
       ]),
-      "faults_per_second": .double(window > 0 ? Double(served) / window : 0),
+      // Capacity: faults one pager resolves per second of its own busy time.
+      "faults_per_second": .double(
+        serviceNanoseconds > 0 ? Double(histogramCount) * 1e9 / Double(serviceNanoseconds) : 0),
     ])
   }
 }

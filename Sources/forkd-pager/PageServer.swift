@@ -118,8 +118,7 @@ final class PageServer {
     }
     let outcome = populate(filePage: page, host: host, minorFault: minor, wake: true)
     if outcome == .served {
-      let now = Clock.monotonicNanoseconds()
-      stats.record(serviceNanoseconds: now - started, at: now)
+      stats.record(serviceNanoseconds: Clock.monotonicNanoseconds() - started)
       if !seen.contains(page) {
         seen.insert(page)
         distinctFaultedPages += 1
