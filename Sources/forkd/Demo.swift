@@ -20,10 +20,23 @@ struct Demo: ParsableCommand {
   @Option(help: "Directory for run directories and the snapshot (default: a new one under $TMPDIR).")
   var workDir: String?
 
+  @Option(help: "How children get their memory: file (MAP_PRIVATE), uffd (a forkd-pager per child) or shmem (minor faults).")
+  var backend: String = "file"
+
   @Flag(help: "Keep the snapshot and logs instead of removing them at the end.")
   var keep = false
 
+  var childBackend: ChildBackend? {
+    switch backend {
+    case "file": .file
+    case "uffd": .uffd(policy: .restart)
+    case "shmem": .shmem(policy: .restart)
+    default: nil
+    }
+  }
+
   func validate() throws {
+    guard childBackend != nil else { throw ValidationError("--backend \(backend): expected file, uffd or shmem") }
     guard (1...1000).contains(children) else { throw ValidationError("--children \(children): must be 1...1000") }
     guard pages > 0, pages * 4096 + (4 << 20) <= memoryMib << 20 else {
       throw ValidationError("--pages \(pages): the data area starts at 4 MiB and must fit in --memory-mib \(memoryMib)")
@@ -35,7 +48,7 @@ struct Demo: ParsableCommand {
     defer { if keep { print("kept \(scratch.path)") } else { scratch.remove() } }
     let seed: UInt64 = 0x5EED_F0_4D
     let expected = TestGuestMath.checksum(pages: pages, seed: seed)
-    print("forkd demo: warm a parent, snapshot it, fork \(children) children (work dir \(scratch.path))")
+    print("forkd demo: warm a parent, snapshot it, fork \(children) children, backend \(backend) (work dir \(scratch.path))")
 
     // 1. Boot and warm the parent.
     var t0 = Clock.monotonicNanoseconds()
@@ -69,18 +82,21 @@ struct Demo: ParsableCommand {
     parent.stop()
 
     // 3. Restore the children, each its own forkd-vmm process.
-    var vms: [VMMProcess] = []
+    defer { ShmemImage.remove(for: snapshotDir) }
+    var vms: [Child] = []
     var agents: [AgentClient] = []
     var readyMS: [Double] = []
     var firstReplyMS: [Double] = []
     let fanOutStart = Clock.monotonicNanoseconds()
     for index in 0..<children {
-      let vm = try VMMProcess.launch(.restore(snapshot: snapshotDir), runDirectory: scratch.path + "/child-\(index)")
-      let agent = try vm.agent()
+      let started = Clock.monotonicNanoseconds()
+      let vm = try Child.restore(
+        snapshot: snapshotDir, runDirectory: scratch.path + "/child-\(index)", backend: childBackend!)
+      let agent = try vm.vmm.agent()
       _ = try agent.ping()
       let answered = Clock.monotonicNanoseconds()
-      readyMS.append(ms(vm.ready.observedAt - vm.ready.spawnedAt))
-      firstReplyMS.append(ms(answered - vm.ready.spawnedAt))
+      readyMS.append(ms(vm.vmm.ready.observedAt - started))
+      firstReplyMS.append(ms(answered - started))
       vms.append(vm)
       agents.append(agent)
     }
@@ -101,7 +117,7 @@ struct Demo: ParsableCommand {
       let ok = checksums[index] == parentChecksum && next == counter + 1 && greeting == "hello from the parent"
       if !ok { failures += 1 }
       print(
-        "\(pad("\(index)", 5)) \(pad("\(vms[index].pid)", 7))  \(pad(format(readyMS[index]), 16))  \(pad(format(firstReplyMS[index]), 22))  \(hex(checksums[index]))  \(pad("\(next)", 9))  \(greeting)\(ok ? "" : "  <-- MISMATCH")"
+        "\(pad("\(index)", 5)) \(pad("\(vms[index].vmm.pid)", 7))  \(pad(format(readyMS[index]), 16))  \(pad(format(firstReplyMS[index]), 22))  \(hex(checksums[index]))  \(pad("\(next)", 9))  \(greeting)\(ok ? "" : "  <-- MISMATCH")"
       )
     }
     // A child's writes are its own: its sibling still sees the parent's value.
