@@ -25,6 +25,8 @@ let package = Package(
     // C shims, one concern each.
     .target(name: "CKVM"),
     .target(name: "CUffd"),
+    // libseccomp behind non-variadic calls (build hosts need libseccomp-dev).
+    .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
 
     // Thin syscall wrappers: EINTR retry, typed errno, fault-injection seam.
     .target(name: "Syscalls", dependencies: ["CUffd"]),
@@ -47,10 +49,15 @@ let package = Package(
 
     .executableTarget(
       name: "forkd-vmm",
-      dependencies: ["VMMCore", "TestGuestImage", .product(name: "Logging", package: "swift-log")],
+      dependencies: ["VMMCore", "TestGuestImage", "Sandbox", .product(name: "Logging", package: "swift-log")],
       linkerSettings: perChildLinking
     ),
-    .executableTarget(name: "forkd-pager", dependencies: ["Syscalls", "Protocol"], linkerSettings: perChildLinking),
+    .executableTarget(
+      name: "forkd-pager", dependencies: ["Syscalls", "Protocol", "Sandbox"], linkerSettings: perChildLinking),
+    // Per-role seccomp allow-lists for the per-child processes (no Foundation), and their probe.
+    .target(name: "Sandbox", dependencies: ["CSeccomp", "Syscalls"]),
+    .executableTarget(
+      name: "forkd-sandbox-probe", dependencies: ["Sandbox", "Syscalls"], linkerSettings: perChildLinking),
     .executableTarget(name: "forkd-supervisor", dependencies: ["VMMControl", "Protocol"]),
     .executableTarget(
       name: "forkd",
@@ -62,6 +69,7 @@ let package = Package(
 
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
     .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
+    .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "CSeccomp", "Syscalls"]),
     .testTarget(
       name: "EndToEndTests",
       dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage"]

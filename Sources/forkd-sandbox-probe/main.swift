@@ -11,7 +11,7 @@
 //   openat        openat("/proc/self/status")  forbidden for the pager, allowed for the vmm
 //   execve        execve("/bin/true")
 //   fork          fork() (clone)
-//   ioctl         ioctl(1, TCGETS): a request outside the allow-list
+//   ioctl         ioctl(1, TIOCGWINSZ): a request outside the allow-list
 //   thread-socket socket(AF_INET) from a second thread started before the filter (TSYNC)
 //   list          installs nothing: prints the policy (syscall NAME / ioctl 0xREQUEST / rule …)
 // Under the kill-process action a forbidden call ends the process with SIGSYS; the probe exits 0
@@ -25,16 +25,16 @@ import Syscalls
   import Glibc
 #endif
 
+/// One line on stdout through write(2).
 func say(_ text: String) {
-  var bytes = Array((text + "\n").utf8)
+  let bytes = Array((text + "\n").utf8)
   var offset = 0
   while offset < bytes.count {
-    let n = bytes.withUnsafeMutableBytes { write(1, $0.baseAddress! + offset, $0.count - offset) }
+    let n = bytes.withUnsafeBytes { write(1, $0.baseAddress! + offset, $0.count - offset) }
     if n < 0 && errno == EINTR { continue }
     guard n > 0 else { return }
     offset += n
   }
-  bytes.removeAll()
 }
 
 func fail(_ status: Int32, _ text: String) -> Never {
@@ -49,7 +49,8 @@ func report(_ call: String, _ rc: Int) -> Never {
 }
 
 let usage =
-  "usage: forkd-sandbox-probe <pager|vmm> <allowed|socket|unix-socket|openat|execve|fork|ioctl|thread-socket|list> [kill|errno|log]"
+  "usage: forkd-sandbox-probe <pager|vmm> "
+  + "<allowed|socket|unix-socket|openat|execve|fork|ioctl|thread-socket|list> [kill|errno|log]"
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard arguments.count == 2 || arguments.count == 3 else { fail(2, usage) }
 
@@ -133,7 +134,7 @@ case "allowed":
   else { fail(1, "mmap failed: \(Errno.current)") }
   map.storeBytes(of: 0x5A, as: UInt8.self)
   guard munmap(map, size) == 0 else { fail(1, "munmap failed: \(Errno.current)") }
-  var big = [UInt64](repeating: 7, count: 1 << 19)  // 4 MiB through malloc (mmap)
+  var big = [UInt64](repeating: 7, count: 1 << 16)  // 512 KiB: malloc takes it from mmap
   big[big.count - 1] = 8
   let sum = big.reduce(0, &+)
   // An allowed request on a descriptor that does not support it: the filter lets it through and the
@@ -141,7 +142,10 @@ case "allowed":
   let request = policy.allowedIoctls.first ?? 0
   let rc = ioctl(1, request)
   let ioctlResult = rc < 0 ? "\(Errno.current.name)" : "\(rc)"
-  say("allowed calls done: pid \(pid), clock \(ts.tv_sec)s, mmap/munmap 1 MiB, malloc sum \(sum), ioctl \(hex(request)) → \(ioctlResult)")
+  say(
+    "allowed calls done: pid \(pid), clock \(ts.tv_sec)s, mmap/munmap 1 MiB, malloc sum \(sum), "
+      + "ioctl \(hex(request)) → \(ioctlResult)"
+  )
   exit(0)
 case "socket":
   say("calling socket(AF_INET, SOCK_STREAM)")
@@ -163,9 +167,9 @@ case "fork":
   if pid == 0 { _exit(0) }
   report("fork", Int(pid))
 case "ioctl":
-  say("calling ioctl(1, TCGETS)")
-  var termiosValue = termios()
-  report("ioctl(TCGETS)", Int(ioctl(1, UInt(TCGETS), &termiosValue)))
+  say("calling ioctl(1, TIOCGWINSZ)")
+  var size = winsize()
+  report("ioctl(TIOCGWINSZ)", Int(ioctl(1, UInt(TIOCGWINSZ), &size)))
 case "thread-socket":
   _ = try? threadGo?.writeAll([1])
   thread?.join()  // the thread exits the process (or SIGSYS ends it)

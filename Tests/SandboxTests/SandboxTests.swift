@@ -64,11 +64,13 @@ struct SandboxTests {
     #expect(run.termination == .exited(0), "\(run.output)")
   }
 
-  @Test("a forbidden call kills the process with SIGSYS", arguments: [
-    ("pager", "socket"), ("pager", "unix-socket"), ("pager", "openat"), ("pager", "execve"), ("pager", "fork"),
-    ("pager", "ioctl"), ("pager", "thread-socket"),
-    ("vmm", "socket"), ("vmm", "execve"), ("vmm", "fork"), ("vmm", "ioctl"), ("vmm", "thread-socket"),
-  ])
+  @Test(
+    "a forbidden call kills the process with SIGSYS",
+    arguments: [
+      ("pager", "socket"), ("pager", "unix-socket"), ("pager", "openat"), ("pager", "execve"), ("pager", "fork"),
+      ("pager", "ioctl"), ("pager", "thread-socket"),
+      ("vmm", "socket"), ("vmm", "execve"), ("vmm", "fork"), ("vmm", "ioctl"), ("vmm", "thread-socket"),
+    ])
   func forbiddenCallKills(policy: String, action: String) throws {
     let run = try Self.probe(policy, action)
     #expect(run.output.contains("Seccomp:\t2"), "\(run.output)")
@@ -96,6 +98,16 @@ struct SandboxTests {
   func probeUsage() throws {
     #expect(try Self.probe("supervisor", "allowed").termination == .exited(2))
     #expect(try Self.probe("pager", "reboot").termination == .exited(2))
+  }
+
+  @Test("list prints the policy without installing it")
+  func probeList() throws {
+    let run = try Self.probe("vmm", "list")
+    #expect(run.termination == .exited(0), "\(run.output)")
+    #expect(!run.output.contains("Seccomp:"))
+    #expect(run.output.contains("syscall openat\n"))
+    #expect(run.output.contains("ioctl 0xae80\n"))
+    #expect(run.output.contains("rule socket(arg0 == 0x1)\n"))
   }
 
   // MARK: - Policies, in process (built, never loaded)
@@ -184,7 +196,7 @@ struct SandboxTests {
     #expect(CSECCOMP_UFFDIO_MOVE == 0xC028_AA05)
     #expect(CSECCOMP_KVM_RUN == 0xAE80)
     #expect(CSECCOMP_KVM_CHECK_EXTENSION == 0xAE03)
-    #expect(SeccompPolicy.pager.allowedIoctls.count == 7)
+    #expect(SeccompPolicy.pager.allowedIoctls.count == 8, "seven UFFDIO requests and TCGETS")
     #expect(Set(SeccompPolicy.vmm.allowedIoctls).isSuperset(of: SeccompPolicy.pager.allowedIoctls))
     #expect(SeccompPolicy.vmm.allowedIoctls.contains(UInt(CSECCOMP_KVM_SET_USER_MEMORY_REGION)))
   }
