@@ -124,7 +124,8 @@ public enum ControlCodec {
       var quoted = ""
       JSONValue.writeString(op, to: &quoted)
       throw ProtocolError(
-        .unknownType, "\(source): unknown op \(quoted) (expected status, pause, resume, snapshot, stop or attach_pager)")
+        .unknownType, "\(source): unknown op \(quoted) (expected status, pause, resume, snapshot, stop or attach_pager)"
+      )
     }
   }
 

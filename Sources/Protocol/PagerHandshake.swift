@@ -20,7 +20,9 @@ public struct PagerRegion: Equatable, Sendable {
   public var fileOffset: UInt64
   public var pageSize: UInt64
 
-  public init(guestPhysicalAddress: UInt64, hostVirtualAddress: UInt64, size: UInt64, fileOffset: UInt64, pageSize: UInt64) {
+  public init(
+    guestPhysicalAddress: UInt64, hostVirtualAddress: UInt64, size: UInt64, fileOffset: UInt64, pageSize: UInt64
+  ) {
     self.guestPhysicalAddress = guestPhysicalAddress
     self.hostVirtualAddress = hostVirtualAddress
     self.size = size
@@ -196,8 +198,10 @@ public enum PagerFrame {
     let length = try bodyLength(header: bytes, source: source)
     guard bytes.count == PagerHandshake.headerSize + length else {
       throw ProtocolError(
-        .truncated, "\(source): frame announces \(length) body bytes but carries \(bytes.count - PagerHandshake.headerSize)")
+        .truncated,
+        "\(source): frame announces \(length) body bytes but carries \(bytes.count - PagerHandshake.headerSize)")
     }
-    return try JSONValue.parse(Array(bytes[PagerHandshake.headerSize...]), source: source, maxBytes: PagerHandshake.maxBody)
+    return try JSONValue.parse(
+      Array(bytes[PagerHandshake.headerSize...]), source: source, maxBytes: PagerHandshake.maxBody)
   }
 }

@@ -27,7 +27,8 @@ public struct WorkingSet: Equatable, Sendable {
     guard try r.bytes(8) == magic else { throw ProtocolError(.badMagic, "\(source): not a working-set file") }
     let version = try r.u32()
     guard version == Self.version else {
-      throw ProtocolError(.unsupportedVersion, "\(source): working-set version \(version), this forkd reads \(Self.version)")
+      throw ProtocolError(
+        .unsupportedVersion, "\(source): working-set version \(version), this forkd reads \(Self.version)")
     }
     let count = Int(try r.u32())
     guard count <= maxPages, count * 8 == r.remaining else {

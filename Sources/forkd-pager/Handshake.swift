@@ -73,7 +73,11 @@ struct Session {
 enum Handshake {
   /// Waits for the VM, receives the uffd and region table, validates them against the memory
   /// source, and acknowledges. Any failure is answered with an error frame before it is thrown.
-  static func accept(on listener: FileDescriptor, timeoutMS: Int32) throws(PagerError) -> Session {
+  /// `lockDown` runs after validation and before the ack: a pager that cannot sandbox itself
+  /// refuses the VM instead of serving it unconfined.
+  static func accept(on listener: FileDescriptor, timeoutMS: Int32, lockDown: () throws(PagerError) -> Void)
+    throws(PagerError) -> Session
+  {
     let deadline = Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000
     func remainingMS() -> Int32 {
       let now = Clock.monotonicNanoseconds()
@@ -90,6 +94,7 @@ enum Handshake {
     let vm = connection!
     do throws(PagerError) {
       let session = try receive(on: vm, deadline: deadline, remainingMS: remainingMS, timeoutMS: timeoutMS)
+      try lockDown()
       let ack = PagerAck(ok: true, pagerPID: getpid())
       do {
         try vm.writeAll(PagerFrame.encode(ack.jsonValue))

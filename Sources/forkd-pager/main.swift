@@ -1,4 +1,5 @@
 import Protocol
+import Sandbox
 import Syscalls
 
 #if canImport(Glibc)
@@ -54,14 +55,19 @@ if let path = options.recordPath {
 
 let session: Session
 do {
-  session = try Handshake.accept(on: listener, timeoutMS: options.handshakeTimeoutMS)
+  // The seccomp allow-list goes on right after the handshake is validated, before the ack and
+  // before any guest-driven fault is served.
+  session = try Handshake.accept(on: listener, timeoutMS: options.handshakeTimeoutMS) { () throws(PagerError) in
+    do {
+      try Sandbox.install(.pager)
+    } catch {
+      throw PagerError(code: "sandbox", message: "cannot install the seccomp filter: \(error)")
+    }
+  }
 } catch {
   _ = try? FileSystem.unlink(options.socket)
   fail(error.description)
 }
-
-// From here on the pager only serves: lock it down before touching any guest-controlled input.
-installSandbox()
 
 let server = PageServer(session: session, listener: listener, recorder: recorder, prefetch: prefetchPages)
 server.run()

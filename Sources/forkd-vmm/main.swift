@@ -1,5 +1,6 @@
 import Logging
 import Protocol
+import Sandbox
 import Syscalls
 import TestGuestImage
 import VMMCore
@@ -175,6 +176,14 @@ do {
     machine.stop()
   }
   try machine.start()
+  // Every thread exists now; from here the process only runs what the vmm role allows (TSYNC
+  // puts the vCPU, control and signal threads under the same filter).
+  do {
+    try Sandbox.install(.vmm)
+  } catch {
+    machine.stop()
+    throw error
+  }
 } catch {
   server.close()
   machine.close()

@@ -20,7 +20,8 @@ struct Demo: ParsableCommand {
   @Option(help: "Directory for run directories and the snapshot (default: a new one under $TMPDIR).")
   var workDir: String?
 
-  @Option(help: "How children get their memory: file (MAP_PRIVATE), uffd (a forkd-pager per child) or shmem (minor faults).")
+  @Option(
+    help: "How children get their memory: file (MAP_PRIVATE), uffd (a forkd-pager per child) or shmem (minor faults).")
   var backend: String = "file"
 
   @Flag(help: "Keep the snapshot and logs instead of removing them at the end.")
@@ -48,7 +49,9 @@ struct Demo: ParsableCommand {
     defer { if keep { print("kept \(scratch.path)") } else { scratch.remove() } }
     let seed: UInt64 = 0x5EED_F0_4D
     let expected = TestGuestMath.checksum(pages: pages, seed: seed)
-    print("forkd demo: warm a parent, snapshot it, fork \(children) children, backend \(backend) (work dir \(scratch.path))")
+    print(
+      "forkd demo: warm a parent, snapshot it, fork \(children) children, backend \(backend) (work dir \(scratch.path))"
+    )
 
     // 1. Boot and warm the parent.
     var t0 = Clock.monotonicNanoseconds()

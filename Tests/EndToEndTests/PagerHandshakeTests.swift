@@ -45,7 +45,9 @@ struct PagerHandshakeTests {
         // The VM side gets the reason too, as an error frame.
         var bytes: [UInt8] = []
         while let chunk = try? connection.read(upTo: 4096), !chunk.isEmpty { bytes += chunk }
-        if let frame = try? PagerFrame.decode(bytes, source: "nack"), let ack = try? PagerAck.decode(frame, source: "nack") {
+        if let frame = try? PagerFrame.decode(bytes, source: "nack"),
+          let ack = try? PagerAck.decode(frame, source: "nack")
+        {
           #expect(!ack.ok)
           #expect(ack.error?.message.contains(fragment) == true)
         } else {

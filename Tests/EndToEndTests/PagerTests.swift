@@ -88,6 +88,12 @@ struct PagerTests {
     let pager = try #require(child.pager)
     let agent = try child.vmm.agent()
     _ = try agent.ping()
+    // Both per-child processes run under their seccomp filter (mode 2).
+    for pid in [pager.pid, child.vmm.pid] {
+      let status = String(decoding: try FileSystem.readFile("/proc/\(pid)/status"), as: UTF8.self)
+      #expect(status.contains("Seccomp:\t2"), "pid \(pid) is not filtered")
+      #expect(status.contains("NoNewPrivs:\t1"))
+    }
     let s0 = try pager.stats()
     #expect(try agent.checksum(pages: 64) == parent.checksum)
     let s1 = try pager.stats()

@@ -43,7 +43,9 @@ struct ControlProtocolTests {
   @Test func unknownOpNamed() {
     let e = #expect(throws: ProtocolError.self) { try ControlCodec.decodeRequest(line(#"{"op":"explode"}"#)) }
     #expect(e?.code == .unknownType)
-    #expect(e?.message == "control request: unknown op \"explode\" (expected status, pause, resume, snapshot, stop or attach_pager)")
+    #expect(
+      e?.message
+        == "control request: unknown op \"explode\" (expected status, pause, resume, snapshot, stop or attach_pager)")
   }
 
   @Test func malformedRequests() {

@@ -1,2 +1,0 @@
-/// Installs the pager's seccomp allow-list (see docs/seccomp.md).
-func installSandbox() {}
