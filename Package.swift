@@ -49,15 +49,22 @@ let package = Package(
 
     .executableTarget(
       name: "forkd-vmm",
-      dependencies: ["VMMCore", "TestGuestImage", "Sandbox", .product(name: "Logging", package: "swift-log")],
+      dependencies: ["VMMCore", "TestGuestImage", "SeccompFilters", .product(name: "Logging", package: "swift-log")],
       linkerSettings: perChildLinking
     ),
     .executableTarget(
-      name: "forkd-pager", dependencies: ["Syscalls", "Protocol", "Sandbox"], linkerSettings: perChildLinking),
+      name: "forkd-pager", dependencies: ["Syscalls", "Protocol", "SeccompFilters"], linkerSettings: perChildLinking),
+    // Build-time compilation of the role policies to BPF, embedded for the per-child processes.
+    .target(name: "CSeccompLoad"),
+    .executableTarget(name: "forkd-seccomp-compile", dependencies: ["Sandbox", "Syscalls"]),
+    .plugin(name: "SeccompFilterPlugin", capability: .buildTool(), dependencies: ["forkd-seccomp-compile"]),
+    .target(name: "SeccompFilters", dependencies: ["CSeccompLoad"], plugins: ["SeccompFilterPlugin"]),
+
     // Per-role seccomp allow-lists for the per-child processes (no Foundation), and their probe.
     .target(name: "Sandbox", dependencies: ["CSeccomp", "Syscalls"]),
     .executableTarget(
-      name: "forkd-sandbox-probe", dependencies: ["Sandbox", "Syscalls"], linkerSettings: perChildLinking),
+      name: "forkd-sandbox-probe", dependencies: ["Sandbox", "SeccompFilters", "Syscalls"],
+      linkerSettings: perChildLinking),
     .executableTarget(name: "forkd-supervisor", dependencies: ["VMMControl", "Protocol"]),
     .executableTarget(
       name: "forkd",
@@ -69,7 +76,7 @@ let package = Package(
 
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
     .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
-    .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "CSeccomp", "Syscalls"]),
+    .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),
     .testTarget(
       name: "EndToEndTests",
       dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage"]

@@ -82,3 +82,5 @@ int cseccomp_library_version(void) {
   const struct scmp_version *v = seccomp_version();
   return v == NULL ? 0 : (int)(v->major * 10000 + v->minor * 100 + v->micro);
 }
+
+int cseccomp_filter_export_bpf(cseccomp_filter *filter, int fd) { return seccomp_export_bpf(ctx_of(filter), fd); }

@@ -31,6 +31,30 @@ public enum Sandbox {
     }
   }
 
+  /// Compiles `policy` to its BPF program (what `install` would load), for embedding in the
+  /// per-child binaries at build time.
+  public static func compile(_ policy: SeccompPolicy) throws(SandboxError) -> [UInt8] {
+    let filter = try build(policy)
+    defer { cseccomp_filter_free(filter) }
+    let pipe: (read: FileDescriptor, write: FileDescriptor)
+    do {
+      pipe = try FileDescriptor.pipe()
+    } catch {
+      throw SandboxError(.filter, "seccomp policy \(policy.name): cannot create a pipe", cause: error)
+    }
+    defer { pipe.read.close() }
+    let rc = cseccomp_filter_export_bpf(filter, pipe.write.rawValue)
+    pipe.write.close()
+    guard rc == 0 else {
+      throw SandboxError(
+        .filter, "seccomp policy \(policy.name): cannot export the BPF program",
+        cause: SyscallError("seccomp_export_bpf", Errno(-rc)))
+    }
+    var program: [UInt8] = []
+    while let chunk = try? pipe.read.read(upTo: 65536), !chunk.isEmpty { program += chunk }
+    return program
+  }
+
   /// Builds `policy` without loading it: every name resolves and libseccomp accepts every rule.
   public static func validate(_ policy: SeccompPolicy) throws(SandboxError) {
     cseccomp_filter_free(try build(policy))

@@ -1,5 +1,5 @@
 import Protocol
-import Sandbox
+import SeccompFilters
 import Syscalls
 
 #if canImport(Glibc)
@@ -59,7 +59,7 @@ do {
   // before any guest-driven fault is served.
   session = try Handshake.accept(on: listener, timeoutMS: options.handshakeTimeoutMS) { () throws(PagerError) in
     do {
-      try Sandbox.install(.pager)
+      try CompiledFilter.pager.install()
     } catch {
       throw PagerError(code: "sandbox", message: "cannot install the seccomp filter: \(error)")
     }

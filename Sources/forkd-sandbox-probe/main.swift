@@ -2,7 +2,8 @@
 //
 //   forkd-sandbox-probe <pager|vmm> <action> [kill|errno|log]
 //
-// Installs the role's policy (default action: kill-process, as in production), prints the
+// Installs the role's policy (default action: kill-process: the very BPF program the shipped
+// binaries embed, see SeccompFilters), prints the
 // "Seccomp:" line of /proc/self/status, then performs <action>:
 //   allowed       a few allowed calls (getpid, clock_gettime, write, mmap/munmap, malloc, one allowed
 //                 ioctl request); exits 0
@@ -19,6 +20,7 @@
 // and 3 if the policy could not be installed. Output goes straight to write(2): no stdio buffer to
 // lose at SIGSYS and no isatty ioctl.
 import Sandbox
+import SeccompFilters
 import Syscalls
 
 #if canImport(Glibc)
@@ -107,8 +109,14 @@ if action == "thread-socket" {
   }
 }
 
+// The default (kill) action loads exactly the program the shipped forkd-vmm / forkd-pager embed;
+// the errno/log variants are compiled from the policy with libseccomp here.
 do {
-  try Sandbox.install(policy)
+  if arguments.count == 3 && arguments[2] != "kill" {
+    try Sandbox.install(policy)
+  } else {
+    try (policy.name == "pager" ? CompiledFilter.pager : CompiledFilter.vmm).install()
+  }
 } catch {
   fail(3, "forkd-sandbox-probe: \(error)")
 }

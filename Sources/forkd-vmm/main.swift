@@ -1,6 +1,6 @@
 import Logging
 import Protocol
-import Sandbox
+import SeccompFilters
 import Syscalls
 import TestGuestImage
 import VMMCore
@@ -107,6 +107,7 @@ do {
 // The pager: the VM keeps the uffd; the pager gets a copy over its socket before the VM runs.
 var pager: PagerLink? = nil
 var pagerNanoseconds: UInt64 = 0
+var sandboxNanoseconds: UInt64 = 0
 let pagerSource: PagerMemorySource? =
   switch machine.memory.backend {
   case .userfault(let path): PagerMemorySource(mode: .copy, layers: [path])
@@ -178,8 +179,10 @@ do {
   try machine.start()
   // Every thread exists now; from here the process only runs what the vmm role allows (TSYNC
   // puts the vCPU, control and signal threads under the same filter).
+  let sandboxStart = Clock.monotonicNanoseconds()
+  defer { sandboxNanoseconds = Clock.monotonicNanoseconds() - sandboxStart }
   do {
-    try Sandbox.install(.vmm)
+    try CompiledFilter.vmm.install()
   } catch {
     machine.stop()
     throw error
@@ -193,7 +196,7 @@ do {
 if let readyFD = options.readyFD {
   let readyAt = Clock.monotonicNanoseconds()
   let line =
-    "READY pid=\(getpid()) main_ns=\(mainEnteredAt) files_ns=\(timings.readFilesNanoseconds) kvm_ns=\(timings.kvmSetupNanoseconds) state_ns=\(timings.stateRestoreNanoseconds) pager_ns=\(pagerNanoseconds) ready_ns=\(readyAt)\n"
+    "READY pid=\(getpid()) main_ns=\(mainEnteredAt) files_ns=\(timings.readFilesNanoseconds) kvm_ns=\(timings.kvmSetupNanoseconds) state_ns=\(timings.stateRestoreNanoseconds) pager_ns=\(pagerNanoseconds) sandbox_ns=\(sandboxNanoseconds) ready_ns=\(readyAt)\n"
   let fd = FileDescriptor(rawValue: readyFD)
   try? fd.writeAll(Array(line.utf8))
   fd.close()

@@ -1,5 +1,6 @@
 import CSeccomp
 import Sandbox
+import SeccompFilters
 import Syscalls
 import Testing
 
@@ -199,5 +200,16 @@ struct SandboxTests {
     #expect(SeccompPolicy.pager.allowedIoctls.count == 8, "seven UFFDIO requests and TCGETS")
     #expect(Set(SeccompPolicy.vmm.allowedIoctls).isSuperset(of: SeccompPolicy.pager.allowedIoctls))
     #expect(SeccompPolicy.vmm.allowedIoctls.contains(UInt(CSECCOMP_KVM_SET_USER_MEMORY_REGION)))
+  }
+}
+
+@Suite("Compiled seccomp filters")
+struct CompiledFilterTests {
+  @Test("the BPF embedded at build time is exactly what libseccomp compiles from the policy now")
+  func embeddedMatchesPolicy() throws {
+    #expect(try Sandbox.compile(.pager) == CompiledFilter.pager.program)
+    #expect(try Sandbox.compile(.vmm) == CompiledFilter.vmm.program)
+    #expect(CompiledFilter.pager.instructionCount > 20)
+    #expect(CompiledFilter.pager.program.count % 8 == 0)
   }
 }

@@ -47,3 +47,6 @@ int cseccomp_set_no_new_privs(void);
 
 /// The libseccomp version loaded at run time, as major * 10000 + minor * 100 + micro.
 int cseccomp_library_version(void);
+
+/// Writes the filter's BPF program (struct sock_filter instructions, native byte order) to `fd`.
+int cseccomp_filter_export_bpf(cseccomp_filter *filter, int fd);
