@@ -20,6 +20,9 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+    .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+    .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
   ],
   targets: [
     // C shims, one concern each.
@@ -65,7 +68,27 @@ let package = Package(
     .executableTarget(
       name: "forkd-sandbox-probe", dependencies: ["Sandbox", "SeccompFilters", "Syscalls"],
       linkerSettings: perChildLinking),
-    .executableTarget(name: "forkd-supervisor", dependencies: ["VMMControl", "Protocol"]),
+    // A minimal HTTP/1.1 server on SwiftNIO: Unix, TCP and socket-activated listeners.
+    .target(
+      name: "ForkdHTTP",
+      dependencies: [
+        .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"),
+      ]),
+    // The daemon's logic: snapshot registry, sandboxes, the v1 API, metrics, audit log.
+    .target(
+      name: "SupervisorCore",
+      dependencies: [
+        "VMMControl", "Protocol", "Syscalls", "ForkdHTTP", .product(name: "Logging", package: "swift-log"),
+        .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
+    .executableTarget(
+      name: "forkd-supervisor",
+      dependencies: [
+        "SupervisorCore", "ForkdHTTP", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ]),
     .executableTarget(
       name: "forkd",
       dependencies: [

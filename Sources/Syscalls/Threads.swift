@@ -30,7 +30,7 @@ public final class ConditionLock: @unchecked Sendable {
   public func unlock() { pthread_mutex_unlock(mutex) }
 
   @inline(__always)
-  public func withLock<T>(_ body: () throws -> T) rethrows -> T {
+  public func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
     lock()
     defer { unlock() }
     return try body()
@@ -79,6 +79,13 @@ public final class OSThread: @unchecked Sendable {
 
   /// Interrupts a blocking system call on this thread (it returns EINTR).
   public func kick(signal: Int32) { _ = cuffd_thread_kick(handle, signal) }
+
+  /// Returns an eventfd that becomes readable when SIGTERM or SIGINT arrives (on any thread).
+  public static func stopSignals() throws(SyscallError) -> EventFD {
+    let fd = try EventFD()
+    _ = try retryingEINTR("sigaction") { cuffd_install_stop_handler(fd.fd.rawValue) }
+    return fd
+  }
 
   /// Installs the no-op handler that `kick` relies on; call once per process.
   public static func installKickHandler(signal: Int32) throws(SyscallError) {

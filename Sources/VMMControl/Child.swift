@@ -50,6 +50,7 @@ public final class Child: @unchecked Sendable {
   public private(set) var pager: PagerProcess?
   public private(set) var pagerRestarts = 0
   private var pagerGeneration = 0
+  private var stopping = false
   private let lock = ConditionLock()
 
   /// Restores a child from `snapshot` into `runDirectory` (created; removed again on failure).
@@ -125,7 +126,9 @@ public final class Child: @unchecked Sendable {
   public func handlePagerExit() throws(ControlError) -> PagerEvent? {
     lock.lock()
     defer { lock.unlock() }
-    guard let current = pager, current.hasExited, let policy = backend.pagerSettings?.policy else { return nil }
+    guard !stopping, let current = pager, current.hasExited, let policy = backend.pagerSettings?.policy else {
+      return nil
+    }
     let termination = current.termination ?? .exited(-1)
     _ = try? FileSystem.unlink(current.socket)
     switch policy {
@@ -157,6 +160,7 @@ public final class Child: @unchecked Sendable {
   /// run directory.
   @discardableResult
   public func stop(timeoutMS: Int = 5000) -> ChildProcess.Termination? {
+    lock.withLock { stopping = true }
     let end = vmm.stop(timeoutMS: timeoutMS)
     lock.withLock {
       if let pager {

@@ -47,6 +47,8 @@ public final class VMMProcess: @unchecked Sendable {
   public let controlSocket: String
   public let vsockSocket: String
   public let ready: ReadyReport
+  /// Readable when the process exits (pidfd_open), for owners that watch many children.
+  public let pidFD: FileDescriptor?
   private var reaped: ChildProcess.Termination?
   private var ownsRunDirectory: Bool
 
@@ -134,19 +136,26 @@ public final class VMMProcess: @unchecked Sendable {
       spawnedAt: spawnedAt, mainEnteredAt: fields["main_ns"] ?? 0, readFiles: fields["files_ns"] ?? 0,
       kvmSetup: fields["kvm_ns"] ?? 0, stateRestore: fields["state_ns"] ?? 0, readyAt: fields["ready_ns"] ?? 0,
       observedAt: observedAt)
-    return VMMProcess(pid: pid, runDirectory: runDirectory, controlSocket: control, vsockSocket: vsock, ready: report)
+    return VMMProcess(
+      pid: pid, runDirectory: runDirectory, controlSocket: control, vsockSocket: vsock, ready: report,
+      pidFD: try? ChildProcess.pidFD(pid))
   }
 
-  private init(pid: pid_t, runDirectory: String, controlSocket: String, vsockSocket: String, ready: ReadyReport) {
+  private init(
+    pid: pid_t, runDirectory: String, controlSocket: String, vsockSocket: String, ready: ReadyReport,
+    pidFD: FileDescriptor?
+  ) {
     self.pid = pid
     self.runDirectory = runDirectory
     self.controlSocket = controlSocket
     self.vsockSocket = vsockSocket
     self.ready = ready
+    self.pidFD = pidFD
     ownsRunDirectory = true
   }
 
   deinit {
+    pidFD?.close()
     if reaped == nil { _ = kill(pid, SIGKILL); _ = try? ChildProcess.wait(pid) }
     if ownsRunDirectory { FileSystem.removeTree(runDirectory) }
   }
@@ -174,6 +183,21 @@ public final class VMMProcess: @unchecked Sendable {
   }
 
   public func signal(_ signal: Int32) { _ = kill(pid, signal) }
+
+  /// Whether the process has ended (reaps it if so).
+  public var hasExited: Bool {
+    if reaped != nil { return true }
+    if let t = try? ChildProcess.wait(pid, block: false) {
+      reaped = t
+      return true
+    }
+    return false
+  }
+
+  public var termination: ChildProcess.Termination? {
+    _ = hasExited
+    return reaped
+  }
 
   /// Keeps the run directory after this object goes away (for debugging).
   public func keepRunDirectory() { ownsRunDirectory = false }

@@ -1,9 +1,23 @@
-// forkd-supervisor: arrives with its own issue (see `issues`). Until then it refuses to run rather than
-// pretend: nothing in the project starts it yet.
+import ArgumentParser
+import Logging
+import SupervisorCore
+import Syscalls
+import VMMControl
+
 #if canImport(Glibc)
   import Glibc
 #endif
 
-let message = "forkd-supervisor: not implemented yet in this build; forkd-vmm runs VMs with the file backend\n"
-_ = message.withCString { write(2, $0, strlen($0)) }
-exit(2)
+/// forkd-supervisor: the daemon behind the v1 API (socket-activated by forkd.socket, or binding
+/// its own Unix socket), one forkd-vmm and one forkd-pager per child.
+@main
+struct SupervisorCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "forkd-supervisor", abstract: "The forkd daemon: snapshots, sandboxes and the v1 HTTP API.")
+
+  @OptionGroup var options: DaemonCommandOptions
+
+  func run() async throws {
+    try await options.runDaemon(identifier: "forkd-supervisor")
+  }
+}

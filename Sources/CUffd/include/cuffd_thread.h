@@ -6,3 +6,7 @@
 int cuffd_install_kick_handler(int signo);
 int cuffd_thread_kick(pthread_t thread, int signo);
 int cuffd_thread_set_name(pthread_t thread, const char *name);
+
+// Makes SIGTERM and SIGINT write one 8-byte count to `eventfd` (async-signal-safe) instead of
+// killing the process, whichever thread they land on.
+int cuffd_install_stop_handler(int eventfd);

@@ -1,0 +1,438 @@
+import Dispatch
+import Logging
+import Protocol
+import Syscalls
+import VMMControl
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// One child as the API knows it.
+final class Sandbox: @unchecked Sendable {
+  let id: String
+  let snapshotTag: String
+  let createdAt: Int64
+  let child: Child
+  let memoryLimitMiB: UInt64?
+  /// Serialises agent requests (one connection per sandbox) and state changes.
+  let lock = ConditionLock()
+  var state = "running"
+  var exitReason: String?
+  var branchCount = 0
+  var lastBranchPath: String?
+  private var agentClient: AgentClient?
+
+  init(id: String, snapshotTag: String, child: Child, memoryLimitMiB: UInt64?) {
+    self.id = id
+    self.snapshotTag = snapshotTag
+    self.child = child
+    self.memoryLimitMiB = memoryLimitMiB
+    createdAt = Clock.unixSeconds()
+  }
+
+  var info: SandboxInfo {
+    lock.withLock {
+      SandboxInfo(
+        id: id, snapshotTag: snapshotTag, createdAtUnix: createdAt, pid: state == "running" ? child.vmm.pid : nil,
+        pagerPID: state == "running" ? child.pager?.pid : nil, backend: child.backend.name, state: state,
+        exitReason: exitReason, memoryLimitMiB: memoryLimitMiB, branchCount: branchCount,
+        lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts)
+    }
+  }
+
+  /// Runs one agent request on this sandbox's connection (opened on first use).
+  func agent(_ request: AgentRequest, timeoutMS: Int) throws(APIError) -> AgentResponse {
+    try lock.withLock { () throws(APIError) -> AgentResponse in
+      guard state == "running" else { throw .conflict("sandbox \(id) has exited: \(exitReason ?? "unknown reason")") }
+      do throws(ControlError) {
+        if agentClient == nil { agentClient = try child.vmm.agent() }
+        return try agentClient!.request(request, timeoutMS: timeoutMS)
+      } catch {
+        agentClient = nil
+        if error.code == .agent, let agentError = error.cause as? AgentError {
+          if agentError.code == AgentError.unsupported {
+            throw .badRequest("sandbox \(id): the guest agent does not support this request (\(agentError.message))")
+          }
+          throw .badRequest("sandbox \(id): the guest agent refused the request: \(agentError.message)")
+        }
+        throw .internalError("sandbox \(id): agent request failed: \(error)")
+      }
+    }
+  }
+
+  func dropAgent() { lock.withLock { agentClient = nil } }
+}
+
+/// All sandboxes: spawn (in parallel), delete, agent calls, branch, and a monitor thread that
+/// applies the pager policy and notices children that end.
+public final class SandboxManager: @unchecked Sendable {
+  let config: SupervisorConfig
+  let store: SnapshotStore
+  let metrics: SupervisorMetrics
+  var logger: Logger
+  private let lock = ConditionLock()
+  private var sandboxes: [String: Sandbox] = [:]
+  private var order: [String] = []
+  private var branchesInFlight = 0
+  private let monitorWake: EventFD
+  private var monitorThread: OSThread?
+  private var stopping = false
+
+  public init(config: SupervisorConfig, store: SnapshotStore, metrics: SupervisorMetrics, logger: Logger) throws {
+    self.config = config
+    self.store = store
+    self.metrics = metrics
+    self.logger = logger
+    monitorWake = try EventFD()
+    try FileSystem.makeDirectories(config.sandboxRecordsDirectory)
+    try FileSystem.makeDirectories(config.sandboxRunDirectory)
+    cleanUpLeftovers()
+    monitorThread = try OSThread.start(name: "monitor") { [self] in monitorLoop() }
+  }
+
+  // MARK: Spawn and delete
+
+  public func spawn(_ request: SpawnRequest) throws(APIError) -> [SandboxInfo] {
+    try store.checkRestorable(request.snapshotTag)
+    let snapshot = store.path(request.snapshotTag)
+    let count = request.count
+    let results = ResultsBox(count: count)
+    let workers = max(1, min(config.spawnParallelism, count))
+    let next = Counter()
+    let started = Clock.monotonicNanoseconds()
+    DispatchQueue.concurrentPerform(iterations: workers) { _ in
+      while true {
+        let index = next.increment()
+        guard index < count, !results.failed else { return }
+        let id = newSandboxID()
+        let t0 = Clock.monotonicNanoseconds()
+        do {
+          let child = try Child.restore(
+            snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: config.backend)
+          let sandbox = Sandbox(id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB)
+          if let limit = request.memoryLimitMiB {
+            try CgroupLimit.apply(id: id, limitMiB: limit, pids: [child.vmm.pid] + (child.pager.map { [$0.pid] } ?? []))
+          }
+          metrics.spawnLatency.recordNanoseconds(Int64(Clock.monotonicNanoseconds() - t0))
+          results.set(index, .success(sandbox))
+        } catch {
+          results.set(index, .failure("\(error)"))
+        }
+      }
+    }
+    let outcome = results.all
+    let created = outcome.compactMap { if case .success(let s) = $0 { return s } else { return nil } }
+    if let failure = outcome.first(where: { if case .failure = $0 { return true } else { return false } }),
+      case .failure(let message) = failure
+    {
+      // All or nothing: a spawn that fails leaves no child of this request behind.
+      for sandbox in created {
+        sandbox.child.stop()
+        CgroupLimit.remove(id: sandbox.id)
+      }
+      logger.error("spawn from \(request.snapshotTag) failed", metadata: ["error": "\(message)"])
+      throw .internalError("restore from \(request.snapshotTag) failed: \(message)")
+    }
+    lock.withLock {
+      for sandbox in created {
+        sandboxes[sandbox.id] = sandbox
+        order.append(sandbox.id)
+      }
+    }
+    for sandbox in created {
+      writeRecord(sandbox)
+      var childLogger = logger
+      childLogger[metadataKey: "forkd_sandbox_id"] = "\(sandbox.id)"
+      childLogger[metadataKey: "forkd_snapshot_tag"] = "\(sandbox.snapshotTag)"
+      childLogger[metadataKey: "forkd_role"] = "supervisor"
+      childLogger.info(
+        "sandbox spawned",
+        metadata: [
+          "vmm_pid": "\(sandbox.child.vmm.pid)", "pager_pid": "\(sandbox.child.pager?.pid ?? 0)",
+          "backend": "\(sandbox.child.backend.name)",
+        ])
+    }
+    metrics.sandboxesActive.record(activeCount())
+    monitorWake.signal()
+    logger.info("spawned \(count) from \(request.snapshotTag) in \(Double(Clock.monotonicNanoseconds() - started) / 1e6) ms")
+    return created.map(\.info)
+  }
+
+  public func delete(_ id: String) throws(APIError) {
+    let sandbox = try lock.withLock { () throws(APIError) -> Sandbox in
+      guard let s = sandboxes.removeValue(forKey: id) else { throw .notFound("unknown sandbox \(id)") }
+      order.removeAll { $0 == id }
+      return s
+    }
+    sandbox.dropAgent()
+    sandbox.child.stop()
+    CgroupLimit.remove(id: id)
+    _ = try? FileSystem.unlink(recordPath(id))
+    metrics.sandboxesActive.record(activeCount())
+    monitorWake.signal()
+    logger.info("sandbox deleted", metadata: ["forkd_sandbox_id": "\(id)"])
+  }
+
+  public func list() -> [SandboxInfo] {
+    let all = lock.withLock { order.compactMap { sandboxes[$0] } }
+    return all.map(\.info)
+  }
+
+  public func get(_ id: String) throws(APIError) -> SandboxInfo { try sandbox(id).info }
+
+  func sandbox(_ id: String) throws(APIError) -> Sandbox {
+    try lock.withLock { () throws(APIError) -> Sandbox in
+      guard let s = sandboxes[id] else { throw .notFound("unknown sandbox \(id)") }
+      return s
+    }
+  }
+
+  public func activeCount() -> Int {
+    lock.withLock { sandboxes.values.filter { $0.state == "running" }.count }
+  }
+
+  // MARK: Agent calls
+
+  public func ping(_ id: String) throws(APIError) -> JSONValue {
+    let started = Clock.monotonicNanoseconds()
+    let response = try sandbox(id).agent(.ping, timeoutMS: 10_000)
+    guard case .pong(let pong) = response else { throw .internalError("sandbox \(id): unexpected reply to ping") }
+    return .object([
+      "pong": .bool(true), "agent_kind": .string(pong.kind == AgentPong.linuxKind ? "linux" : "test-guest"),
+      "agent_version": .integer(Int64(pong.agentVersion)), "requests_served": .integer(Int64(pong.requestsServed)),
+      "counter": .integer(Int64(pong.counter)), "rtt_us": .integer(Int64((Clock.monotonicNanoseconds() - started) / 1000)),
+    ])
+  }
+
+  public func exec(_ id: String, _ request: ExecRequest) throws(APIError) -> JSONValue {
+    let response = try sandbox(id).agent(
+      .exec(args: request.args, timeoutSeconds: request.timeoutSeconds), timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
+    guard case .exec(let result) = response else { throw .internalError("sandbox \(id): unexpected reply to exec") }
+    return .object([
+      "stdout": .string(String(decoding: result.stdout, as: UTF8.self)),
+      "stderr": .string(String(decoding: result.stderr, as: UTF8.self)), "exit_code": .integer(Int64(result.exitCode)),
+      "timed_out": .bool(result.timedOut),
+    ])
+  }
+
+  // MARK: Branch
+
+  /// `mode: full`: the source is paused while its vCPU/device state and memory are captured, then
+  /// resumes while the files are synced. The snapshot records the source's snapshot as parent.
+  public func branch(_ id: String, _ request: BranchRequest) throws(APIError) -> SnapshotInfo {
+    let source = try sandbox(id)
+    guard request.mode == .full else {
+      throw .badRequest("branch mode \(request.mode.rawValue) is not available in this build (use full)")
+    }
+    let tag = request.tag ?? "branch-\(id)-\(Clock.unixSeconds())-\(randomHex(4))"
+    try lock.withLock { () throws(APIError) in
+      guard branchesInFlight < config.branchConcurrency else {
+        throw .unavailable("\(branchesInFlight) branches in flight: the concurrency cap is \(config.branchConcurrency)")
+      }
+      branchesInFlight += 1
+    }
+    defer { lock.withLock { branchesInFlight -= 1 } }
+    try store.reserve(tag, existsStatus: 409)
+    defer { store.release(tag) }
+    let result: [String: JSONValue]
+    do {
+      result = try source.child.vmm.control().call(.snapshot(directory: store.path(tag), parentTag: source.snapshotTag), timeoutMS: 120_000)
+    } catch {
+      throw .internalError("branch of \(id) failed: \(error)")
+    }
+    source.lock.withLock {
+      source.branchCount += 1
+      source.lastBranchPath = store.path(tag) + "/memory.bin"
+    }
+    var info = try store.info(tag)
+    info.branchedFrom = id
+    info.pauseMS = Double(result["pause_us"]?.int64Value ?? 0) / 1000
+    info.status = "ready"
+    metrics.snapshotsTotal.record(store.count())
+    logger.info("branched", metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "pause_ms": "\(info.pauseMS ?? 0)"])
+    return info
+  }
+
+  // MARK: Lifecycle
+
+  /// Stops every child (SIGTERM drain) and the monitor.
+  public func shutdown() {
+    let all: [Sandbox] = lock.withLock {
+      stopping = true
+      let list = Array(sandboxes.values)
+      sandboxes.removeAll()
+      order.removeAll()
+      return list
+    }
+    monitorWake.signal()
+    monitorThread?.join()
+    DispatchQueue.concurrentPerform(iterations: all.count) { i in
+      all[i].child.stop()
+      CgroupLimit.remove(id: all[i].id)
+      _ = try? FileSystem.unlink(recordPath(all[i].id))
+    }
+    metrics.sandboxesActive.record(0)
+  }
+
+  /// Applies the pager policy and marks exited VMs; runs on its own thread.
+  private func monitorLoop() {
+    while true {
+      let watched: [(Sandbox, FileDescriptor, Bool)] = lock.withLock {
+        if stopping { return [] }
+        var list: [(Sandbox, FileDescriptor, Bool)] = []
+        for s in sandboxes.values where s.state == "running" {
+          if let fd = s.child.vmm.pidFD { list.append((s, fd, false)) }
+          if let pager = s.child.pager { list.append((s, pager.pidFD, true)) }
+        }
+        return list
+      }
+      if lock.withLock({ stopping }) { return }
+      let entries = [(monitorWake.fd, Poll.Events.readable)] + watched.map { ($0.1, Poll.Events.readable) }
+      guard let ready = try? Poll.wait(entries, timeoutMS: 1000) else { continue }
+      if !ready[0].isEmpty { monitorWake.drain() }
+      for (i, entry) in watched.enumerated() where !ready[i + 1].isEmpty {
+        let (sandbox, _, isPager) = entry
+        if isPager {
+          handlePagerExit(sandbox)
+        } else {
+          handleVMExit(sandbox)
+        }
+      }
+    }
+  }
+
+  private func handlePagerExit(_ sandbox: Sandbox) {
+    // Both gone (e.g. a signal to the whole process group): that is the VM's end, not a pager's.
+    if sandbox.child.vmm.hasExited {
+      handleVMExit(sandbox)
+      return
+    }
+    var log = logger
+    log[metadataKey: "forkd_sandbox_id"] = "\(sandbox.id)"
+    do {
+      guard let event = try sandbox.child.handlePagerExit() else { return }
+      switch event {
+      case .restarted(let old, let new, let termination):
+        metrics.pagerRestarts.increment()
+        log.warning("pager \(old) \(termination); restarted as \(new)")
+      case .failed(let termination, let vmm):
+        sandbox.lock.withLock {
+          sandbox.state = "exited"
+          sandbox.exitReason = "memory pager \(termination); VM stopped (\(vmm.map { "\($0)" } ?? "killed"))"
+        }
+        log.error("pager \(termination): policy fail, sandbox stopped")
+        metrics.sandboxesActive.record(activeCount())
+      }
+    } catch {
+      log.error("pager restart failed: \(error)")
+      sandbox.lock.withLock {
+        sandbox.state = "exited"
+        sandbox.exitReason = "memory pager died and could not be restarted: \(error)"
+      }
+      sandbox.child.stop()
+    }
+    monitorWake.signal()
+  }
+
+  private func handleVMExit(_ sandbox: Sandbox) {
+    guard sandbox.child.vmm.hasExited else { return }
+    let termination = sandbox.child.vmm.termination
+    let reason = "forkd-vmm \(termination.map { "\($0)" } ?? "ended"): \(lastLines(of: sandbox.child.vmm.vmmLog, count: 2))"
+    sandbox.lock.withLock {
+      sandbox.state = "exited"
+      sandbox.exitReason = reason
+    }
+    sandbox.dropAgent()
+    sandbox.child.stop()
+    CgroupLimit.remove(id: sandbox.id)
+    logger.warning("sandbox exited", metadata: ["forkd_sandbox_id": "\(sandbox.id)", "reason": "\(reason)"])
+    metrics.sandboxesActive.record(activeCount())
+  }
+
+  // MARK: Records
+
+  private func recordPath(_ id: String) -> String { config.sandboxRecordsDirectory + "/" + id + ".json" }
+
+  private func writeRecord(_ sandbox: Sandbox) {
+    let record = JSONValue.object([
+      "id": .string(sandbox.id), "snapshot_tag": .string(sandbox.snapshotTag),
+      "created_at_unix": .integer(sandbox.createdAt), "vmm_pid": .integer(Int64(sandbox.child.vmm.pid)),
+      "pager_pid": .integer(Int64(sandbox.child.pager?.pid ?? 0)), "run_dir": .string(sandbox.child.runDirectory),
+    ])
+    try? FileSystem.writeAtomically(recordPath(sandbox.id), Array(record.serialized(pretty: true).utf8))
+  }
+
+  /// A previous supervisor's children (it crashed or was killed): their processes are ended
+  /// and their run directories removed, so nothing of them leaks.
+  private func cleanUpLeftovers() {
+    for name in (try? FileSystem.listDirectory(config.sandboxRecordsDirectory)) ?? [] where name.hasSuffix(".json") {
+      let path = config.sandboxRecordsDirectory + "/" + name
+      if let bytes = try? FileSystem.readFile(path), let record = try? JSONValue.parse(bytes, source: path),
+        let runDir = record["run_dir"]?.stringValue
+      {
+        for key in ["vmm_pid", "pager_pid"] {
+          guard let pid = record[key]?.int64Value, pid > 0 else { continue }
+          // Only a process of ours: its command line names this child's run directory.
+          let cmdline = (try? FileSystem.readFile("/proc/\(pid)/cmdline")) ?? []
+          if String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(runDir) {
+            kill(pid_t(pid), SIGKILL)
+          }
+        }
+        FileSystem.removeTree(runDir)
+        if let id = record["id"]?.stringValue { CgroupLimit.remove(id: id) }
+        logger.warning("cleaned up a sandbox left by a previous supervisor", metadata: ["record": "\(name)"])
+      }
+      _ = try? FileSystem.unlink(path)
+    }
+    for name in (try? FileSystem.listDirectory(config.sandboxRunDirectory)) ?? [] {
+      FileSystem.removeTree(config.sandboxRunDirectory + "/" + name)
+    }
+  }
+}
+
+func newSandboxID() -> String { "sb-" + randomHex(6) }
+
+func randomHex(_ bytes: Int) -> String {
+  var raw = [UInt8](repeating: 0, count: bytes)
+  if let fd = try? FileDescriptor.open("/dev/urandom", .readOnly) {
+    raw = (try? fd.read(upTo: bytes)) ?? raw
+    fd.close()
+  }
+  return raw.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+}
+
+/// Thread-safe collection of per-index results for parallel spawns.
+final class ResultsBox: @unchecked Sendable {
+  enum Outcome {
+    case pending
+    case success(Sandbox)
+    case failure(String)
+  }
+  private let lock = ConditionLock()
+  private var items: [Outcome]
+  private var anyFailure = false
+
+  init(count: Int) { items = Array(repeating: .pending, count: count) }
+
+  func set(_ index: Int, _ outcome: Outcome) {
+    lock.withLock {
+      items[index] = outcome
+      if case .failure = outcome { anyFailure = true }
+    }
+  }
+
+  var failed: Bool { lock.withLock { anyFailure } }
+  var all: [Outcome] { lock.withLock { items } }
+}
+
+final class Counter: @unchecked Sendable {
+  private let lock = ConditionLock()
+  private var value = 0
+  func increment() -> Int {
+    lock.withLock {
+      defer { value += 1 }
+      return value
+    }
+  }
+}

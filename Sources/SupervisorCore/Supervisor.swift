@@ -1,0 +1,192 @@
+import ForkdHTTP
+import Logging
+import Protocol
+import Syscalls
+import VMMControl
+
+/// The daemon: owns the snapshot store, the sandboxes and the API.
+public final class Supervisor: @unchecked Sendable {
+  public let config: SupervisorConfig
+  public let store: SnapshotStore
+  public let sandboxes: SandboxManager
+  public let metrics: SupervisorMetrics
+  let audit: AuditLog
+  let logger: Logger
+
+  public init(config: SupervisorConfig, logger: Logger) throws {
+    self.config = config
+    self.logger = logger
+    try FileSystem.makeDirectories(config.stateDirectory)
+    try FileSystem.makeDirectories(config.runDirectory)
+    store = try SnapshotStore(directory: config.snapshotsDirectory)
+    metrics = SupervisorMetrics()
+    sandboxes = try SandboxManager(config: config, store: store, metrics: metrics, logger: logger)
+    audit = AuditLog(path: config.auditLogPath)
+    metrics.snapshotsTotal.record(store.count())
+    metrics.sandboxesActive.record(0)
+  }
+
+  /// Stops every child; the supervisor is unusable afterwards.
+  public func shutdown() { sandboxes.shutdown() }
+
+  /// The HTTP entry point: authentication, routing, errors as `{"error": …}`, audit.
+  public func handle(_ request: HTTPRequest) async -> HTTPResponse {
+    let started = Clock.monotonicNanoseconds()
+    let response: HTTPResponse
+    do {
+      try authorize(request)
+      response = try await route(request)
+    } catch let error as APIError {
+      response = HTTPResponse(status: error.status, json: apiErrorBody(error.message))
+    } catch let error as ProtocolError {
+      response = HTTPResponse(status: 400, json: apiErrorBody(error.message))
+    } catch {
+      response = HTTPResponse(status: 500, json: apiErrorBody("\(error)"))
+    }
+    metrics.requests.increment()
+    audit.record(
+      method: request.method, path: request.path, status: response.status,
+      latencyMicroseconds: (Clock.monotonicNanoseconds() - started) / 1000, userAgent: request.header("User-Agent"))
+    return response
+  }
+
+  private func authorize(_ request: HTTPRequest) throws(APIError) {
+    guard request.listener == .tcp, let token = config.token, request.path != "/healthz" else { return }
+    let presented = request.header("Authorization") ?? ""
+    guard constantTimeEqual(Array(presented.utf8), Array("Bearer \(token)".utf8)) else {
+      throw APIError(401, "missing or invalid bearer token")
+    }
+  }
+
+  private func route(_ request: HTTPRequest) async throws -> HTTPResponse {
+    let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+    let method = request.method
+    if match(method, parts, "GET", ["healthz"]) != nil {
+      return json(200, .object(["ok": .bool(true)]))
+    }
+    if match(method, parts, "GET", ["version"]) != nil {
+      return json(200, .object(["version": .string(APIVersion.version), "api": .string(APIVersion.api)]))
+    }
+    if match(method, parts, "GET", ["metrics"]) != nil {
+      metrics.snapshotsTotal.record(store.count())
+      metrics.sandboxesActive.record(sandboxes.activeCount())
+      return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: metrics.exposition())
+    }
+    if match(method, parts, "GET", ["v1", "snapshots"]) != nil {
+      return json(200, .array(store.list().map(\.summaryJSON)))
+    }
+    if match(method, parts, "POST", ["v1", "snapshots"]) != nil {
+      let body = try CreateSnapshotRequest.decode(request.body)
+      let creator = SnapshotCreator(store: store, config: config, logger: logger)
+      let info = try await blocking { try creator.create(body) }
+      metrics.snapshotsTotal.record(store.count())
+      return json(201, info.summaryJSON)
+    }
+    if let captures = match(method, parts, "GET", ["v1", "snapshots", "*", "info"]) {
+      let tag = captures[0]
+      try checkTag(tag)
+      return json(200, try store.info(tag).infoJSON)
+    }
+    if let captures = match(method, parts, "DELETE", ["v1", "snapshots", "*"]) {
+      let tag = captures[0]
+      try checkTag(tag)
+      let cascade = request.query["cascade"] == "true"
+      let force = request.query["force"] == "true"
+      _ = try store.delete(tag, cascade: cascade, force: force)
+      metrics.snapshotsTotal.record(store.count())
+      return HTTPResponse(status: 204, body: [])
+    }
+    if let captures = match(method, parts, "POST", ["v1", "snapshots", "*", "compact"]) {
+      let tag = captures[0]
+      try checkTag(tag)
+      _ = try store.info(tag)
+      throw APIError.badRequest("snapshot \(tag) is flat: compact applies to diff chains, which this build does not create")
+    }
+    if match(method, parts, "GET", ["v1", "sandboxes"]) != nil {
+      return json(200, .array(sandboxes.list().map(\.jsonValue)))
+    }
+    if match(method, parts, "POST", ["v1", "sandboxes"]) != nil {
+      let body = try SpawnRequest.decode(request.body)
+      let manager = sandboxes
+      let created = try await blocking { try manager.spawn(body) }
+      return json(201, .array(created.map(\.jsonValue)))
+    }
+    if let captures = match(method, parts, "GET", ["v1", "sandboxes", "*"]) {
+      let id = captures[0]
+      return json(200, try sandboxes.get(id).jsonValue)
+    }
+    if let captures = match(method, parts, "DELETE", ["v1", "sandboxes", "*"]) {
+      let id = captures[0]
+      let manager = sandboxes
+      _ = try sandboxes.get(id)
+      try await blocking { try manager.delete(id) }
+      return HTTPResponse(status: 204, body: [])
+    }
+    if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "ping"]) {
+      let id = captures[0]
+      let manager = sandboxes
+      return json(200, try await blocking { try manager.ping(id) })
+    }
+    if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "exec"]) {
+      let id = captures[0]
+      let body = try ExecRequest.decode(request.body)
+      let manager = sandboxes
+      return json(200, try await blocking { try manager.exec(id, body) })
+    }
+    if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "eval"]) {
+      let id = captures[0]
+      let value = try JSONObjectReader(JSONValue.parse(request.body, source: "request body"), source: "request body")
+      let code = try value.string("code")
+      let manager = sandboxes
+      let result = try await blocking { try manager.exec(id, ExecRequest(args: ["python3", "-c", code], timeoutSeconds: 30)) }
+      return json(
+        200,
+        .object([
+          "result": result["stdout"] ?? .string(""), "error": result["stderr"] ?? .string(""),
+          "exit_code": result["exit_code"] ?? .integer(-1),
+        ]))
+    }
+    if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "branch"]) {
+      let id = captures[0]
+      let body = try BranchRequest.decode(request.body)
+      let manager = sandboxes
+      _ = try sandboxes.get(id)
+      let info = try await blocking { try manager.branch(id, body) }
+      return json(201, info.summaryJSON)
+    }
+    let known = ["healthz", "version", "metrics", "v1"]
+    if let first = parts.first, known.contains(first) {
+      if parts.count <= 4, ["GET", "POST", "DELETE"].contains(method) == false {
+        throw APIError(405, "method \(method) not allowed on \(request.path)")
+      }
+    }
+    throw APIError.notFound("no route for \(method) \(request.path)")
+  }
+
+  /// Matches a path against a pattern ("*" captures one segment); nil unless method and path fit.
+  private func match(_ method: String, _ parts: [String], _ wanted: String, _ pattern: [String]) -> [String]? {
+    guard method == wanted, parts.count == pattern.count else { return nil }
+    var captures: [String] = []
+    for (part, expected) in zip(parts, pattern) {
+      if expected == "*" { captures.append(part) } else if part != expected { return nil }
+    }
+    return captures
+  }
+
+  private func checkTag(_ tag: String) throws(APIError) {
+    guard SnapshotTag.isValid(tag) else { throw .badRequest("bad tag \"\(tag)\": tags match ^[A-Za-z0-9_-]{1,64}$") }
+  }
+
+  private func json(_ status: Int, _ value: JSONValue) -> HTTPResponse {
+    HTTPResponse(status: status, json: value.serialized())
+  }
+}
+
+/// Compares without an early exit, so a wrong token's timing does not reveal its prefix.
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+  var difference = UInt8(a.count == b.count ? 0 : 1)
+  for i in 0..<max(a.count, b.count) {
+    difference |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
+  }
+  return difference == 0
+}
