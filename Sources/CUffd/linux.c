@@ -51,3 +51,7 @@ pid_t cuffd_peer_pid(int sock) {
 int cuffd_rename_noreplace(const char *from, const char *to) {
   return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
 }
+
+int cuffd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd) {
+  return posix_spawn_file_actions_addclosefrom_np(actions, lowfd);
+}

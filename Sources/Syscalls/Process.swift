@@ -18,10 +18,23 @@ public enum ChildProcess {
     defer { posix_spawn_file_actions_destroy(&actions) }
     if let stdoutFD { posix_spawn_file_actions_adddup2(&actions, stdoutFD.rawValue, 1) }
     if let stderrFD { posix_spawn_file_actions_adddup2(&actions, stderrFD.rawValue, 2) }
+    // A source whose number is one of the targets is moved out of the way first: dup2(3, 3)
+    // would leave its FD_CLOEXEC set, and another dup2 might overwrite it before it is used.
+    let targets = Set(inheritedFDs.map(\.child))
+    var temporaries: [Int32] = []
+    defer { temporaries.forEach { _ = Glibc.close($0) } }
     for (child, parent) in inheritedFDs {
-      // dup2 onto itself would keep FD_CLOEXEC set; go through a high temporary number instead.
-      posix_spawn_file_actions_adddup2(&actions, parent.rawValue, child)
+      var source = parent.rawValue
+      if targets.contains(source) {
+        source = fcntl(source, F_DUPFD_CLOEXEC, 64)
+        guard source >= 0 else { throw SyscallError("fcntl(F_DUPFD_CLOEXEC)", .current) }
+        temporaries.append(source)
+      }
+      posix_spawn_file_actions_adddup2(&actions, source, child)
     }
+    // Everything else is closed in the child, whether or not its owner set FD_CLOEXEC.
+    let firstUnused = (inheritedFDs.map(\.child).max() ?? 2) + 1
+    _ = cuffd_spawn_closefrom(&actions, firstUnused)
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }

@@ -13,3 +13,9 @@ int cuffd_unix_stream_socket(void);
 int cuffd_unix_socketpair(int fds[2]);
 pid_t cuffd_peer_pid(int sock);
 int cuffd_rename_noreplace(const char *from, const char *to);
+
+#include <spawn.h>
+// Makes the spawned child close every descriptor >= lowfd (after the dup2 actions before it), so
+// only what was passed on purpose crosses exec: sockets of other clients, other children's pipes
+// and the like never leak into a VM process.
+int cuffd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd);
