@@ -100,6 +100,7 @@ let package = Package(
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
     .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
     .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),
+    .testTarget(name: "SyscallsTests", dependencies: ["Syscalls", "CUffd"]),
     .testTarget(
       name: "EndToEndTests",
       dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage"]

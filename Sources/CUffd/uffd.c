@@ -26,7 +26,7 @@ int cuffd_create(int flags, int user_mode_only) {
     errno = saved;
     return -1;
   }
-  fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
+  fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags | (user_mode_only ? UFFD_USER_MODE_ONLY : 0));
   saved = errno;
   close(dev);
   errno = saved;
@@ -100,7 +100,7 @@ int cuffd_wake(int uffd, uint64_t start, uint64_t len) {
 int cuffd_writeprotect(int uffd, uint64_t start, uint64_t len, int protect, int dontwake) {
   struct uffdio_writeprotect wp = {
       .range = {.start = start, .len = len},
-      .mode = (protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0) | (dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0)};
+      .mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : (dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0)};
   return ioctl(uffd, UFFDIO_WRITEPROTECT, &wp);
 }
 

@@ -69,13 +69,16 @@ public struct Userfault: Sendable {
     return Features(rawValue: features)
   }
 
+  /// Enables `features` (UFFDIO_API fails with EINVAL if any is unsupported) and returns what is
+  /// now enabled. The kernel itself reports its whole supported set, not the enabled one; asking
+  /// for WP_ASYNC also enables WP_UNPOPULATED.
   public func negotiate(_ features: Features) throws(SyscallError) -> Features {
-    var granted: UInt64 = 0
+    var supported: UInt64 = 0
     var ioctls: UInt64 = 0
     _ = try retryingEINTR("UFFDIO_API", detail: "features \(features)") {
-      cuffd_api(fd.rawValue, features.rawValue, &granted, &ioctls)
+      cuffd_api(fd.rawValue, features.rawValue, &supported, &ioctls)
     }
-    return Features(rawValue: granted)
+    return features.contains(.wpAsync) ? features.union(.wpUnpopulated) : features
   }
 
   public func register(start: UInt64, length: UInt64, mode: RegisterMode) throws(SyscallError) {
@@ -97,17 +100,25 @@ public struct Userfault: Sendable {
     throws(SyscallError) -> Int64
   {
     var done: Int64 = 0
-    _ = try retryingEINTR("UFFDIO_COPY", detail: hexAddress(destination)) {
-      cuffd_copy(
-        fd.rawValue, destination, UInt64(UInt(bitPattern: source)), length, wake ? 0 : CUFFD_COPY_DONTWAKE, &done)
+    do {
+      _ = try retryingEINTR("UFFDIO_COPY", detail: hexAddress(destination)) {
+        cuffd_copy(
+          fd.rawValue, destination, UInt64(UInt(bitPattern: source)), length, wake ? 0 : CUFFD_COPY_DONTWAKE, &done)
+      }
+    } catch  where error.errno == .wouldBlock && done > 0 {
+      return done  // partly done before events got in the way: the caller compares with `length`
     }
     return done
   }
 
   public func zeroPage(at start: UInt64, length: UInt64, wake: Bool = true) throws(SyscallError) -> Int64 {
     var done: Int64 = 0
-    _ = try retryingEINTR("UFFDIO_ZEROPAGE", detail: hexAddress(start)) {
-      cuffd_zeropage(fd.rawValue, start, length, wake ? 0 : CUFFD_ZEROPAGE_DONTWAKE, &done)
+    do {
+      _ = try retryingEINTR("UFFDIO_ZEROPAGE", detail: hexAddress(start)) {
+        cuffd_zeropage(fd.rawValue, start, length, wake ? 0 : CUFFD_ZEROPAGE_DONTWAKE, &done)
+      }
+    } catch  where error.errno == .wouldBlock && done > 0 {
+      return done
     }
     return done
   }
@@ -115,8 +126,12 @@ public struct Userfault: Sendable {
   /// Resolves a minor fault by mapping the page already in the page cache.
   public func `continue`(at start: UInt64, length: UInt64, wake: Bool = true) throws(SyscallError) -> Int64 {
     var done: Int64 = 0
-    _ = try retryingEINTR("UFFDIO_CONTINUE", detail: hexAddress(start)) {
-      cuffd_continue(fd.rawValue, start, length, wake ? 0 : CUFFD_CONTINUE_DONTWAKE, &done)
+    do {
+      _ = try retryingEINTR("UFFDIO_CONTINUE", detail: hexAddress(start)) {
+        cuffd_continue(fd.rawValue, start, length, wake ? 0 : CUFFD_CONTINUE_DONTWAKE, &done)
+      }
+    } catch  where error.errno == .wouldBlock && done > 0 {
+      return done
     }
     return done
   }
@@ -126,8 +141,12 @@ public struct Userfault: Sendable {
     -> Int64
   {
     var done: Int64 = 0
-    _ = try retryingEINTR("UFFDIO_MOVE", detail: hexAddress(destination)) {
-      cuffd_move(fd.rawValue, destination, source, length, wake ? 0 : CUFFD_MOVE_DONTWAKE, &done)
+    do {
+      _ = try retryingEINTR("UFFDIO_MOVE", detail: hexAddress(destination)) {
+        cuffd_move(fd.rawValue, destination, source, length, wake ? 0 : CUFFD_MOVE_DONTWAKE, &done)
+      }
+    } catch  where error.errno == .wouldBlock && done > 0 {
+      return done
     }
     return done
   }
@@ -136,6 +155,8 @@ public struct Userfault: Sendable {
     _ = try retryingEINTR("UFFDIO_WAKE") { cuffd_wake(fd.rawValue, start, length) }
   }
 
+  /// Protects or un-protects a range. `wake: false` only applies to un-protecting (the kernel
+  /// rejects WP together with DONTWAKE: protecting never wakes anyone anyway).
   public func writeProtect(start: UInt64, length: UInt64, protect: Bool, wake: Bool = true) throws(SyscallError) {
     _ = try retryingEINTR("UFFDIO_WRITEPROTECT") {
       cuffd_writeprotect(fd.rawValue, start, length, protect ? 1 : 0, wake ? 0 : 1)
@@ -144,7 +165,7 @@ public struct Userfault: Sendable {
 
   /// Reads pending events (non-blocking): empty when none, nil at EOF.
   public func readEvents(max: Int = 64) throws(SyscallError) -> [Event]? {
-    var raw = [cuffd_event](repeating: cuffd_event(), count: Swift.min(max, 64))
+    var raw = [cuffd_event](repeating: cuffd_event(), count: Swift.min(Swift.max(max, 1), 64))
     let count: Int32
     do {
       count = try retryingEINTR("read(uffd)") { cuffd_read_events(fd.rawValue, &raw, Int32(raw.count)) }
