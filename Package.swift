@@ -68,6 +68,15 @@ let package = Package(
     .executableTarget(
       name: "forkd-sandbox-probe", dependencies: ["Sandbox", "SeccompFilters", "Syscalls"],
       linkerSettings: perChildLinking),
+    // systemd integration for forkd-supervisor: socket activation, sd_notify, journald
+    // (build hosts need libsystemd-dev), and a probe of it for tests and host checks.
+    .target(name: "CSystemd", linkerSettings: [.linkedLibrary("systemd")]),
+    .target(
+      name: "SystemdSupport",
+      dependencies: ["CSystemd", "Syscalls", .product(name: "Logging", package: "swift-log")]),
+    .executableTarget(
+      name: "forkd-systemd-probe",
+      dependencies: ["SystemdSupport", "Syscalls", .product(name: "Logging", package: "swift-log")]),
     // A minimal HTTP/1.1 server on SwiftNIO: Unix, TCP and socket-activated listeners.
     .target(
       name: "ForkdHTTP",
@@ -75,6 +84,8 @@ let package = Package(
         .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
       ]),
+    // The client side of the v1 API (CLI, tests).
+    .target(name: "ForkdClient", dependencies: ["Protocol", "Syscalls"]),
     // The daemon's logic: snapshot registry, sandboxes, the v1 API, metrics, audit log.
     .target(
       name: "SupervisorCore",
@@ -92,7 +103,7 @@ let package = Package(
     .executableTarget(
       name: "forkd",
       dependencies: [
-        "VMMControl", "Protocol", "TestGuestImage",
+        "VMMControl", "Protocol", "TestGuestImage", "ForkdClient", "SupervisorCore",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -100,10 +111,13 @@ let package = Package(
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
     .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
     .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),
+    .testTarget(
+      name: "SystemdTests",
+      dependencies: ["SystemdSupport", "CSystemd", "Syscalls", .product(name: "Logging", package: "swift-log")]),
     .testTarget(name: "SyscallsTests", dependencies: ["Syscalls", "CUffd"]),
     .testTarget(
       name: "EndToEndTests",
-      dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage"]
+      dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage", "ForkdClient"]
     ),
   ]
 )
