@@ -119,7 +119,8 @@ private final class RequestHandler: ChannelInboundHandler, @unchecked Sendable {
       if tooLarge {
         write(
           context: context,
-          response: HTTPResponse(status: 413, json: "{\"error\":\"request body larger than \(HTTPServer.maxBodyBytes) bytes\"}"),
+          response: HTTPResponse(
+            status: 413, json: "{\"error\":\"request body larger than \(HTTPServer.maxBodyBytes) bytes\"}"),
           version: version, keepAlive: false)
         return
       }
@@ -145,7 +146,8 @@ private final class RequestHandler: ChannelInboundHandler, @unchecked Sendable {
     headers.add(name: "Content-Type", value: response.contentType)
     headers.add(name: "Content-Length", value: "\(response.body.count)")
     headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
-    let head = HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
+    let head = HTTPResponseHead(
+      version: version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
     context.write(wrapOutboundOut(.head(head)), promise: nil)
     var buffer = context.channel.allocator.buffer(capacity: response.body.count)
     buffer.writeBytes(response.body)

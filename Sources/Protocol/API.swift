@@ -24,7 +24,8 @@ public enum WarmupStep: Equatable, Sendable {
   public var jsonValue: JSONValue {
     switch self {
     case .ping: .object(["op": .string("ping")])
-    case .fill(let pages, let seed): .object(["op": .string("fill"), "pages": .integer(Int64(pages)), "seed": .integer(Int64(bitPattern: seed))])
+    case .fill(let pages, let seed):
+      .object(["op": .string("fill"), "pages": .integer(Int64(pages)), "seed": .integer(Int64(bitPattern: seed))])
     case .counter(let delta): .object(["op": .string("counter"), "delta": .integer(delta)])
     case .kvSet(let key, let value): .object(["op": .string("kv_set"), "key": .string(key), "value": .string(value)])
     }
@@ -93,7 +94,8 @@ public struct SpawnRequest: Equatable, Sendable {
     let limit = try r.optionalUInt64("memory_limit_mib")
     if let limit, limit < 8 { throw r.invalid("memory_limit_mib", expected: "at least 8") }
     return SpawnRequest(
-      snapshotTag: tag, count: Int(n), memoryLimitMiB: limit, perChildNetns: try r.optionalBool("per_child_netns") ?? false,
+      snapshotTag: tag, count: Int(n), memoryLimitMiB: limit,
+      perChildNetns: try r.optionalBool("per_child_netns") ?? false,
       prewarm: try r.optionalBool("prewarm") ?? false, liveFork: try r.optionalBool("live_fork") ?? false,
       hugepages: try r.optionalBool("hugepages") ?? false)
   }

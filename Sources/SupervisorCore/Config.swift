@@ -17,7 +17,8 @@ public struct SupervisorConfig: Sendable {
   public var spawnParallelism: Int
 
   public init(
-    stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd", backend: ChildBackend = .uffd(policy: .restart),
+    stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd",
+    backend: ChildBackend = .uffd(policy: .restart),
     token: String? = nil, branchConcurrency: Int = 4, spawnParallelism: Int = 2
   ) {
     self.stateDirectory = stateDirectory

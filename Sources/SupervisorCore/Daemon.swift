@@ -28,7 +28,9 @@ public struct ListenOptions: Sendable {
   /// Listening sockets passed by systemd (fd, is it TCP).
   public var activated: [(fd: Int32, tcp: Bool)]
 
-  public init(unixSocket: String?, tcpHost: String? = nil, tcpPort: Int? = nil, activated: [(fd: Int32, tcp: Bool)] = []) {
+  public init(
+    unixSocket: String?, tcpHost: String? = nil, tcpPort: Int? = nil, activated: [(fd: Int32, tcp: Bool)] = []
+  ) {
     self.unixSocket = unixSocket
     self.tcpHost = tcpHost
     self.tcpPort = tcpPort
@@ -51,7 +53,9 @@ public enum Daemon {
   }
 
   /// Runs until SIGTERM/SIGINT, then drains: stops accepting, stops every child, exits.
-  public static func run(config: SupervisorConfig, listen: ListenOptions, hooks: ServiceHooks, logger: Logger) async throws {
+  public static func run(config: SupervisorConfig, listen: ListenOptions, hooks: ServiceHooks, logger: Logger)
+    async throws
+  {
     try checkExposure(host: listen.tcpHost, token: config.token)
     // SIGTERM/SIGINT become a readable eventfd whichever thread they hit (the concurrency
     // runtime's threads exist before this code runs, so masking cannot cover them all).

@@ -39,8 +39,12 @@ public struct DaemonCommandOptions: ParsableArguments {
   public var logLevel: String = "info"
 
   public mutating func validate() throws {
-    guard ["file", "uffd", "shmem"].contains(backend) else { throw ValidationError("--backend \(backend): file, uffd or shmem") }
-    guard PagerPolicy(rawValue: pagerPolicy) != nil else { throw ValidationError("--pager-policy \(pagerPolicy): restart or fail") }
+    guard ["file", "uffd", "shmem"].contains(backend) else {
+      throw ValidationError("--backend \(backend): file, uffd or shmem")
+    }
+    guard PagerPolicy(rawValue: pagerPolicy) != nil else {
+      throw ValidationError("--pager-policy \(pagerPolicy): restart or fail")
+    }
     guard (1...64).contains(branchConcurrency) else { throw ValidationError("--branch-concurrency: 1...64") }
     if let listenTcp, parseHostPort(listenTcp) == nil {
       throw ValidationError("--listen-tcp \(listenTcp): expected HOST:PORT")
@@ -61,12 +65,15 @@ public struct DaemonCommandOptions: ParsableArguments {
       default: .uffd(policy: policy)
       }
     return SupervisorConfig(
-      stateDirectory: stateDir, runDirectory: runDir, backend: childBackend, token: token?.isEmpty == true ? nil : token,
+      stateDirectory: stateDir, runDirectory: runDir, backend: childBackend,
+      token: token?.isEmpty == true ? nil : token,
       branchConcurrency: branchConcurrency)
   }
 
   /// Runs the daemon in the foreground until SIGTERM/SIGINT.
-  public func runDaemon(identifier: String, hooks: ServiceHooks = ServiceHooks(), activated: [(fd: Int32, tcp: Bool)] = [])
+  public func runDaemon(
+    identifier: String, hooks: ServiceHooks = ServiceHooks(), activated: [(fd: Int32, tcp: Bool)] = []
+  )
     async throws
   {
     let level = Logger.Level(rawValue: logLevel) ?? .info
@@ -90,7 +97,8 @@ public struct DaemonCommandOptions: ParsableArguments {
 }
 
 func parseHostPort(_ text: String) -> (String, Int)? {
-  guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port)
+  guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+    (1...65535).contains(port)
   else { return nil }
   var host = String(text[..<colon])
   if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }

@@ -18,7 +18,8 @@ public final class SupervisorMetrics: @unchecked Sendable {
     spawnLatency = CoreMetrics.Timer(label: "forkd_spawn_seconds", factory: factory)
     pagerRestarts = CoreMetrics.Counter(label: "forkd_pager_restarts_total", factory: factory)
     requests = CoreMetrics.Counter(label: "forkd_api_requests_total", factory: factory)
-    CoreMetrics.Gauge(label: "forkd_build_info", dimensions: [("version", APIVersion.version)], factory: factory).record(1)
+    CoreMetrics.Gauge(label: "forkd_build_info", dimensions: [("version", APIVersion.version)], factory: factory)
+      .record(1)
   }
 
   /// Prometheus text exposition of everything registered.

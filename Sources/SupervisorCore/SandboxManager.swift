@@ -110,7 +110,8 @@ public final class SandboxManager: @unchecked Sendable {
         do {
           let child = try Child.restore(
             snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: config.backend)
-          let sandbox = Sandbox(id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB)
+          let sandbox = Sandbox(
+            id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB)
           if let limit = request.memoryLimitMiB {
             try CgroupLimit.apply(id: id, limitMiB: limit, pids: [child.vmm.pid] + (child.pager.map { [$0.pid] } ?? []))
           }
@@ -155,7 +156,8 @@ public final class SandboxManager: @unchecked Sendable {
     }
     metrics.sandboxesActive.record(activeCount())
     monitorWake.signal()
-    logger.info("spawned \(count) from \(request.snapshotTag) in \(Double(Clock.monotonicNanoseconds() - started) / 1e6) ms")
+    logger.info(
+      "spawned \(count) from \(request.snapshotTag) in \(Double(Clock.monotonicNanoseconds() - started) / 1e6) ms")
     return created.map(\.info)
   }
 
@@ -201,13 +203,15 @@ public final class SandboxManager: @unchecked Sendable {
     return .object([
       "pong": .bool(true), "agent_kind": .string(pong.kind == AgentPong.linuxKind ? "linux" : "test-guest"),
       "agent_version": .integer(Int64(pong.agentVersion)), "requests_served": .integer(Int64(pong.requestsServed)),
-      "counter": .integer(Int64(pong.counter)), "rtt_us": .integer(Int64((Clock.monotonicNanoseconds() - started) / 1000)),
+      "counter": .integer(Int64(pong.counter)),
+      "rtt_us": .integer(Int64((Clock.monotonicNanoseconds() - started) / 1000)),
     ])
   }
 
   public func exec(_ id: String, _ request: ExecRequest) throws(APIError) -> JSONValue {
     let response = try sandbox(id).agent(
-      .exec(args: request.args, timeoutSeconds: request.timeoutSeconds), timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
+      .exec(args: request.args, timeoutSeconds: request.timeoutSeconds),
+      timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
     guard case .exec(let result) = response else { throw .internalError("sandbox \(id): unexpected reply to exec") }
     return .object([
       "stdout": .string(String(decoding: result.stdout, as: UTF8.self)),
@@ -237,7 +241,8 @@ public final class SandboxManager: @unchecked Sendable {
     defer { store.release(tag) }
     let result: [String: JSONValue]
     do {
-      result = try source.child.vmm.control().call(.snapshot(directory: store.path(tag), parentTag: source.snapshotTag), timeoutMS: 120_000)
+      result = try source.child.vmm.control().call(
+        .snapshot(directory: store.path(tag), parentTag: source.snapshotTag), timeoutMS: 120_000)
     } catch {
       throw .internalError("branch of \(id) failed: \(error)")
     }
@@ -250,7 +255,8 @@ public final class SandboxManager: @unchecked Sendable {
     info.pauseMS = Double(result["pause_us"]?.int64Value ?? 0) / 1000
     info.status = "ready"
     metrics.snapshotsTotal.record(store.count())
-    logger.info("branched", metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "pause_ms": "\(info.pauseMS ?? 0)"])
+    logger.info(
+      "branched", metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "pause_ms": "\(info.pauseMS ?? 0)"])
     return info
   }
 
@@ -338,7 +344,8 @@ public final class SandboxManager: @unchecked Sendable {
   private func handleVMExit(_ sandbox: Sandbox) {
     guard sandbox.child.vmm.hasExited else { return }
     let termination = sandbox.child.vmm.termination
-    let reason = "forkd-vmm \(termination.map { "\($0)" } ?? "ended"): \(lastLines(of: sandbox.child.vmm.vmmLog, count: 2))"
+    let reason =
+      "forkd-vmm \(termination.map { "\($0)" } ?? "ended"): \(lastLines(of: sandbox.child.vmm.vmmLog, count: 2))"
     sandbox.lock.withLock {
       sandbox.state = "exited"
       sandbox.exitReason = reason

@@ -18,7 +18,8 @@ public final class SnapshotStore: @unchecked Sendable {
     self.directory = directory
     try FileSystem.makeDirectories(directory)
     // Leftovers of writes that never finished (a crash mid-snapshot): never visible as tags.
-    for name in (try? FileSystem.listDirectory(directory)) ?? [] where name.contains(".staging-") || name.hasPrefix(".") {
+    for name in (try? FileSystem.listDirectory(directory)) ?? [] where name.contains(".staging-") || name.hasPrefix(".")
+    {
       FileSystem.removeTree(directory + "/" + name)
     }
   }
@@ -106,7 +107,8 @@ public final class SnapshotStore: @unchecked Sendable {
         frontier += children
       }
       if !subtree.isEmpty && !cascade && !force {
-        throw .conflict("snapshot \(tag) is the parent of \(subtree.joined(separator: ", ")); use ?cascade=true or ?force=true")
+        throw .conflict(
+          "snapshot \(tag) is the parent of \(subtree.joined(separator: ", ")); use ?cascade=true or ?force=true")
       }
       let doomed = [tag] + (cascade ? subtree : [])
       for victim in doomed.reversed() { remove(victim) }

@@ -100,7 +100,8 @@ public final class Supervisor: @unchecked Sendable {
       let tag = captures[0]
       try checkTag(tag)
       _ = try store.info(tag)
-      throw APIError.badRequest("snapshot \(tag) is flat: compact applies to diff chains, which this build does not create")
+      throw APIError.badRequest(
+        "snapshot \(tag) is flat: compact applies to diff chains, which this build does not create")
     }
     if match(method, parts, "GET", ["v1", "sandboxes"]) != nil {
       return json(200, .array(sandboxes.list().map(\.jsonValue)))
@@ -138,7 +139,9 @@ public final class Supervisor: @unchecked Sendable {
       let value = try JSONObjectReader(JSONValue.parse(request.body, source: "request body"), source: "request body")
       let code = try value.string("code")
       let manager = sandboxes
-      let result = try await blocking { try manager.exec(id, ExecRequest(args: ["python3", "-c", code], timeoutSeconds: 30)) }
+      let result = try await blocking {
+        try manager.exec(id, ExecRequest(args: ["python3", "-c", code], timeoutSeconds: 30))
+      }
       return json(
         200,
         .object([

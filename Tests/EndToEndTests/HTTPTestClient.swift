@@ -1,0 +1,89 @@
+import ForkdClient
+import Protocol
+import Syscalls
+import VMMControl
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The tests' view of the API: ForkdClient's APIClient with string bodies.
+struct HTTPTestClient {
+  enum Target {
+    case unix(String)
+    case tcp(host: String, port: UInt16)
+  }
+  let target: Target
+
+  func request(_ method: String, _ path: String, body: String? = nil, headers: [String: String] = [:]) throws
+    -> APIClient.Response
+  {
+    let endpoint: APIClient.Endpoint =
+      switch target {
+      case .unix(let path): .unix(path)
+      case .tcp(let host, let port): .tcp(host: host, port: port)
+      }
+    return try APIClient(endpoint: endpoint).request(method, path, rawBody: Array((body ?? "").utf8), headers: headers)
+  }
+}
+
+/// A forkd-supervisor started for one test, stopped (SIGTERM, then checked) at the end.
+final class TestSupervisor {
+  let scratch: Scratch
+  let pid: pid_t
+  let socket: String
+  let tcpPort: UInt16
+  let logPath: String
+  var unix: HTTPTestClient { HTTPTestClient(target: .unix(socket)) }
+  var tcp: HTTPTestClient { HTTPTestClient(target: .tcp(host: "127.0.0.1", port: tcpPort)) }
+
+  init(_ name: String, backend: String = "uffd", token: String? = nil, extra: [String] = []) throws {
+    scratch = try Scratch("sup-\(name)")
+    socket = scratch.path + "/forkd.sock"
+    logPath = scratch.path + "/supervisor.log"
+    tcpPort = UInt16.random(in: 20000...40000)
+    var arguments = [
+      "forkd-supervisor", "--state-dir", scratch.path + "/state", "--run-dir", scratch.path + "/run", "--socket",
+      socket,
+      "--listen-tcp", "127.0.0.1:\(tcpPort)", "--backend", backend,
+    ]
+    var environment = ChildProcess.currentEnvironment().filter { !$0.hasPrefix("FORKD_TOKEN=") }
+    if let token { environment.append("FORKD_TOKEN=\(token)") }
+    arguments += extra
+    let log = try FileDescriptor.open(logPath, [.writeOnly, .create, .truncate])
+    defer { log.close() }
+    pid = try ChildProcess.spawn(
+      path: try ForkdBinaries.path(of: "forkd-supervisor"), arguments: arguments, environment: environment,
+      stdoutFD: log,
+      stderrFD: log)
+    let deadline = Clock.monotonicNanoseconds() + 20_000_000_000
+    while (try? HTTPTestClient(target: .unix(socket)).request("GET", "/healthz"))?.status != 200 {
+      guard Clock.monotonicNanoseconds() < deadline else {
+        throw SyscallError("supervisor", .invalid, detail: "not ready")
+      }
+      Clock.sleep(milliseconds: 20)
+    }
+  }
+
+  /// SIGTERM and wait; returns how it ended.
+  @discardableResult
+  func stop() -> ChildProcess.Termination? {
+    kill(pid, SIGTERM)
+    return ChildProcess.waitOrKill(pid, timeoutMS: 30_000)
+  }
+
+  deinit {
+    if kill(pid, 0) == 0 { stop() }
+  }
+}
+
+/// Processes whose command line mentions `path` (a test's scratch directory).
+func processes(mentioning path: String) -> [pid_t] {
+  var found: [pid_t] = []
+  for name in (try? FileSystem.listDirectory("/proc")) ?? [] {
+    guard let pid = pid_t(name), pid != getpid() else { continue }
+    guard let bytes = try? FileSystem.readFile("/proc/\(name)/cmdline") else { continue }
+    if String(decoding: bytes.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(path) { found.append(pid) }
+  }
+  return found
+}
