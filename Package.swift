@@ -90,7 +90,7 @@ let package = Package(
     .target(
       name: "SupervisorCore",
       dependencies: [
-        "VMMControl", "Protocol", "Syscalls", "ForkdHTTP", .product(name: "Logging", package: "swift-log"),
+        "VMMControl", "Protocol", "Syscalls", "ForkdHTTP", "SystemdSupport", .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
@@ -113,7 +113,7 @@ let package = Package(
     .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),
     .testTarget(
       name: "SystemdTests",
-      dependencies: ["SystemdSupport", "CSystemd", "Syscalls", .product(name: "Logging", package: "swift-log")]),
+      dependencies: ["SystemdSupport", "CSystemd", "Syscalls", "ForkdClient", "VMMControl", "Protocol", .product(name: "Logging", package: "swift-log")]),
     .testTarget(name: "SyscallsTests", dependencies: ["Syscalls", "CUffd"]),
     .testTarget(
       name: "EndToEndTests",

@@ -46,6 +46,8 @@ public enum AgentCodec {
       w.u32(timeoutSeconds)
       w.u32(UInt32(args.count))
       for a in args { w.string(a) }
+    case .console(let text):
+      w.bytes(text)
     }
     return w.bytes
   }
@@ -67,7 +69,7 @@ public enum AgentCodec {
       w.u64(c)
     case .counter(let v):
       w.u64(v)
-    case .kvSet, .exiting:
+    case .kvSet, .exiting, .consoleWritten:
       break
     case .kvGet(let found, let value):
       w.u8(found ? 1 : 0)
@@ -97,6 +99,7 @@ public enum AgentCodec {
     case 0x07: return "kv get"
     case 0x08: return "exit"
     case 0x09: return "exec"
+    case 0x0a: return "console"
     default: return nil
     }
   }
@@ -139,6 +142,8 @@ public enum AgentCodec {
       request = .kvGet(key: r.rest())
     case 0x08:
       request = .exit(code: try r.u32())
+    case 0x0a:
+      request = .console(r.rest())
     case 0x09:
       let timeout = try r.u32()
       let argcOffset = r.offset
@@ -202,6 +207,8 @@ public enum AgentCodec {
       response = .kvGet(found: found, value: r.rest())
     case .exit:
       response = .exiting
+    case .console:
+      response = .consoleWritten
     case .exec:
       let exitCode = try r.i32()
       let timedOut = try flag(&r, "timed_out")

@@ -33,6 +33,8 @@ public enum AgentRequest: Equatable, Sendable {
   case exit(code: UInt32)
   /// Run a program (Linux agent only; the test guest answers error 4).
   case exec(args: [String], timeoutSeconds: UInt32)
+  /// Write one line to the guest console (≤ 256 bytes for the test guest).
+  case console([UInt8])
 
   /// The frame type byte.
   public var frameType: UInt8 {
@@ -46,6 +48,7 @@ public enum AgentRequest: Equatable, Sendable {
     case .kvGet: return 0x07
     case .exit: return 0x08
     case .exec: return 0x09
+    case .console: return 0x0a
     }
   }
 }
@@ -62,6 +65,7 @@ public enum AgentResponse: Equatable, Sendable {
   case kvGet(found: Bool, value: [UInt8])
   case exiting
   case exec(AgentExecResult)
+  case consoleWritten
   case error(AgentError)
 
   /// The frame type byte: the request's type | 0x80, or 0xff for errors.
@@ -76,6 +80,7 @@ public enum AgentResponse: Equatable, Sendable {
     case .kvGet: return 0x87
     case .exiting: return 0x88
     case .exec: return 0x89
+    case .consoleWritten: return 0x8a
     case .error: return AgentProtocol.errorType
     }
   }

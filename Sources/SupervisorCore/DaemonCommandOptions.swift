@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import Syscalls
+import SystemdSupport
 import VMMControl
 
 #if canImport(Glibc)
@@ -70,19 +71,38 @@ public struct DaemonCommandOptions: ParsableArguments {
       branchConcurrency: branchConcurrency)
   }
 
-  /// Runs the daemon in the foreground until SIGTERM/SIGINT.
-  public func runDaemon(
-    identifier: String, hooks: ServiceHooks = ServiceHooks(), activated: [(fd: Int32, tcp: Bool)] = []
-  )
-    async throws
-  {
+  /// Runs the daemon in the foreground until SIGTERM/SIGINT: listeners passed by systemd if any
+  /// (socket activation), sd_notify READY/STATUS/STOPPING and watchdog pings when asked for, logs
+  /// to the journal (a file under the state directory without one) and to stderr when it is a
+  /// terminal.
+  public func runDaemon(identifier: String) async throws {
+    // Consumed first: it unsets LISTEN_* so no child ever believes it was activated.
+    let activated = SocketActivation.listeners().compactMap { socket -> (fd: Int32, tcp: Bool)? in
+      switch socket.kind {
+      case .unix: (socket.fd.rawValue, false)
+      case .tcp: (socket.fd.rawValue, true)
+      case .other: nil
+      }
+    }
     let level = Logger.Level(rawValue: logLevel) ?? .info
+    let fallback = stateDir + "/logs"
+    let interactive = isatty(2) == 1
     LoggingSystem.bootstrap { label in
-      var handler = StreamLogHandler.standardError(label: label)
-      handler.logLevel = level
-      return handler
+      var journal = ForkdLogging.handler(label: label, identifier: identifier, fallbackDirectory: fallback)
+      journal.logLevel = level
+      guard interactive else { return journal }
+      var console = StreamLogHandler.standardError(label: label)
+      console.logLevel = level
+      return MultiplexLogHandler([journal, console])
     }
     let logger = Logger(label: identifier)
+    let notifier = Notifier()
+    var hooks = ServiceHooks()
+    hooks.ready = { _ = notifier.ready(status: $0) }
+    hooks.status = { _ = notifier.status($0) }
+    hooks.stopping = { _ = notifier.stopping() }
+    hooks.watchdog = { _ = notifier.watchdog() }
+    hooks.watchdogInterval = notifier.watchdogInterval
     let hostPort = listenTcp.flatMap(parseHostPort)
     do {
       try await Daemon.run(
@@ -91,6 +111,7 @@ public struct DaemonCommandOptions: ParsableArguments {
         hooks: hooks, logger: logger)
     } catch let error as Daemon.StartupError {
       logger.critical("\(error)")
+      try? FileDescriptor(rawValue: 2).writeAll(Array("\(identifier): \(error)\n".utf8))
       throw ExitCode(1)
     }
   }

@@ -78,8 +78,10 @@ public final class SandboxManager: @unchecked Sendable {
   private let monitorWake: EventFD
   private var monitorThread: OSThread?
   private var stopping = false
+  private let logs: LogPump
 
   public init(config: SupervisorConfig, store: SnapshotStore, metrics: SupervisorMetrics, logger: Logger) throws {
+    logs = try LogPump(fallbackDirectory: config.stateDirectory + "/logs")
     self.config = config
     self.store = store
     self.metrics = metrics
@@ -108,8 +110,11 @@ public final class SandboxManager: @unchecked Sendable {
         let id = newSandboxID()
         let t0 = Clock.monotonicNanoseconds()
         do {
+          let logs = self.logs
+          let tag = request.snapshotTag
           let child = try Child.restore(
-            snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: config.backend)
+            snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: config.backend,
+            outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) })
           let sandbox = Sandbox(
             id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB)
           if let limit = request.memoryLimitMiB {
@@ -143,11 +148,7 @@ public final class SandboxManager: @unchecked Sendable {
     }
     for sandbox in created {
       writeRecord(sandbox)
-      var childLogger = logger
-      childLogger[metadataKey: "forkd_sandbox_id"] = "\(sandbox.id)"
-      childLogger[metadataKey: "forkd_snapshot_tag"] = "\(sandbox.snapshotTag)"
-      childLogger[metadataKey: "forkd_role"] = "supervisor"
-      childLogger.info(
+      logger(for: sandbox).info(
         "sandbox spawned",
         metadata: [
           "vmm_pid": "\(sandbox.child.vmm.pid)", "pager_pid": "\(sandbox.child.pager?.pid ?? 0)",
@@ -173,7 +174,7 @@ public final class SandboxManager: @unchecked Sendable {
     _ = try? FileSystem.unlink(recordPath(id))
     metrics.sandboxesActive.record(activeCount())
     monitorWake.signal()
-    logger.info("sandbox deleted", metadata: ["forkd_sandbox_id": "\(id)"])
+    logger(for: sandbox).info("sandbox deleted")
   }
 
   public func list() -> [SandboxInfo] {
@@ -279,6 +280,7 @@ public final class SandboxManager: @unchecked Sendable {
       _ = try? FileSystem.unlink(recordPath(all[i].id))
     }
     metrics.sandboxesActive.record(0)
+    logs.stop()
   }
 
   /// Applies the pager policy and marks exited VMs; runs on its own thread.
@@ -308,14 +310,22 @@ public final class SandboxManager: @unchecked Sendable {
     }
   }
 
+  /// The supervisor's logger for one child: its lines join the child's story in the journal.
+  func logger(for sandbox: Sandbox) -> Logger {
+    var log = logger
+    log[metadataKey: "forkd_sandbox_id"] = "\(sandbox.id)"
+    log[metadataKey: "forkd_snapshot_tag"] = "\(sandbox.snapshotTag)"
+    log[metadataKey: "forkd_role"] = "supervisor"
+    return log
+  }
+
   private func handlePagerExit(_ sandbox: Sandbox) {
     // Both gone (e.g. a signal to the whole process group): that is the VM's end, not a pager's.
     if sandbox.child.vmm.hasExited {
       handleVMExit(sandbox)
       return
     }
-    var log = logger
-    log[metadataKey: "forkd_sandbox_id"] = "\(sandbox.id)"
+    let log = logger(for: sandbox)
     do {
       guard let event = try sandbox.child.handlePagerExit() else { return }
       switch event {
@@ -353,7 +363,7 @@ public final class SandboxManager: @unchecked Sendable {
     sandbox.dropAgent()
     sandbox.child.stop()
     CgroupLimit.remove(id: sandbox.id)
-    logger.warning("sandbox exited", metadata: ["forkd_sandbox_id": "\(sandbox.id)", "reason": "\(reason)"])
+    logger(for: sandbox).warning("sandbox exited", metadata: ["reason": "\(reason)"])
     metrics.sandboxesActive.record(activeCount())
   }
 

@@ -53,9 +53,15 @@ public final class Child: @unchecked Sendable {
   private var stopping = false
   private let lock = ConditionLock()
 
+  /// Where a child process writes its output: given a role ("vmm", "pager"), a descriptor the
+  /// child's stdout and stderr go to (ownership passes to the launcher, which closes it once the
+  /// child has it), or nil for files in the run directory.
+  public typealias OutputFactory = @Sendable (_ role: String) -> FileDescriptor?
+
   /// Restores a child from `snapshot` into `runDirectory` (created; removed again on failure).
   public static func restore(
-    snapshot: String, runDirectory: String, backend: ChildBackend, timeoutMS: Int = 30_000
+    snapshot: String, runDirectory: String, backend: ChildBackend, timeoutMS: Int = 30_000,
+    outputs: OutputFactory? = nil
   ) throws(ControlError) -> Child {
     do {
       try FileSystem.makeDirectories(runDirectory)
@@ -80,7 +86,7 @@ public final class Child: @unchecked Sendable {
         pager = try PagerProcess.launch(
           socket: socket, logPath: runDirectory + "/pager-0.log",
           recordWorkingSet: record && !FileSystem.exists(workingSet) ? workingSet : nil,
-          prefetch: prefetch && FileSystem.exists(workingSet) ? workingSet : nil)
+          prefetch: prefetch && FileSystem.exists(workingSet) ? workingSet : nil, output: outputs?("pager"))
       } catch {
         FileSystem.removeTree(runDirectory)
         throw error
@@ -95,7 +101,8 @@ public final class Child: @unchecked Sendable {
     let vmm: VMMProcess
     do {
       vmm = try VMMProcess.launch(
-        .restore(snapshot: snapshot), runDirectory: runDirectory, extraArguments: extra, timeoutMS: timeoutMS)
+        .restore(snapshot: snapshot), runDirectory: runDirectory, extraArguments: extra, timeoutMS: timeoutMS,
+        output: outputs?("vmm"))
     } catch {
       if let pager {
         pager.signal(SIGKILL)
@@ -104,10 +111,17 @@ public final class Child: @unchecked Sendable {
       FileSystem.removeTree(runDirectory)
       throw error
     }
-    return Child(vmm: vmm, backend: backend, runDirectory: runDirectory, snapshot: snapshot, pager: pager)
+    return Child(
+      vmm: vmm, backend: backend, runDirectory: runDirectory, snapshot: snapshot, pager: pager, outputs: outputs)
   }
 
-  private init(vmm: VMMProcess, backend: ChildBackend, runDirectory: String, snapshot: String, pager: PagerProcess?) {
+  private let outputs: OutputFactory?
+
+  private init(
+    vmm: VMMProcess, backend: ChildBackend, runDirectory: String, snapshot: String, pager: PagerProcess?,
+    outputs: OutputFactory?
+  ) {
+    self.outputs = outputs
     self.vmm = vmm
     self.backend = backend
     self.runDirectory = runDirectory
@@ -141,7 +155,8 @@ public final class Child: @unchecked Sendable {
     case .restart:
       pagerGeneration += 1
       let socket = runDirectory + "/pager-\(pagerGeneration).sock"
-      let next = try PagerProcess.launch(socket: socket, logPath: runDirectory + "/pager-\(pagerGeneration).log")
+      let next = try PagerProcess.launch(
+        socket: socket, logPath: runDirectory + "/pager-\(pagerGeneration).log", output: outputs?("pager"))
       try vmm.control().call(.attachPager(socket: socket))
       pager = next
       pagerRestarts += 1

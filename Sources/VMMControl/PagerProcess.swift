@@ -16,7 +16,7 @@ public final class PagerProcess: @unchecked Sendable {
   /// Starts forkd-pager listening on `socket` and waits until it is listening.
   public static func launch(
     socket: String, logPath: String, recordWorkingSet: String? = nil, prefetch: String? = nil,
-    handshakeTimeoutMS: Int = 5000, binary: String? = nil, timeoutMS: Int = 10_000
+    handshakeTimeoutMS: Int = 5000, binary: String? = nil, timeoutMS: Int = 10_000, output: FileDescriptor? = nil
   ) throws(ControlError) -> PagerProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-pager") }
@@ -27,7 +27,7 @@ public final class PagerProcess: @unchecked Sendable {
     let log: FileDescriptor
     do {
       pipe = try FileDescriptor.pipe()
-      log = try FileDescriptor.open(logPath, [.writeOnly, .create, .truncate], mode: 0o600)
+      log = try output ?? FileDescriptor.open(logPath, [.writeOnly, .create, .truncate], mode: 0o600)
     } catch {
       throw ControlError(.launch, "cannot prepare the launch of \(path)", cause: error)
     }

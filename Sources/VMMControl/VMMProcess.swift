@@ -48,7 +48,7 @@ public final class VMMProcess: @unchecked Sendable {
   public let vsockSocket: String
   public let ready: ReadyReport
   /// Readable when the process exits (pidfd_open), for owners that watch many children.
-  public let pidFD: FileDescriptor?
+  public private(set) var pidFD: FileDescriptor?
   private var reaped: ChildProcess.Termination?
   private var ownsRunDirectory: Bool
 
@@ -58,7 +58,8 @@ public final class VMMProcess: @unchecked Sendable {
   /// Starts forkd-vmm in `runDirectory` (created, and removed again if launching fails) and
   /// waits until it reports READY or fails.
   public static func launch(
-    _ mode: Mode, runDirectory: String, binary: String? = nil, extraArguments: [String] = [], timeoutMS: Int = 30_000
+    _ mode: Mode, runDirectory: String, binary: String? = nil, extraArguments: [String] = [], timeoutMS: Int = 30_000,
+    output: FileDescriptor? = nil
   ) throws(ControlError) -> VMMProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-vmm") }
@@ -76,8 +77,11 @@ public final class VMMProcess: @unchecked Sendable {
     case .restore(let snapshot):
       arguments += ["restore", "--snapshot", snapshot]
     }
+    // With an output descriptor (the owner forwards it, e.g. to the journal) the guest console
+    // goes there too, each line prefixed "[guest] "; otherwise to console.log.
     arguments += [
-      "--api-sock", control, "--vsock-sock", vsock, "--console", runDirectory + "/console.log", "--ready-fd", "3",
+      "--api-sock", control, "--vsock-sock", vsock, "--console", output == nil ? runDirectory + "/console.log" : "-",
+      "--ready-fd", "3",
     ]
     arguments += extraArguments
 
@@ -85,7 +89,7 @@ public final class VMMProcess: @unchecked Sendable {
     let log: FileDescriptor
     do {
       pipe = try FileDescriptor.pipe()
-      log = try FileDescriptor.open(runDirectory + "/vmm.log", [.writeOnly, .create, .truncate], mode: 0o600)
+      log = try output ?? FileDescriptor.open(runDirectory + "/vmm.log", [.writeOnly, .create, .truncate], mode: 0o600)
     } catch {
       FileSystem.removeTree(runDirectory)
       throw ControlError(.launch, "cannot prepare the launch of \(path)", cause: error)
@@ -173,13 +177,21 @@ public final class VMMProcess: @unchecked Sendable {
       _ = try? control().call(.stop, timeoutMS: timeoutMS)
       reaped = ChildProcess.waitOrKill(pid, timeoutMS: timeoutMS)
     }
+    releasePidFD()
     return reaped
   }
 
   /// Waits for the process to end by itself (e.g. after the guest powered off).
   public func wait(timeoutMS: Int = 10_000) -> ChildProcess.Termination? {
     if reaped == nil { reaped = ChildProcess.waitOrKill(pid, timeoutMS: timeoutMS) }
+    releasePidFD()
     return reaped
+  }
+
+  /// A reaped process needs no pidfd: close it now rather than when the object goes away.
+  private func releasePidFD() {
+    pidFD?.close()
+    pidFD = nil
   }
 
   public func signal(_ signal: Int32) { _ = kill(pid, signal) }

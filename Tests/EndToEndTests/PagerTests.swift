@@ -7,8 +7,16 @@ import VMMControl
   import Glibc
 #endif
 
-/// Open descriptors of this process (for leak checks).
-func openDescriptorCount() -> Int { (try? FileSystem.listDirectory("/proc/self/fd").count) ?? -1 }
+/// Open descriptors of this process and what they point at (for leak checks).
+func openDescriptors() -> [String: String] {
+  var result: [String: String] = [:]
+  for name in (try? FileSystem.listDirectory("/proc/self/fd")) ?? [] {
+    var buffer = [CChar](repeating: 0, count: 512)
+    let n = readlink("/proc/self/fd/\(name)", &buffer, buffer.count - 1)
+    result[name] = n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+  }
+  return result
+}
 
 @Suite("forkd-pager: userfaultfd per child", .serialized)
 struct PagerTests {
@@ -18,7 +26,7 @@ struct PagerTests {
   func killOnePager(policy: PagerPolicy) throws {
     let scratch = try Scratch("pager-kill-\(policy.rawValue)")
     let parent = try WarmParent(in: scratch, pages: 512)
-    let descriptorsBefore = openDescriptorCount()
+    let descriptorsBefore = openDescriptors()
     var children: [Child] = []
     var agents: [AgentClient] = []
     for index in 0..<20 {
@@ -75,7 +83,8 @@ struct PagerTests {
       #expect(!FileSystem.exists(child.runDirectory))
     }
     children.removeAll()
-    #expect(openDescriptorCount() == descriptorsBefore, "no descriptor of any child is left open")
+    let leaked = openDescriptors().filter { descriptorsBefore[$0.key] != $0.value }
+    #expect(leaked.isEmpty, "no descriptor of any child is left open: \(leaked)")
   }
 
   @Test("stats match the pages touched, and holes are answered with zero pages, never read from memory.bin")

@@ -126,6 +126,29 @@ final class TestJournald {
       timeoutMS: timeoutMS)
   }
 
+  /// Starts `arguments` in the background like `runLogging` (same private mount namespace set-up),
+  /// with stdout and stderr in `logPath`; returns its pid (the caller stops and reaps it).
+  func spawnLogging(_ arguments: [String], logPath: String) throws -> pid_t {
+    let unshare = try #require(Tool.find("unshare"))
+    let hold = work.path + "/hold"
+    if !FileSystem.exists(hold) { try FileSystem.makeDirectory(hold, mode: 0o755) }
+    let script = """
+      set -e
+      mount --bind "$1" "$2"
+      mount -t tmpfs -o mode=0755,size=1m forkd-test-run-systemd /run/systemd
+      mkdir /run/systemd/journal
+      mount --bind "$2" /run/systemd/journal
+      shift 2
+      exec "$@"
+      """
+    let log = try FileDescriptor.open(logPath, [.writeOnly, .create, .truncate])
+    defer { log.close() }
+    return try ChildProcess.spawn(
+      path: unshare,
+      arguments: [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", runDirectory, hold]
+        + arguments, stdoutFD: log, stderrFD: log)
+  }
+
   /// The entries matching `matches` ("FIELD=value"), as journalctl -o json prints them; polls
   /// until at least `count` are there or `timeoutMS` passed.
   func entries(_ matches: [String], atLeast count: Int = 1, timeoutMS: Int = 10_000) throws -> [[String: String]] {
