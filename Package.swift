@@ -103,7 +103,7 @@ let package = Package(
     .executableTarget(
       name: "forkd",
       dependencies: [
-        "VMMControl", "Protocol", "TestGuestImage", "ForkdClient", "SupervisorCore",
+        "VMMControl", "VMMCore", "Protocol", "TestGuestImage", "ForkdClient", "SupervisorCore", "SystemdSupport",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),

@@ -1,11 +1,15 @@
 import ArgumentParser
 
 @main
-struct Forkd: ParsableCommand {
+struct Forkd: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "forkd",
     abstract: "Fork microVMs: warm a parent once, snapshot it, restore children in milliseconds.",
-    subcommands: [Demo.self, Bench.self])
+    subcommands: [
+      Spawn.self, Branch.self, List.self, Remove.self, Ping.self, Exec.self, SnapshotCommand.self, Serve.self,
+      Doctor.self,
+      Demo.self, Bench.self,
+    ])
 }
 
 /// Exit codes that mean something to scripts.
