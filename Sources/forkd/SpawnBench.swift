@@ -1,0 +1,115 @@
+import ArgumentParser
+import ForkdClient
+import Protocol
+import Syscalls
+import VMMControl
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Spawn through the API: wall time until every child answered ping, PSS per child, and the
+/// supervisor's own footprint. Starts its own forkd-supervisor in a scratch directory.
+struct SpawnBench: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "spawn", abstract: "Spawn 1, 10 and 100 children through the v1 API until all answer ping.")
+
+  @Option(parsing: .upToNextOption, help: "Fan-out sizes.") var sizes: [Int] = [1, 10, 100]
+  @Option(help: "Rounds per size.") var rounds: Int = 3
+  @Option(help: "Backend of the supervisor: file, uffd or shmem.") var backend: String = "uffd"
+  @Option(help: "Guest memory in MiB.") var memoryMib: Int = 32
+  @Option(help: "Directory for the supervisor's state and run directories.") var workDir: String?
+  @Flag(help: "Print JSON.") var json = false
+
+  func run() throws {
+    let scratch = try ScratchDirectory(prefix: "forkd-bench-spawn", base: workDir)
+    defer { scratch.remove() }
+    let socket = scratch.path + "/forkd.sock"
+    let path = try ForkdBinaries.path(of: "forkd-supervisor")
+    let log = try FileDescriptor.open(scratch.path + "/supervisor.log", [.writeOnly, .create])
+    let supervisor = try ChildProcess.spawn(
+      path: path,
+      arguments: [
+        path, "--state-dir", scratch.path + "/state", "--run-dir", scratch.path + "/run", "--socket", socket,
+        "--backend",
+        backend,
+      ], stdoutFD: log, stderrFD: log)
+    log.close()
+    defer {
+      kill(supervisor, SIGTERM)
+      ChildProcess.waitOrKill(supervisor, timeoutMS: 60_000)
+    }
+    let api = APIClient(endpoint: .unix(socket))
+    var healthy = false
+    for _ in 0..<400 where !healthy {
+      healthy = (try? api.request("GET", "/healthz"))?.status == 200
+      if !healthy { Clock.sleep(milliseconds: 25) }
+    }
+    guard healthy else {
+      throw ValidationError("forkd-supervisor did not start: \(lastLines(of: scratch.path + "/supervisor.log"))")
+    }
+    let idlePSS = Double(smapsRollupField(supervisor, "Pss") ?? 0) / 1024
+    let created = try api.request(
+      "POST", "/v1/snapshots", body: .object(["tag": .string("bench"), "memory_mib": .integer(Int64(memoryMib))]))
+    guard created.status == 201 else { throw ValidationError("snapshot: \(created.text)") }
+
+    var results: [(size: Int, wall: Summary, pssPerChild: Double, supervisorPSS: Double)] = []
+    for size in sizes {
+      var walls: [Double] = []
+      var pss: [Double] = []
+      var supervisorPSS = 0.0
+      for _ in 0..<rounds {
+        let t0 = Clock.monotonicNanoseconds()
+        let response = try api.request(
+          "POST", "/v1/sandboxes", body: .object(["snapshot_tag": .string("bench"), "n": .integer(Int64(size))]))
+        guard response.status == 201, let list = response.json?.arrayValue else {
+          throw ValidationError("spawn \(size): \(response.text)")
+        }
+        let ids = list.compactMap { $0["id"]?.stringValue }
+        for id in ids {
+          guard (try? api.request("POST", "/v1/sandboxes/\(id)/ping"))?.status == 200 else {
+            throw ValidationError("child \(id) did not answer ping")
+          }
+        }
+        walls.append(ms(Clock.monotonicNanoseconds() - t0))
+        var total: UInt64 = 0
+        for entry in list {
+          for key in ["pid", "pager_pid"] {
+            if let pid = entry[key]?.int64Value { total += smapsRollupField(pid_t(pid), "Pss") ?? 0 }
+          }
+        }
+        pss.append(Double(total) / 1024 / Double(max(ids.count, 1)))
+        supervisorPSS = Double(smapsRollupField(supervisor, "Pss") ?? 0) / 1024
+        for id in ids { _ = try? api.request("DELETE", "/v1/sandboxes/\(id)") }
+      }
+      results.append((size, Summary(walls), Summary(pss).p50, supervisorPSS))
+    }
+    if json {
+      print(
+        JSONValue.object([
+          "bench": .string("spawn"), "backend": .string(backend), "memory_mib": .integer(Int64(memoryMib)),
+          "supervisor_idle_pss_mib": .double(idlePSS),
+          "results": .array(
+            results.map {
+              .object([
+                "n": .integer(Int64($0.size)), "wall_ms_p50": .double($0.wall.p50), "wall_ms_max": .double($0.wall.max),
+                "pss_per_child_mib": .double($0.pssPerChild), "supervisor_pss_mib": .double($0.supervisorPSS),
+              ])
+            }),
+        ]).serialized(pretty: true))
+    } else {
+      print(
+        "spawn bench through the API: backend \(backend), \(memoryMib) MiB guest, \(rounds) rounds; supervisor idle PSS \(format(idlePSS)) MiB"
+      )
+      print(
+        "| children | spawn + every child answered ping, p50 ms (max) | PSS per child MiB (vmm + pager) | supervisor PSS MiB |"
+      )
+      print("|---|---|---|---|")
+      for r in results {
+        print(
+          "| \(r.size) | \(format(r.wall.p50)) (\(format(r.wall.max))) | \(format(r.pssPerChild)) | \(format(r.supervisorPSS)) |"
+        )
+      }
+    }
+  }
+}
