@@ -19,7 +19,7 @@ public struct SupervisorConfig: Sendable {
   public init(
     stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd",
     backend: ChildBackend = .uffd(policy: .restart),
-    token: String? = nil, branchConcurrency: Int = 4, spawnParallelism: Int = 2
+    token: String? = nil, branchConcurrency: Int = 4, spawnParallelism: Int = 4
   ) {
     self.stateDirectory = stateDirectory
     self.runDirectory = runDirectory
