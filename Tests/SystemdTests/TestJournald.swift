@@ -106,23 +106,28 @@ final class TestJournald {
     work.remove()
   }
 
+  /// Puts this journald's sockets at the default journal path in a private mount namespace, then
+  /// execs the rest of its arguments: `sh -c SCRIPT sh RUN_DIR HOLD PROGRAM ARGS…`.
+  private static let namespaceScript = """
+    set -e
+    mount --bind "$1" "$2"
+    mount -t tmpfs -o mode=0755,size=1m forkd-test-run-systemd /run/systemd
+    mkdir /run/systemd/journal
+    mount --bind "$2" /run/systemd/journal
+    shift 2
+    exec "$@"
+    """
+
   /// Runs `arguments` (a program and its arguments) with this journald at the default journal
   /// path, in a private mount namespace.
   func runLogging(_ arguments: [String], timeoutMS: Int = 20_000) throws -> Tool.Run {
     let unshare = try #require(Tool.find("unshare"))
     let hold = work.path + "/hold"
     if !FileSystem.exists(hold) { try FileSystem.makeDirectory(hold, mode: 0o755) }
-    let script = """
-      set -e
-      mount --bind "$1" "$2"
-      mount -t tmpfs -o mode=0755,size=1m forkd-test-run-systemd /run/systemd
-      mkdir /run/systemd/journal
-      mount --bind "$2" /run/systemd/journal
-      shift 2
-      exec "$@"
-      """
     return try Tool.run(
-      unshare, ["--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", runDirectory, hold] + arguments,
+      unshare,
+      ["--mount", "--propagation", "private", "/bin/sh", "-c", Self.namespaceScript, "sh", runDirectory, hold]
+        + arguments,
       timeoutMS: timeoutMS)
   }
 
@@ -132,20 +137,13 @@ final class TestJournald {
     let unshare = try #require(Tool.find("unshare"))
     let hold = work.path + "/hold"
     if !FileSystem.exists(hold) { try FileSystem.makeDirectory(hold, mode: 0o755) }
-    let script = """
-      set -e
-      mount --bind "$1" "$2"
-      mount -t tmpfs -o mode=0755,size=1m forkd-test-run-systemd /run/systemd
-      mkdir /run/systemd/journal
-      mount --bind "$2" /run/systemd/journal
-      shift 2
-      exec "$@"
-      """
     let log = try FileDescriptor.open(logPath, [.writeOnly, .create, .truncate])
     defer { log.close() }
     return try ChildProcess.spawn(
       path: unshare,
-      arguments: [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", runDirectory, hold]
+      arguments: [
+        unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", Self.namespaceScript, "sh", runDirectory, hold,
+      ]
         + arguments, stdoutFD: log, stderrFD: log)
   }
 
