@@ -11,7 +11,7 @@ public final class PagerProcess: @unchecked Sendable {
   public let socket: String
   public let logPath: String
   public let pidFD: FileDescriptor
-  private var reaped: ChildProcess.Termination?
+  private let reaper: Reaper
 
   /// Starts forkd-pager listening on `socket` and waits until it is listening.
   public static func launch(
@@ -70,16 +70,14 @@ public final class PagerProcess: @unchecked Sendable {
 
   private init(pid: pid_t, socket: String, logPath: String, pidFD: FileDescriptor) {
     self.pid = pid
+    reaper = Reaper(pid: pid)
     self.socket = socket
     self.logPath = logPath
     self.pidFD = pidFD
   }
 
   deinit {
-    if reaped == nil {
-      _ = kill(pid, SIGKILL)
-      _ = try? ChildProcess.wait(pid)
-    }
+    reaper.killIfRunning()
     pidFD.close()
   }
 
@@ -110,25 +108,17 @@ public final class PagerProcess: @unchecked Sendable {
   }
 
   /// Whether the process has ended (reaps it if so).
-  public var hasExited: Bool {
-    if reaped != nil { return true }
-    if let t = try? ChildProcess.wait(pid, block: false) {
-      reaped = t
-      return true
-    }
-    return false
-  }
+  public var hasExited: Bool { reaper.hasExited }
 
   public var termination: ChildProcess.Termination? {
-    _ = hasExited
-    return reaped
+    _ = reaper.hasExited
+    return reaper.termination
   }
 
   public func signal(_ signal: Int32) { _ = kill(pid, signal) }
 
   @discardableResult
   public func wait(timeoutMS: Int = 10_000) -> ChildProcess.Termination? {
-    if reaped == nil { reaped = ChildProcess.waitOrKill(pid, timeoutMS: timeoutMS) }
-    return reaped
+    reaper.waitOrKill(timeoutMS: timeoutMS)
   }
 }

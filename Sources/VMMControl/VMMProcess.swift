@@ -49,7 +49,7 @@ public final class VMMProcess: @unchecked Sendable {
   public let ready: ReadyReport
   /// Readable when the process exits (pidfd_open), for owners that watch many children.
   public private(set) var pidFD: FileDescriptor?
-  private var reaped: ChildProcess.Termination?
+  private let reaper: Reaper
   private var ownsRunDirectory: Bool
 
   public var consoleLog: String { runDirectory + "/console.log" }
@@ -150,6 +150,7 @@ public final class VMMProcess: @unchecked Sendable {
     pidFD: FileDescriptor?
   ) {
     self.pid = pid
+    reaper = Reaper(pid: pid)
     self.runDirectory = runDirectory
     self.controlSocket = controlSocket
     self.vsockSocket = vsockSocket
@@ -160,7 +161,7 @@ public final class VMMProcess: @unchecked Sendable {
 
   deinit {
     pidFD?.close()
-    if reaped == nil { _ = kill(pid, SIGKILL); _ = try? ChildProcess.wait(pid) }
+    reaper.killIfRunning()
     if ownsRunDirectory { FileSystem.removeTree(runDirectory) }
   }
 
@@ -173,19 +174,19 @@ public final class VMMProcess: @unchecked Sendable {
   /// Asks the VM to stop, waits, and SIGKILLs it if it does not end in time.
   @discardableResult
   public func stop(timeoutMS: Int = 5000) -> ChildProcess.Termination? {
-    if reaped == nil {
+    if reaper.termination == nil {
       _ = try? control().call(.stop, timeoutMS: timeoutMS)
-      reaped = ChildProcess.waitOrKill(pid, timeoutMS: timeoutMS)
+      reaper.waitOrKill(timeoutMS: timeoutMS)
     }
     releasePidFD()
-    return reaped
+    return reaper.termination
   }
 
   /// Waits for the process to end by itself (e.g. after the guest powered off).
   public func wait(timeoutMS: Int = 10_000) -> ChildProcess.Termination? {
-    if reaped == nil { reaped = ChildProcess.waitOrKill(pid, timeoutMS: timeoutMS) }
+    reaper.waitOrKill(timeoutMS: timeoutMS)
     releasePidFD()
-    return reaped
+    return reaper.termination
   }
 
   /// A reaped process needs no pidfd: close it now rather than when the object goes away.
@@ -197,18 +198,11 @@ public final class VMMProcess: @unchecked Sendable {
   public func signal(_ signal: Int32) { _ = kill(pid, signal) }
 
   /// Whether the process has ended (reaps it if so).
-  public var hasExited: Bool {
-    if reaped != nil { return true }
-    if let t = try? ChildProcess.wait(pid, block: false) {
-      reaped = t
-      return true
-    }
-    return false
-  }
+  public var hasExited: Bool { reaper.hasExited }
 
   public var termination: ChildProcess.Termination? {
-    _ = hasExited
-    return reaped
+    _ = reaper.hasExited
+    return reaper.termination
   }
 
   /// Keeps the run directory after this object goes away (for debugging).
