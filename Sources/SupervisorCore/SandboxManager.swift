@@ -319,7 +319,13 @@ public final class SandboxManager: @unchecked Sendable {
     return log
   }
 
+  /// Whether `sandbox` is still ours: a DELETE may have taken it while the monitor polled.
+  private func isCurrent(_ sandbox: Sandbox) -> Bool {
+    lock.withLock { sandboxes[sandbox.id] === sandbox }
+  }
+
   private func handlePagerExit(_ sandbox: Sandbox) {
+    guard isCurrent(sandbox) else { return }
     // Both gone (e.g. a signal to the whole process group): that is the VM's end, not a pager's.
     if sandbox.child.vmm.hasExited {
       handleVMExit(sandbox)
@@ -352,7 +358,7 @@ public final class SandboxManager: @unchecked Sendable {
   }
 
   private func handleVMExit(_ sandbox: Sandbox) {
-    guard sandbox.child.vmm.hasExited else { return }
+    guard isCurrent(sandbox), sandbox.child.vmm.hasExited else { return }
     let termination = sandbox.child.vmm.termination
     let reason =
       "forkd-vmm \(termination.map { "\($0)" } ?? "ended"): \(lastLines(of: sandbox.child.vmm.vmmLog, count: 2))"

@@ -26,6 +26,7 @@ public struct Errno: Error, Equatable, Hashable, Sendable, CustomStringConvertib
   public static let brokenPipe = Errno(EPIPE)
   public static let connectionRefused = Errno(ECONNREFUSED)
   public static let readOnlyFS = Errno(EROFS)
+  public static let noChild = Errno(ECHILD)
 
   public var name: String {
     switch rawValue {
@@ -50,6 +51,7 @@ public struct Errno: Error, Equatable, Hashable, Sendable, CustomStringConvertib
     case ENOSYS: "ENOSYS"
     case ESRCH: "ESRCH"
     case EIO: "EIO"
+    case ECHILD: "ECHILD"
     default: "errno \(rawValue)"
     }
   }

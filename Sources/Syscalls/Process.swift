@@ -94,7 +94,12 @@ public enum ChildProcess {
   public static func waitOrKill(_ pid: pid_t, timeoutMS: Int) -> Termination? {
     let deadline = Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000
     while Clock.monotonicNanoseconds() < deadline {
-      if let t = try? wait(pid, block: false) { return t }
+      do {
+        if let t = try wait(pid, block: false) { return t }
+      } catch {
+        // Not (or no longer) our child: nothing to wait for, and nothing to kill.
+        return nil
+      }
       Clock.sleep(milliseconds: 2)
     }
     kill(pid, SIGKILL)
