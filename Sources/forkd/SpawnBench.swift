@@ -24,31 +24,10 @@ struct SpawnBench: ParsableCommand {
   func run() throws {
     let scratch = try ScratchDirectory(prefix: "forkd-bench-spawn", base: workDir)
     defer { scratch.remove() }
-    let socket = scratch.path + "/forkd.sock"
-    let path = try ForkdBinaries.path(of: "forkd-supervisor")
-    let log = try FileDescriptor.open(scratch.path + "/supervisor.log", [.writeOnly, .create])
-    let supervisor = try ChildProcess.spawn(
-      path: path,
-      arguments: [
-        path, "--state-dir", scratch.path + "/state", "--run-dir", scratch.path + "/run", "--socket", socket,
-        "--backend",
-        backend,
-      ], stdoutFD: log, stderrFD: log)
-    log.close()
-    defer {
-      kill(supervisor, SIGTERM)
-      ChildProcess.waitOrKill(supervisor, timeoutMS: 60_000)
-    }
-    let api = APIClient(endpoint: .unix(socket))
-    var healthy = false
-    for _ in 0..<400 where !healthy {
-      healthy = (try? api.request("GET", "/healthz"))?.status == 200
-      if !healthy { Clock.sleep(milliseconds: 25) }
-    }
-    guard healthy else {
-      throw ValidationError("forkd-supervisor did not start: \(lastLines(of: scratch.path + "/supervisor.log"))")
-    }
-    let idlePSS = Double(smapsRollupField(supervisor, "Pss") ?? 0) / 1024
+    let daemon = try LocalDaemon(directory: scratch.path, backend: backend, supervisorBinary: true)
+    defer { daemon.stop() }
+    let api = daemon.api
+    let idlePSS = Double(smapsRollupField(daemon.pid, "Pss") ?? 0) / 1024
     let created = try api.request(
       "POST", "/v1/snapshots", body: .object(["tag": .string("bench"), "memory_mib": .integer(Int64(memoryMib))]))
     guard created.status == 201 else { throw ValidationError("snapshot: \(created.text)") }
@@ -69,19 +48,12 @@ struct SpawnBench: ParsableCommand {
         spawns.append(ms(Clock.monotonicNanoseconds() - t0))
         let ids = list.compactMap { $0["id"]?.stringValue }
         // Ping every child, 8 requests in flight at a time.
-        let failures = PingFailures()
-        let next = NextIndex()
-        let pingers = try (0..<min(8, ids.count)).map { i in
-          try OSThread.start(name: "ping\(i)") {
-            while let index = next.take(below: ids.count) {
-              if (try? api.request("POST", "/v1/sandboxes/\(ids[index])/ping"))?.status != 200 {
-                failures.add(ids[index])
-              }
-            }
+        let failed = try concurrently(ids.count, width: 8) { index in
+          guard try api.request("POST", "/v1/sandboxes/\(ids[index])/ping").status == 200 else {
+            throw ValidationError("no pong")
           }
         }
-        pingers.forEach { $0.join() }
-        if let failed = failures.first { throw ValidationError("child \(failed) did not answer ping") }
+        if let first = failed.first { throw ValidationError("child \(ids[first]) did not answer ping") }
         walls.append(ms(Clock.monotonicNanoseconds() - t0))
         var total: UInt64 = 0
         for entry in list {
@@ -90,7 +62,7 @@ struct SpawnBench: ParsableCommand {
           }
         }
         pss.append(Double(total) / 1024 / Double(max(ids.count, 1)))
-        supervisorPSS = Double(smapsRollupField(supervisor, "Pss") ?? 0) / 1024
+        supervisorPSS = Double(smapsRollupField(daemon.pid, "Pss") ?? 0) / 1024
         for id in ids { _ = try? api.request("DELETE", "/v1/sandboxes/\(id)") }
       }
       results.append((size, Summary(walls), Summary(spawns), Summary(pss).p50, supervisorPSS))
@@ -122,25 +94,6 @@ struct SpawnBench: ParsableCommand {
           "| \(r.size) | \(format(r.wall.p50)) (\(format(r.wall.max))) | \(format(r.spawn.p50)) | \(format(r.pssPerChild)) | \(format(r.supervisorPSS)) |"
         )
       }
-    }
-  }
-}
-
-final class PingFailures: @unchecked Sendable {
-  private let lock = ConditionLock()
-  private var ids: [String] = []
-  func add(_ id: String) { lock.withLock { ids.append(id) } }
-  var first: String? { lock.withLock { ids.first } }
-}
-
-final class NextIndex: @unchecked Sendable {
-  private let lock = ConditionLock()
-  private var value = 0
-  func take(below limit: Int) -> Int? {
-    lock.withLock {
-      guard value < limit else { return nil }
-      defer { value += 1 }
-      return value
     }
   }
 }
