@@ -22,6 +22,25 @@ func forkdCLI(_ arguments: [String], scratch: Scratch) throws -> (status: ChildP
 
 @Suite("forkd CLI against a running supervisor", .serialized)
 struct CLITests {
+  @Test("forkd demo: the daemon flow spawns, pings and cleans up; --direct checksums every child", arguments: [false, true])
+  func demo(direct: Bool) throws {
+    let scratch = try Scratch("demo")
+    let (status, out) = try forkdCLI(
+      ["demo", "--children", "6", "--pages", "64", "--memory-mib", "32", "--work-dir", scratch.path]
+        + (direct ? ["--direct", "--backend", "uffd"] : []), scratch: scratch)
+    #expect(status == .exited(0), "\(out)")
+    if direct {
+      #expect(out.contains("all 6 children returned the parent's checksum"), "\(out)")
+    } else {
+      #expect(out.contains("all 6 of 6 answered"), "\(out)")
+      #expect(out.contains("no process left"), "\(out)")
+      #expect(out.contains("all 6 children answered with the parent's counter 41"), "\(out)")
+    }
+    // Everything the demo made is gone: only the CLI's own output files remain.
+    let left = try FileSystem.listDirectory(scratch.path).filter { !$0.hasPrefix("cli-") }
+    #expect(left.isEmpty, "left behind: \(left)")
+  }
+
   @Test("snapshot create, spawn, ls, ping, branch, info, rm — with --json parsed, and meaningful exit codes")
   func endToEnd() throws {
     let sup = try TestSupervisor("cli")
