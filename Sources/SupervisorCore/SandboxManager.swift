@@ -337,6 +337,7 @@ public final class SandboxManager: @unchecked Sendable {
       switch event {
       case .restarted(let old, let new, let termination):
         metrics.pagerRestarts.increment()
+        CgroupLimit.add(pid: new, id: sandbox.id)
         log.warning("pager \(old) \(termination); restarted as \(new)")
       case .failed(let termination, let vmm):
         sandbox.lock.withLock {
@@ -394,13 +395,25 @@ public final class SandboxManager: @unchecked Sendable {
       if let bytes = try? FileSystem.readFile(path), let record = try? JSONValue.parse(bytes, source: path),
         let runDir = record["run_dir"]?.stringValue
       {
+        var killed: [FileDescriptor] = []
         for key in ["vmm_pid", "pager_pid"] {
           guard let pid = record[key]?.int64Value, pid > 0 else { continue }
-          // Only a process of ours: its command line names this child's run directory.
+          // Only a process of ours: its command line names this child's run directory. The
+          // pidfd, opened before the check, keeps a recycled pid from being signalled.
+          guard let pidFD = try? ChildProcess.pidFD(pid_t(pid)) else { continue }
           let cmdline = (try? FileSystem.readFile("/proc/\(pid)/cmdline")) ?? []
-          if String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(runDir) {
-            kill(pid_t(pid), SIGKILL)
+          if String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(runDir),
+            (try? pidFD.sendSignal(SIGKILL)) != nil
+          {
+            killed.append(pidFD)
+          } else {
+            pidFD.close()
           }
+        }
+        // Its cgroup can only be removed once the processes are really gone.
+        for pidFD in killed {
+          _ = try? Poll.wait([(pidFD, .readable)], timeoutMS: 5000)
+          pidFD.close()
         }
         FileSystem.removeTree(runDir)
         if let id = record["id"]?.stringValue { CgroupLimit.remove(id: id) }

@@ -20,6 +20,7 @@ public struct FileDescriptor: Hashable, Sendable, CustomStringConvertible {
     public static let create = OpenFlags(rawValue: O_CREAT)
     public static let exclusive = OpenFlags(rawValue: O_EXCL)
     public static let truncate = OpenFlags(rawValue: O_TRUNC)
+    public static let append = OpenFlags(rawValue: O_APPEND)
     public static let directory = OpenFlags(rawValue: O_DIRECTORY)
     public static let noFollow = OpenFlags(rawValue: O_NOFOLLOW)
     public static let nonBlocking = OpenFlags(rawValue: O_NONBLOCK)

@@ -111,3 +111,11 @@ public enum ChildProcess {
     FileDescriptor(rawValue: try retryingEINTR("pidfd_open", detail: "pid \(pid)") { cuffd_pidfd_open(pid) })
   }
 }
+
+extension FileDescriptor {
+  /// pidfd_send_signal: signals exactly the process this pidfd was opened for, never a later
+  /// process that reused its pid.
+  public func sendSignal(_ signal: Int32) throws(SyscallError) {
+    _ = try retryingEINTR("pidfd_send_signal", detail: "signal \(signal)") { cuffd_pidfd_send_signal(rawValue, signal) }
+  }
+}

@@ -37,8 +37,11 @@ final class TestSupervisor {
   var unix: HTTPTestClient { HTTPTestClient(target: .unix(socket)) }
   var tcp: HTTPTestClient { HTTPTestClient(target: .tcp(host: "127.0.0.1", port: tcpPort)) }
 
-  init(_ name: String, backend: String = "uffd", token: String? = nil, extra: [String] = []) throws {
-    scratch = try Scratch("sup-\(name)")
+  /// `reusing` starts a second supervisor on the state and run directories of an earlier one.
+  init(_ name: String, backend: String = "uffd", token: String? = nil, extra: [String] = [], reusing: Scratch? = nil)
+    throws
+  {
+    scratch = try reusing ?? Scratch("sup-\(name)")
     socket = scratch.path + "/forkd.sock"
     logPath = scratch.path + "/supervisor.log"
     tcpPort = UInt16.random(in: 20000...40000)
@@ -50,7 +53,7 @@ final class TestSupervisor {
     var environment = ChildProcess.currentEnvironment().filter { !$0.hasPrefix("FORKD_TOKEN=") }
     if let token { environment.append("FORKD_TOKEN=\(token)") }
     arguments += extra
-    let log = try FileDescriptor.open(logPath, [.writeOnly, .create, .truncate])
+    let log = try FileDescriptor.open(logPath, [.writeOnly, .create, .append])
     defer { log.close() }
     pid = try ChildProcess.spawn(
       path: try ForkdBinaries.path(of: "forkd-supervisor"), arguments: arguments, environment: environment,
