@@ -4,7 +4,9 @@ public enum ControlRequest: Equatable, Sendable {
   case pause
   case resume
   /// Write a snapshot into `directory` (created by the VMM); `parentTag` is recorded in the manifest.
-  case snapshot(directory: String, parentTag: String?)
+  /// `diff`: only the pages changed since the VM was restored, as a layer over the snapshot it
+  /// was restored from (`parentTag` must name that snapshot).
+  case snapshot(directory: String, parentTag: String?, diff: Bool = false)
   case stop
   /// Hand the VM's userfaultfd to a (new) pager listening on `socket` (the restart policy).
   case attachPager(socket: String)
@@ -67,6 +69,7 @@ public enum ControlCodec {
     static let dir = "dir"
     static let parentTag = "parent_tag"
     static let socket = "socket"
+    static let mode = "mode"
     static let ok = "ok"
     static let result = "result"
     static let error = "error"
@@ -76,9 +79,10 @@ public enum ControlCodec {
 
   public static func encode(_ r: ControlRequest) -> String {
     var o: [String: JSONValue] = [Key.op: .string(r.op)]
-    if case .snapshot(let directory, let parentTag) = r {
+    if case .snapshot(let directory, let parentTag, let diff) = r {
       o[Key.dir] = .string(directory)
       if let parentTag { o[Key.parentTag] = .string(parentTag) }
+      if diff { o[Key.mode] = .string("diff") }
     }
     if case .attachPager(let socket) = r { o[Key.socket] = .string(socket) }
     return JSONValue.object(o).serialized() + "\n"
@@ -113,7 +117,12 @@ public enum ControlCodec {
       if let parentTag, !SnapshotTag.isValid(parentTag) {
         throw r.invalid(Key.parentTag, expected: SnapshotTag.ruleDescription)
       }
-      return .snapshot(directory: directory, parentTag: parentTag)
+      let mode = try r.optionalString(Key.mode) ?? "full"
+      guard mode == "full" || mode == "diff" else { throw r.invalid(Key.mode, expected: "\"full\" or \"diff\"") }
+      if mode == "diff" && parentTag == nil {
+        throw r.invalid(Key.parentTag, expected: "the tag of the snapshot the VM was restored from (needed for diff)")
+      }
+      return .snapshot(directory: directory, parentTag: parentTag, diff: mode == "diff")
     case "attach_pager":
       let socket = try r.string(Key.socket)
       if socket.isEmpty || socket.utf8.contains(0) {

@@ -9,6 +9,20 @@ public enum PagerHandshake {
   public static let headerSize = 12
   public static let maxBody = 64 << 10
   public static let maxRegions = 64
+  /// Deepest diff chain a pager serves (base + 63 layers).
+  public static let maxLayers = 64
+}
+
+/// One memory layer: the base is a full snapshot's memory.bin; every later layer is a diff
+/// snapshot's memory.bin with its page index (the pages it holds).
+public struct PagerLayer: Equatable, Sendable {
+  public var memory: String
+  public var pageIndex: String?
+
+  public init(memory: String, pageIndex: String? = nil) {
+    self.memory = memory
+    self.pageIndex = pageIndex
+  }
 }
 
 /// One guest memory region as mapped by the VM process.
@@ -42,12 +56,21 @@ public struct PagerMemorySource: Equatable, Sendable {
   }
 
   public var mode: Mode
-  /// Layers from the base (first) to the top (last); today exactly one, `memory.bin`.
-  public var layers: [String]
+  /// Layers from the base (first, a full memory.bin) to the top (last): a page comes from the
+  /// topmost layer whose index holds it.
+  public var chain: [PagerLayer]
+  /// The memory files, base first.
+  public var layers: [String] { chain.map(\.memory) }
 
+  /// A flat snapshot (or, with more paths, layers without indices — only valid for one).
   public init(mode: Mode, layers: [String]) {
     self.mode = mode
-    self.layers = layers
+    chain = layers.map { PagerLayer(memory: $0) }
+  }
+
+  public init(mode: Mode, chain: [PagerLayer]) {
+    self.mode = mode
+    self.chain = chain
   }
 }
 
@@ -76,7 +99,14 @@ public struct PagerHello: Equatable, Sendable {
             "page_size": .integer(Int64(bitPattern: $0.pageSize)),
           ])
         }),
-      "memory": .object(["mode": .string(memory.mode.rawValue), "layers": .array(memory.layers.map { .string($0) })]),
+      "memory": .object([
+        "mode": .string(memory.mode.rawValue),
+        "layers": .array(
+          memory.chain.map { layer in
+            guard let index = layer.pageIndex else { return .string(layer.memory) }
+            return .object(["memory": .string(layer.memory), "page_index": .string(index)])
+          }),
+      ]),
     ])
   }
 
@@ -117,14 +147,32 @@ public struct PagerHello: Equatable, Sendable {
     guard let mode = PagerMemorySource.Mode(rawValue: modeName) else {
       throw m.invalid("mode", expected: "\"copy\" or \"minor\"")
     }
-    let layers = try m.array("layers").map { (v) throws(ProtocolError) -> String in
-      guard let path = v.stringValue, !path.isEmpty, !path.utf8.contains(0) else {
-        throw m.invalid("layers", expected: "non-empty paths")
+    func path(_ value: JSONValue?, _ what: String) throws(ProtocolError) -> String {
+      guard let path = value?.stringValue, !path.isEmpty, !path.utf8.contains(0) else {
+        throw m.invalid("layers", expected: "\(what) as non-empty paths")
       }
       return path
     }
-    guard layers.count == 1 else { throw m.invalid("layers", expected: "exactly one layer (chains arrive later)") }
-    return PagerHello(vmPID: Int32(pid), regions: regions, memory: PagerMemorySource(mode: mode, layers: layers))
+    let rawLayers = try m.array("layers")
+    guard !rawLayers.isEmpty, rawLayers.count <= PagerHandshake.maxLayers else {
+      throw m.invalid("layers", expected: "1 to \(PagerHandshake.maxLayers) layers")
+    }
+    var chain: [PagerLayer] = []
+    for (index, raw) in rawLayers.enumerated() {
+      if case .object = raw {
+        chain.append(PagerLayer(memory: try path(raw["memory"], "memory files"), pageIndex: try path(raw["page_index"], "page indices")))
+      } else {
+        chain.append(PagerLayer(memory: try path(raw, "memory files")))
+      }
+      // The base holds every page; each layer above it must say which pages it holds.
+      guard (index == 0) == (chain[index].pageIndex == nil) else {
+        throw m.invalid("layers", expected: "a base without a page index, then layers each with one")
+      }
+    }
+    if mode == .minor && chain.count > 1 {
+      throw m.invalid("layers", expected: "one layer in minor mode (diff chains are served in copy mode)")
+    }
+    return PagerHello(vmPID: Int32(pid), regions: regions, memory: PagerMemorySource(mode: mode, chain: chain))
   }
 }
 

@@ -2,7 +2,16 @@
 /// memory or state, and what it must check (image and state digests) so a snapshot is never
 /// restored onto the wrong guest or from a damaged state file.
 public struct SnapshotManifest: Equatable, Sendable {
-  public static let currentFormatVersion: UInt32 = 1
+  /// 1: full snapshots. 2: adds diff layers (`memory_layer: "diff"`); full snapshots are still
+  /// written as 1 so older builds keep reading them.
+  public static let currentFormatVersion: UInt32 = 2
+  public static let diffFormatVersion: UInt32 = 2
+
+  /// A full snapshot holds every page; a diff layer only the pages in its `pages.idx`, the rest
+  /// come from its parent chain.
+  public enum MemoryLayer: String, Sendable {
+    case full, diff
+  }
   /// Guest memory is mapped in whole pages.
   public static let pageSize: UInt64 = 4096
   public static let maxVCPUs: UInt32 = 64
@@ -28,9 +37,18 @@ public struct SnapshotManifest: Equatable, Sendable {
   public var stateFile: String
   /// "sha256:…" of the state file, checked at restore.
   public var stateDigest: String
+  /// "sha256:…" over this layer's memory (page numbers and data pages), computed once while the
+  /// snapshot is written: children of diff layers record it and spawns compare it, no memory is
+  /// hashed again. Absent in snapshots written before diff layers existed.
+  public var contentDigest: String?
+  public var memoryLayer: MemoryLayer
+  /// Diff layers: the parent's `content_digest` when the layer was taken.
+  public var parentContentDigest: String?
+  /// Diff layers: the page index file (plain name).
+  public var pageIndexFile: String?
 
   public init(
-    formatVersion: UInt32 = SnapshotManifest.currentFormatVersion,
+    formatVersion: UInt32? = nil,
     memorySize: UInt64,
     vcpuCount: UInt32,
     guestKind: String,
@@ -39,9 +57,13 @@ public struct SnapshotManifest: Equatable, Sendable {
     parentTag: String? = nil,
     memoryFile: String = SnapshotManifest.defaultMemoryFile,
     stateFile: String = SnapshotManifest.defaultStateFile,
-    stateDigest: String
+    stateDigest: String,
+    contentDigest: String? = nil,
+    memoryLayer: MemoryLayer = .full,
+    parentContentDigest: String? = nil,
+    pageIndexFile: String? = nil
   ) {
-    self.formatVersion = formatVersion
+    self.formatVersion = formatVersion ?? (memoryLayer == .diff ? SnapshotManifest.diffFormatVersion : 1)
     self.memorySize = memorySize
     self.vcpuCount = vcpuCount
     self.guestKind = guestKind
@@ -51,6 +73,10 @@ public struct SnapshotManifest: Equatable, Sendable {
     self.memoryFile = memoryFile
     self.stateFile = stateFile
     self.stateDigest = stateDigest
+    self.contentDigest = contentDigest
+    self.memoryLayer = memoryLayer
+    self.parentContentDigest = parentContentDigest
+    self.pageIndexFile = pageIndexFile
   }
 
   enum Key {
@@ -64,6 +90,10 @@ public struct SnapshotManifest: Equatable, Sendable {
     static let memoryFile = "memory_file"
     static let stateFile = "state_file"
     static let stateDigest = "state_digest"
+    static let contentDigest = "content_digest"
+    static let memoryLayer = "memory_layer"
+    static let parentContentDigest = "parent_content_digest"
+    static let pageIndexFile = "page_index_file"
   }
 
   /// The manifest as JSON. `parent_tag` is omitted when nil.
@@ -81,6 +111,10 @@ public struct SnapshotManifest: Equatable, Sendable {
       Key.stateDigest: .string(stateDigest),
     ]
     if let parentTag { o[Key.parentTag] = .string(parentTag) }
+    if let contentDigest { o[Key.contentDigest] = .string(contentDigest) }
+    if memoryLayer == .diff { o[Key.memoryLayer] = .string(memoryLayer.rawValue) }
+    if let parentContentDigest { o[Key.parentContentDigest] = .string(parentContentDigest) }
+    if let pageIndexFile { o[Key.pageIndexFile] = .string(pageIndexFile) }
     return .object(o)
   }
 
@@ -106,9 +140,23 @@ public struct SnapshotManifest: Equatable, Sendable {
       parentTag: try r.optionalString(Key.parentTag),
       memoryFile: try r.optionalString(Key.memoryFile) ?? defaultMemoryFile,
       stateFile: try r.optionalString(Key.stateFile) ?? defaultStateFile,
-      stateDigest: try r.string(Key.stateDigest))
+      stateDigest: try r.string(Key.stateDigest),
+      contentDigest: try r.optionalString(Key.contentDigest),
+      memoryLayer: try layer(r.optionalString(Key.memoryLayer), source: source),
+      parentContentDigest: try r.optionalString(Key.parentContentDigest),
+      pageIndexFile: try r.optionalString(Key.pageIndexFile))
     try manifest.validate(source: source)
     return manifest
+  }
+
+  private static func layer(_ name: String?, source: String) throws(ProtocolError) -> MemoryLayer {
+    guard let name else { return .full }
+    guard let layer = MemoryLayer(rawValue: name) else {
+      var quoted = ""
+      JSONValue.writeString(name, to: &quoted)
+      throw ProtocolError(.badValue, "\(source): field \"\(Key.memoryLayer)\": expected \"full\" or \"diff\", got \(quoted)")
+    }
+    return layer
   }
 
   private static func checkVersion(_ version: UInt32, source: String) throws(ProtocolError) {
@@ -153,6 +201,24 @@ public struct SnapshotManifest: Equatable, Sendable {
     }
     if !SHA256.isDigestString(stateDigest) {
       throw bad(Key.stateDigest, "\"sha256:\" followed by 64 lowercase hex digits", .string(stateDigest))
+    }
+    for (key, digest) in [(Key.contentDigest, contentDigest), (Key.parentContentDigest, parentContentDigest)] {
+      if let digest, !SHA256.isDigestString(digest) {
+        throw bad(key, "\"sha256:\" followed by 64 lowercase hex digits", .string(digest))
+      }
+    }
+    if let pageIndexFile, !SnapshotManifest.isPlainFileName(pageIndexFile) {
+      throw bad(Key.pageIndexFile, SnapshotManifest.plainNameRule, .string(pageIndexFile))
+    }
+    if memoryLayer == .diff {
+      if formatVersion < SnapshotManifest.diffFormatVersion {
+        throw bad(Key.formatVersion, "\(SnapshotManifest.diffFormatVersion) or later for a diff layer", .integer(Int64(formatVersion)))
+      }
+      if parentTag == nil { throw ProtocolError(.missingField, "\(source): a diff layer needs \"\(Key.parentTag)\"") }
+      if parentContentDigest == nil {
+        throw ProtocolError(.missingField, "\(source): a diff layer needs \"\(Key.parentContentDigest)\"")
+      }
+      if pageIndexFile == nil { throw ProtocolError(.missingField, "\(source): a diff layer needs \"\(Key.pageIndexFile)\"") }
     }
   }
 

@@ -67,7 +67,7 @@ struct Session {
   let uffd: Userfault
   let hello: PagerHello
   let vmSocket: FileDescriptor
-  let source: MemorySource
+  let source: LayeredSource
 }
 
 enum Handshake {
@@ -176,7 +176,7 @@ enum Handshake {
     if let peer = try? UnixSocket.peerPID(vm), peer != hello.vmPID {
       throw PagerError(code: "bad_handshake", message: "vm_pid \(hello.vmPID) is not the connected process (\(peer))")
     }
-    let source = try MemorySource(path: hello.memory.layers[0])
+    let source = try LayeredSource(chain: hello.memory.chain)
     for (index, region) in hello.regions.enumerated() where region.fileOffset + region.size > source.size {
       throw PagerError(
         code: "bad_handshake",

@@ -85,7 +85,7 @@ final class PageServer {
         _ = try uffd.zeroPage(at: host, length: 4096, wake: wake)
         stats.zeroPages += 1
       } else {
-        _ = try uffd.copy(to: host, from: session.source.base! + page * 4096, length: 4096, wake: wake)
+        _ = try uffd.copy(to: host, from: session.source.pointer(page), length: 4096, wake: wake)
         stats.copies += 1
         stats.bytesCopied += 4096
       }

@@ -13,13 +13,16 @@ final class ControlServer: PollSource {
   private var clients: [FileDescriptor: LineDecoder] = [:]
   private let machine: VirtualMachine
   private let pager: PagerLink?
+  /// The snapshot this VM was restored from: diff snapshots are layers over it.
+  private let restoredFrom: String?
   /// Set by `stop`: the process exits after answering.
   private(set) var stopRequested = false
 
-  init(path: String, machine: VirtualMachine, pager: PagerLink?) throws(VMMError) {
+  init(path: String, machine: VirtualMachine, pager: PagerLink?, restoredFrom: String?) throws(VMMError) {
     self.path = path
     self.machine = machine
     self.pager = pager
+    self.restoredFrom = restoredFrom
     do {
       listener = try UnixSocket.listen(path: path)
       try listener.setNonBlocking()
@@ -101,11 +104,18 @@ final class ControlServer: PollSource {
       guard machine.exit == nil else { return exited() }
       machine.resume()
       return .success(["state": .string("running")])
-    case .snapshot(let directory, let parentTag):
+    case .snapshot(let directory, let parentTag, let diff):
       guard machine.exit == nil else { return exited() }
+      var mode = SnapshotMode.full
+      if diff {
+        guard let restoredFrom else {
+          return .failure(code: "invalid_config", message: "a diff snapshot needs a VM restored from a snapshot; this one was booted")
+        }
+        mode = .diff(parentDirectory: restoredFrom)
+      }
       do {
-        let result = try machine.snapshot(to: directory, parentTag: parentTag)
-        return .success([
+        let result = try machine.snapshot(to: directory, parentTag: parentTag, mode: mode)
+        var fields: [String: JSONValue] = [
           "dir": .string(result.directory),
           "memory_size": .integer(Int64(result.manifest.memorySize)),
           "memory_data_bytes": .integer(Int64(result.memoryDataBytes)),
@@ -113,7 +123,11 @@ final class ControlServer: PollSource {
           "pause_us": .integer(Int64(result.pauseNanoseconds / 1000)),
           "total_us": .integer(Int64(result.totalNanoseconds / 1000)),
           "guest_image_digest": .string(result.manifest.guestImageDigest),
-        ])
+          "memory_layer": .string(result.manifest.memoryLayer.rawValue),
+        ]
+        if let pages = result.layerPages { fields["layer_pages"] = .integer(Int64(pages)) }
+        if let digest = result.manifest.contentDigest { fields["content_digest"] = .string(digest) }
+        return .success(fields)
       } catch {
         return .failure(code: error.code.rawValue, message: error.description)
       }

@@ -108,12 +108,20 @@ do {
 var pager: PagerLink? = nil
 var pagerNanoseconds: UInt64 = 0
 var sandboxNanoseconds: UInt64 = 0
-let pagerSource: PagerMemorySource? =
-  switch machine.memory.backend {
-  case .userfault(let path): PagerMemorySource(mode: .copy, layers: [path])
-  case .shmemMinor(let path): PagerMemorySource(mode: .minor, layers: [path])
-  default: nil
+var pagerSource: PagerMemorySource?
+switch machine.memory.backend {
+case .userfault:
+  // A diff snapshot's pager serves its whole chain, each page from the topmost layer holding it.
+  do {
+    let chain = try SnapshotChain.load(top: options.snapshot!)
+    pagerSource = PagerMemorySource(
+      mode: .copy, chain: chain.layers.map { PagerLayer(memory: $0.memoryPath, pageIndex: $0.pageIndexPath) })
+  } catch {
+    fail(1, error.description, readyFD: options.readyFD)
   }
+case .shmemMinor(let path): pagerSource = PagerMemorySource(mode: .minor, layers: [path])
+default: pagerSource = nil
+}
 if let pagerSource {
   let policy = options.pagerPolicy
   do {
@@ -142,7 +150,9 @@ let controlLoop: EventLoop
 let server: ControlServer
 do {
   controlLoop = try EventLoop()
-  server = try ControlServer(path: options.controlSocket!, machine: machine, pager: pager)
+  server = try ControlServer(
+    path: options.controlSocket!, machine: machine, pager: pager,
+    restoredFrom: options.mode == .restore ? options.snapshot : nil)
 } catch {
   machine.close()
   fail(1, error.description, readyFD: options.readyFD)

@@ -29,8 +29,10 @@ struct SnapshotManifestTests {
 
   @Test func defaults() {
     let m = Self.sample(parentTag: nil)
-    #expect(m.formatVersion == SnapshotManifest.currentFormatVersion)
-    #expect(SnapshotManifest.currentFormatVersion == 1)
+    // Full snapshots are still written as format 1, so older builds keep reading them.
+    #expect(m.formatVersion == 1)
+    #expect(m.memoryLayer == .full)
+    #expect(SnapshotManifest.currentFormatVersion == 2)
     #expect(m.memoryFile == "memory.bin")
     #expect(m.stateFile == "vmstate.bin")
     #expect(m.parentTag == nil)
@@ -81,15 +83,46 @@ struct SnapshotManifestTests {
   }
 
   @Test func newerVersionRefused() {
-    let e = error("format_version", .integer(2))
+    let e = error("format_version", .integer(3))
     #expect(
-      e == ProtocolError(.unsupportedVersion, "manifest.json: format_version 2 is newer than this forkd supports (1)"))
+      e == ProtocolError(.unsupportedVersion, "manifest.json: format_version 3 is newer than this forkd supports (2)"))
     // Checked before anything else: a v2 manifest missing v1 fields still reports the version.
     let e2 = #expect(throws: ProtocolError.self) { try decode(#"{"format_version": 7}"#) }
     #expect(e2?.code == .unsupportedVersion)
     #expect(error("format_version", .integer(0))?.code == .unsupportedVersion)
     #expect(error("format_version", .string("1"))?.code == .badField)
     #expect(error("format_version", nil)?.code == .missingField)
+  }
+
+  static func diffSample() -> SnapshotManifest {
+    SnapshotManifest(
+      memorySize: 256 << 20, vcpuCount: 2, guestKind: "test-guest", guestImageDigest: imageDigest,
+      createdAtUnix: 1_700_000_000, parentTag: "base-1", stateDigest: stateDigest,
+      contentDigest: "sha256:" + String(repeating: "cd", count: 32), memoryLayer: .diff,
+      parentContentDigest: "sha256:" + String(repeating: "ef", count: 32), pageIndexFile: PageIndex.fileName)
+  }
+
+  @Test func diffLayerRoundTripsAsFormat2() throws {
+    let m = Self.diffSample()
+    #expect(m.formatVersion == 2)
+    let text = m.jsonText()
+    #expect(text.contains("\"memory_layer\": \"diff\"") && text.contains("\"parent_content_digest\""))
+    #expect(try decode(text) == m)
+  }
+
+  @Test func diffLayerNeedsItsParentAndIndex() {
+    func failure(_ edit: (inout SnapshotManifest) -> Void) -> ProtocolError? {
+      var m = Self.diffSample()
+      edit(&m)
+      return #expect(throws: ProtocolError.self) { try decode(m.jsonText()) }
+    }
+    #expect(failure { $0.parentTag = nil }?.message.contains("parent_tag") == true)
+    #expect(failure { $0.parentContentDigest = nil }?.message.contains("parent_content_digest") == true)
+    #expect(failure { $0.pageIndexFile = nil }?.message.contains("page_index_file") == true)
+    #expect(failure { $0.pageIndexFile = "../pages.idx" }?.message.contains("page_index_file") == true)
+    #expect(failure { $0.parentContentDigest = "md5:x" }?.message.contains("parent_content_digest") == true)
+    #expect(failure { $0.formatVersion = 1 }?.message.contains("format_version") == true)
+    #expect(error("memory_layer", .string("partial"))?.message.contains("memory_layer") == true)
   }
 
   @Test func memorySizeValidated() {

@@ -14,6 +14,8 @@ public struct SnapshotResult: Sendable {
   /// Bytes of memory.bin that hold data (the rest are holes).
   public let memoryDataBytes: UInt64
   public let stateBytes: UInt64
+  /// Pages a diff layer holds (nil for a full snapshot).
+  public let layerPages: Int?
   /// Time the guest was paused for this snapshot (0 if it was already paused).
   public let pauseNanoseconds: UInt64
   public let totalNanoseconds: UInt64
@@ -72,8 +74,21 @@ extension VirtualMachine {
   /// Writes a snapshot into `directory`, which must not exist: everything goes to a staging
   /// directory beside it first and is renamed into place only when complete and synced.
   /// The VM is paused for the capture and returned to its previous run state.
-  public func snapshot(to directory: String, parentTag: String?) throws(VMMError) -> SnapshotResult {
+  public func snapshot(to directory: String, parentTag: String?, mode: SnapshotMode = .full) throws(VMMError)
+    -> SnapshotResult
+  {
     let started = Clock.monotonicNanoseconds()
+    // A diff layer records its parent's content digest; read it before pausing.
+    var parentContentDigest: String?
+    if case .diff(let parentDirectory) = mode {
+      let parentManifest = try LoadedSnapshot.readManifest(directory: parentDirectory)
+      guard let digest = parentManifest.contentDigest else {
+        throw VMMError(
+          .invalidSnapshot,
+          "\(parentDirectory)/manifest.json has no content_digest (written by an older forkd): take a full snapshot instead")
+      }
+      parentContentDigest = digest
+    }
     guard !FileSystem.exists(directory) else {
       throw VMMError(.snapshotExists, "\(directory) already exists: a snapshot is never overwritten")
     }
@@ -97,7 +112,16 @@ extension VirtualMachine {
       let state = try captureStateFile()
       let stateBytes = state.serialized()
       let memoryPath = staging + "/" + SnapshotManifest.defaultMemoryFile
-      let memoryBytes = try writeMemory(to: memoryPath)
+      let memoryBytes: UInt64
+      var diffIndex: PageIndex?
+      switch mode {
+      case .full:
+        memoryBytes = try writeMemory(to: memoryPath)
+      case .diff:
+        let index = try DirtyPages.scan(memory)
+        memoryBytes = try writeDiffMemory(index, to: memoryPath)
+        diffIndex = index
+      }
       // Memory (now in the page cache) and device state are captured: the guest may run while
       // the files reach the disk.
       if !wasPaused {
@@ -112,10 +136,14 @@ extension VirtualMachine {
         throw VMMError(.io, "\(memoryPath): cannot sync guest memory", cause: error)
       }
       try writeFile(staging + "/" + SnapshotManifest.defaultStateFile, stateBytes)
+      if let diffIndex { try writeFile(staging + "/" + PageIndex.fileName, diffIndex.serialized()) }
       let manifest = SnapshotManifest(
         memorySize: memory.size, vcpuCount: config.vcpuCount, guestKind: guestKind,
         guestImageDigest: guestImageDigest, createdAtUnix: Clock.unixSeconds(), parentTag: parentTag,
-        stateDigest: SHA256.digestString(of: stateBytes))
+        stateDigest: SHA256.digestString(of: stateBytes),
+        contentDigest: try LayerDigest.compute(memoryPath: memoryPath, index: diffIndex),
+        memoryLayer: diffIndex == nil ? .full : .diff, parentContentDigest: parentContentDigest,
+        pageIndexFile: diffIndex == nil ? nil : PageIndex.fileName)
       try writeFile(staging + "/manifest.json", Array(manifest.jsonText().utf8))
       do {
         try FileSystem.syncDirectory(staging)
@@ -130,6 +158,7 @@ extension VirtualMachine {
       let finished = Clock.monotonicNanoseconds()
       return SnapshotResult(
         directory: directory, manifest: manifest, memoryDataBytes: memoryBytes, stateBytes: UInt64(stateBytes.count),
+        layerPages: diffIndex?.presentCount,
         pauseNanoseconds: wasPaused ? 0 : resumedAt - pausedAt, totalNanoseconds: finished - started)
     } catch {
       FileSystem.removeTree(staging)
@@ -215,6 +244,12 @@ extension VirtualMachine {
     let loaded = try LoadedSnapshot(directory: directory)
     let manifest = loaded.manifest
     let memoryPath = directory + "/" + manifest.memoryFile
+    if manifest.memoryLayer == .diff && backend != .uffd {
+      throw VMMError(
+        .invalidSnapshot,
+        "\(directory) is a diff layer over \(manifest.parentTag ?? "?"): the \(backend.rawValue) backend maps one flat memory.bin; restore it with the uffd backend (the pager serves the chain) or compact it first"
+      )
+    }
     let memoryBackend: MemoryBackend
     switch backend {
     case .file: memoryBackend = .file(path: memoryPath)
@@ -296,8 +331,8 @@ public struct LoadedSnapshot: Sendable {
   public let state: StateFile
   public var stateSource: String { directory + "/" + manifest.stateFile }
 
-  public init(directory: String) throws(VMMError) {
-    self.directory = directory
+  /// Reads and validates `directory/manifest.json` alone.
+  public static func readManifest(directory: String) throws(VMMError) -> SnapshotManifest {
     let manifestPath = directory + "/manifest.json"
     let manifestBytes: [UInt8]
     do {
@@ -306,10 +341,15 @@ public struct LoadedSnapshot: Sendable {
       throw VMMError(.invalidSnapshot, "\(manifestPath): cannot read the snapshot manifest", cause: error)
     }
     do {
-      manifest = try SnapshotManifest.decode(manifestBytes, source: manifestPath)
+      return try SnapshotManifest.decode(manifestBytes, source: manifestPath)
     } catch {
       throw VMMError(.invalidSnapshot, error.message)
     }
+  }
+
+  public init(directory: String) throws(VMMError) {
+    self.directory = directory
+    manifest = try Self.readManifest(directory: directory)
     let statePath = directory + "/" + manifest.stateFile
     let stateBytes: [UInt8]
     do {
