@@ -37,10 +37,15 @@ let package = Package(
     // Every wire and file format: agent, vmm control, snapshot manifest and state.
     .target(name: "Protocol"),
 
+    // Snapshots on disk: diff chains, layer digests, compaction (no KVM).
+    .target(name: "SnapshotStorage", dependencies: ["Syscalls", "Protocol"]),
+
     // The KVM microVM monitor as a library.
     .target(
       name: "VMMCore",
-      dependencies: ["CKVM", "Syscalls", "Protocol", .product(name: "Logging", package: "swift-log")]
+      dependencies: [
+        "CKVM", "Syscalls", "Protocol", "SnapshotStorage", .product(name: "Logging", package: "swift-log"),
+      ]
     ),
 
     // The project-owned test guest (freestanding C built by clang/lld), embedded as bytes.
@@ -52,7 +57,9 @@ let package = Package(
 
     .executableTarget(
       name: "forkd-vmm",
-      dependencies: ["VMMCore", "TestGuestImage", "SeccompFilters", .product(name: "Logging", package: "swift-log")],
+      dependencies: [
+        "VMMCore", "SnapshotStorage", "TestGuestImage", "SeccompFilters", .product(name: "Logging", package: "swift-log"),
+      ],
       linkerSettings: perChildLinking
     ),
     .executableTarget(
@@ -90,7 +97,8 @@ let package = Package(
     .target(
       name: "SupervisorCore",
       dependencies: [
-        "VMMControl", "Protocol", "Syscalls", "ForkdHTTP", "SystemdSupport", .product(name: "Logging", package: "swift-log"),
+        "VMMControl", "Protocol", "Syscalls", "SnapshotStorage", "ForkdHTTP", "SystemdSupport",
+        .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),

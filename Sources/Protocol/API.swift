@@ -127,6 +127,19 @@ public struct ExecRequest: Equatable, Sendable {
   }
 }
 
+/// POST /v1/snapshots/:tag/compact
+public struct CompactRequest: Equatable, Sendable {
+  public var to: String
+
+  public static func decode(_ body: [UInt8]) throws(ProtocolError) -> CompactRequest {
+    let source = "request body"
+    let r = try JSONObjectReader(JSONValue.parse(body, source: source), source: source)
+    let to = try r.string("to")
+    try SnapshotTag.validate(to)
+    return CompactRequest(to: to)
+  }
+}
+
 /// POST /v1/sandboxes/:id/branch
 public struct BranchRequest: Equatable, Sendable {
   public enum Mode: String, Sendable { case full, diff, live }
@@ -172,6 +185,15 @@ public struct SnapshotInfo: Equatable, Sendable {
   public var branchedFrom: String?
   public var pauseMS: Double?
   public var status: String?
+  /// "full" or "diff".
+  public var memoryLayer: String = "full"
+  public var parentContentHash: String?
+  /// Branch with mode diff: the layer's pages (all written or touched since restore) and bytes.
+  public var diffPhysicalBytes: UInt64?
+  public var diffLogicalBytes: UInt64?
+  public var diffMS: Double?
+  /// Diff layers between this snapshot and the full one its memory rests on (0: flat).
+  public var chainDepth: Int = 0
 
   public init(
     tag: String, dir: String, createdAtUnix: Int64, memoryLogicalBytes: UInt64 = 0, memoryPhysicalBytes: UInt64 = 0,
@@ -201,6 +223,9 @@ public struct SnapshotInfo: Equatable, Sendable {
     if let branchedFrom { o["branched_from"] = .string(branchedFrom) }
     if let pauseMS { o["pause_ms"] = .double(pauseMS) }
     if let status { o["status"] = .string(status) }
+    if let diffPhysicalBytes { o["diff_physical_bytes"] = .integer(Int64(diffPhysicalBytes)) }
+    if let diffLogicalBytes { o["diff_logical_bytes"] = .integer(Int64(diffLogicalBytes)) }
+    if let diffMS { o["diff_ms"] = .double(diffMS) }
     return .object(o)
   }
 
@@ -210,7 +235,9 @@ public struct SnapshotInfo: Equatable, Sendable {
     o["memory_logical_bytes"] = .integer(Int64(memoryLogicalBytes))
     o["memory_physical_bytes"] = .integer(Int64(memoryPhysicalBytes))
     o["vmstate_bytes"] = .integer(Int64(vmstateBytes))
-    o["chain_depth"] = .integer(Int64(ancestors.count))
+    o["chain_depth"] = .integer(Int64(chainDepth))
+    o["memory_layer"] = .string(memoryLayer)
+    if let parentContentHash { o["parent_content_hash"] = .string(parentContentHash) }
     o["ancestors"] = .array(ancestors.map { .string($0) })
     o["dependents"] = .array(dependents.map { .string($0) })
     return .object(o)

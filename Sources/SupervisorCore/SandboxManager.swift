@@ -97,6 +97,12 @@ public final class SandboxManager: @unchecked Sendable {
 
   public func spawn(_ request: SpawnRequest) throws(APIError) -> [SandboxInfo] {
     try store.checkRestorable(request.snapshotTag)
+    let chain = try store.chain(request.snapshotTag)
+    if chain.depth > 0, !config.backend.servesChains {
+      throw .conflict(
+        "snapshot \(request.snapshotTag) is a diff layer (chain depth \(chain.depth)); this supervisor's backend \(config.backend.name) maps one flat memory.bin: compact it (POST /v1/snapshots/\(request.snapshotTag)/compact) or run the supervisor with --backend uffd"
+      )
+    }
     let snapshot = store.path(request.snapshotTag)
     let count = request.count
     let results = ResultsBox(count: count)
@@ -227,8 +233,8 @@ public final class SandboxManager: @unchecked Sendable {
   /// resumes while the files are synced. The snapshot records the source's snapshot as parent.
   public func branch(_ id: String, _ request: BranchRequest) throws(APIError) -> SnapshotInfo {
     let source = try sandbox(id)
-    guard request.mode == .full else {
-      throw .badRequest("branch mode \(request.mode.rawValue) is not available in this build (use full)")
+    guard request.mode != .live else {
+      throw .badRequest("branch mode live is not available in this build (use full or diff)")
     }
     let tag = request.tag ?? "branch-\(id)-\(Clock.unixSeconds())-\(randomHex(4))"
     try lock.withLock { () throws(APIError) in
@@ -243,7 +249,8 @@ public final class SandboxManager: @unchecked Sendable {
     let result: [String: JSONValue]
     do {
       result = try source.child.vmm.control().call(
-        .snapshot(directory: store.path(tag), parentTag: source.snapshotTag), timeoutMS: 120_000)
+        .snapshot(directory: store.path(tag), parentTag: source.snapshotTag, diff: request.mode == .diff),
+        timeoutMS: 120_000)
     } catch {
       throw .internalError("branch of \(id) failed: \(error)")
     }
@@ -255,6 +262,11 @@ public final class SandboxManager: @unchecked Sendable {
     info.branchedFrom = id
     info.pauseMS = Double(result["pause_us"]?.int64Value ?? 0) / 1000
     info.status = "ready"
+    if request.mode == .diff {
+      info.diffMS = Double(result["total_us"]?.int64Value ?? 0) / 1000
+      info.diffPhysicalBytes = UInt64(result["memory_data_bytes"]?.int64Value ?? 0)
+      info.diffLogicalBytes = UInt64(result["layer_pages"]?.int64Value ?? 0) * 4096
+    }
     metrics.snapshotsTotal.record(store.count())
     logger.info(
       "branched", metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "pause_ms": "\(info.pauseMS ?? 0)"])

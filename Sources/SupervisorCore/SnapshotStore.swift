@@ -1,4 +1,5 @@
 import Protocol
+import SnapshotStorage
 import Syscalls
 import VMMControl
 
@@ -76,10 +77,43 @@ public final class SnapshotStore: @unchecked Sendable {
     var st = stat()
     let physical = stat(path(tag) + "/" + m.memoryFile, &st) == 0 ? UInt64(st.st_blocks) * 512 : 0
     let stateBytes = stat(path(tag) + "/" + m.stateFile, &st) == 0 ? UInt64(st.st_size) : 0
-    return SnapshotInfo(
+    var info = SnapshotInfo(
       tag: tag, dir: path(tag), createdAtUnix: m.createdAtUnix, memoryLogicalBytes: m.memorySize,
       memoryPhysicalBytes: physical, vmstateBytes: stateBytes, parentTag: m.parentTag, ancestors: ancestors,
       dependents: dependents)
+    info.memoryLayer = m.memoryLayer.rawValue
+    info.parentContentHash = m.parentContentDigest
+    var depth = 0
+    var layer = m
+    while layer.memoryLayer == .diff, let parent = layer.parentTag.flatMap({ manifests[$0] }), depth < 64 {
+      depth += 1
+      layer = parent
+    }
+    info.chainDepth = depth
+    return info
+  }
+
+  /// The diff chain under `tag` (just the snapshot itself when it is flat), checked.
+  public func chain(_ tag: String) throws(APIError) -> SnapshotChain {
+    do {
+      return try SnapshotChain.load(top: path(tag))
+    } catch {
+      throw .conflict("snapshot \(tag) is not restorable: \(error.message)")
+    }
+  }
+
+  /// POST /v1/snapshots/:tag/compact: a new flat snapshot `to` with the chain's content.
+  public func compact(_ tag: String, to newTag: String) throws(APIError) -> SnapshotInfo {
+    guard exists(tag) else { throw .notFound("unknown snapshot tag \(tag)") }
+    try reserve(newTag, existsStatus: 409)
+    defer { release(newTag) }
+    let loaded = try chain(tag)
+    do {
+      _ = try SnapshotCompaction.flatten(loaded, into: path(newTag))
+    } catch {
+      throw .internalError("compact \(tag) to \(newTag) failed: \(error)")
+    }
+    return try info(newTag)
   }
 
   /// 404 for an unknown tag; 409 naming the missing file when it cannot be restored.

@@ -15,6 +15,12 @@ public enum ChildBackend: Sendable, Equatable {
   /// faults with UFFDIO_CONTINUE (page-cache sharing and pager control at once).
   case shmem(policy: PagerPolicy = .restart, prefetch: Bool = false, recordWorkingSet: Bool = false)
 
+  /// Whether children can be restored from a diff chain (a pager serves each page from its layer).
+  public var servesChains: Bool {
+    if case .uffd = self { return true }
+    return false
+  }
+
   public var name: String {
     switch self {
     case .file: "file"

@@ -1,6 +1,7 @@
 import Logging
 import Protocol
 import SeccompFilters
+import SnapshotStorage
 import Syscalls
 import TestGuestImage
 import VMMCore

@@ -193,14 +193,16 @@ struct Branch: ParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Snapshot a running sandbox into a new tag.")
   @Argument(help: "Sandbox id.") var id: String
   @Option(help: "Tag of the new snapshot (default: generated).") var tag: String?
-  @Option(help: "full, diff or live.") var mode: String = "full"
+  @Option(help: "full (every page), diff (only what the sandbox changed since its spawn; a layer over its snapshot).")
+  var mode: String = "full"
   @OptionGroup var connection: ConnectionOptions
 
   func run() throws {
     var body: [String: JSONValue] = ["mode": .string(mode)]
     if let tag { body["tag"] = .string(tag) }
     connection.emit(try connection.call("POST", "/v1/sandboxes/\(id)/branch", body: .object(body))) { value in
-      "branched \(id) into \(string(value["tag"])) (source paused \(string(value["pause_ms"])) ms)"
+      "branched \(id) into \(string(value["tag"])) (source paused \(string(value["pause_ms"])) ms"
+        + (value["diff_logical_bytes"] != nil ? ", \(string(value["diff_logical_bytes"])) bytes in the layer)" : ")")
     }
   }
 }
@@ -210,7 +212,22 @@ struct Branch: ParsableCommand {
 struct SnapshotCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "snapshot", abstract: "Create, list, inspect and remove snapshots.",
-    subcommands: [Create.self, List.self, Info.self, Remove.self])
+    subcommands: [Create.self, List.self, Info.self, Remove.self, Compact.self])
+
+  struct Compact: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Flatten a diff chain into a new full snapshot any backend can restore.")
+    @Argument(help: "Tag of the chain's head.") var tag: String
+    @Option(help: "Tag of the new flat snapshot.") var to: String
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() throws {
+      let response = try connection.call("POST", "/v1/snapshots/\(tag)/compact", body: .object(["to": .string(to)]))
+      connection.emit(response) { value in
+        "compacted \(tag) into \(string(value["tag"])) (\(string(value["memory_physical_bytes"])) bytes of data)"
+      }
+    }
+  }
 
   struct Create: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Boot a parent, warm it, snapshot it.")
@@ -259,7 +276,8 @@ struct SnapshotCommand: ParsableCommand {
         return """
           tag        \(string(value["tag"]))
           dir        \(string(value["dir"]))
-          memory     \(format(logical)) MiB logical, \(format(physical)) MiB on disk
+          memory     \(format(logical)) MiB logical, \(format(physical)) MiB on disk (\(string(value["memory_layer"])) layer)
+          chain      depth \(string(value["chain_depth"]))
           parent     \(string(value["parent_tag"]))
           ancestors  \((value["ancestors"]?.arrayValue ?? []).map { string($0) }.joined(separator: " → "))
           dependents \((value["dependents"]?.arrayValue ?? []).map { string($0) }.joined(separator: ", "))

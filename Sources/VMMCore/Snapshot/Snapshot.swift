@@ -1,6 +1,7 @@
 import CKVM
 import Logging
 import Protocol
+import SnapshotStorage
 import Syscalls
 
 #if canImport(Glibc)
@@ -141,7 +142,7 @@ extension VirtualMachine {
         memorySize: memory.size, vcpuCount: config.vcpuCount, guestKind: guestKind,
         guestImageDigest: guestImageDigest, createdAtUnix: Clock.unixSeconds(), parentTag: parentTag,
         stateDigest: SHA256.digestString(of: stateBytes),
-        contentDigest: try LayerDigest.compute(memoryPath: memoryPath, index: diffIndex),
+        contentDigest: try layerDigest(memoryPath, diffIndex),
         memoryLayer: diffIndex == nil ? .full : .diff, parentContentDigest: parentContentDigest,
         pageIndexFile: diffIndex == nil ? nil : PageIndex.fileName)
       try writeFile(staging + "/manifest.json", Array(manifest.jsonText().utf8))
@@ -163,6 +164,14 @@ extension VirtualMachine {
     } catch {
       FileSystem.removeTree(staging)
       throw error
+    }
+  }
+
+  private func layerDigest(_ memoryPath: String, _ index: PageIndex?) throws(VMMError) -> String {
+    do {
+      return try LayerDigest.compute(memoryPath: memoryPath, index: index)
+    } catch {
+      throw VMMError(.io, error.message, cause: error.cause)
     }
   }
 
@@ -333,17 +342,10 @@ public struct LoadedSnapshot: Sendable {
 
   /// Reads and validates `directory/manifest.json` alone.
   public static func readManifest(directory: String) throws(VMMError) -> SnapshotManifest {
-    let manifestPath = directory + "/manifest.json"
-    let manifestBytes: [UInt8]
     do {
-      manifestBytes = try FileSystem.readFile(manifestPath, limit: 1 << 20)
+      return try SnapshotManifest.read(directory: directory)
     } catch {
-      throw VMMError(.invalidSnapshot, "\(manifestPath): cannot read the snapshot manifest", cause: error)
-    }
-    do {
-      return try SnapshotManifest.decode(manifestBytes, source: manifestPath)
-    } catch {
-      throw VMMError(.invalidSnapshot, error.message)
+      throw VMMError(.invalidSnapshot, error.message, cause: error.cause)
     }
   }
 

@@ -1,0 +1,83 @@
+import ForkdClient
+import Protocol
+import Syscalls
+import Testing
+import VMMControl
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Branching through the API: diff layers, chains, compaction, and the backends that can or
+/// cannot restore a chain.
+@Suite("forkd-supervisor: diff branches, chains and compaction", .serialized)
+struct SupervisorBranchTests {
+  @Test("branch mode diff three times, spawn the head (uffd), compact it, restore it on a file-backend supervisor")
+  func diffChain() throws {
+    let sup = try TestSupervisor("diff")
+    let api = sup.unix
+    func expectError(_ r: APIClient.Response, _ status: Int, _ fragment: String) {
+      #expect(r.status == status, "\(r.text)")
+      #expect(r.json?["error"]?.stringValue?.contains(fragment) == true, "\(r.text)")
+    }
+    func spawnOne(_ tag: String) throws -> String {
+      let r = try api.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"\#(tag)"}"#)
+      #expect(r.status == 201, "\(r.text)")
+      return try #require(r.json?.arrayValue?.first?["id"]?.stringValue)
+    }
+    func counter(_ id: String) throws -> Int64? {
+      try api.request("POST", "/v1/sandboxes/\(id)/ping").json?["counter"]?.int64Value
+    }
+    #expect(
+      try api.request(
+        "POST", "/v1/snapshots",
+        body: #"{"tag":"base","memory_mib":32,"warmup":[{"op":"fill","pages":64,"seed":9},{"op":"counter","delta":1}]}"#
+      ).status == 201)
+
+    // Each generation spawns from the previous tag and branches a diff layer over it (memory
+    // mutations between branches are covered by DiffSnapshotTests, through the agent).
+    var previous = "base"
+    for depth in 1...3 {
+      let source = try spawnOne(previous)
+      let r = try api.request(
+        "POST", "/v1/sandboxes/\(source)/branch", body: #"{"tag":"d\#(depth)","mode":"diff"}"#)
+      #expect(r.status == 201, "\(r.text)")
+      #expect((r.json?["diff_logical_bytes"]?.int64Value ?? 0) > 0, "\(r.text)")
+      #expect((r.json?["diff_logical_bytes"]?.int64Value ?? Int64.max) < 32 << 20, "a layer, not a copy: \(r.text)")
+      #expect(r.json?["pause_ms"] != nil)
+      let info = try #require(try api.request("GET", "/v1/snapshots/d\(depth)/info").json)
+      #expect(info["chain_depth"] == .integer(Int64(depth)))
+      #expect(info["memory_layer"] == .string("diff"))
+      #expect(info["parent_content_hash"]?.stringValue?.hasPrefix("sha256:") == true)
+      #expect(info["parent_tag"] == .string(previous))
+      previous = "d\(depth)"
+    }
+    let head = try spawnOne("d3")
+    #expect(try counter(head) == 1, "the chain's head restores the parent's counter")
+    expectError(try api.request("POST", "/v1/sandboxes/\(head)/branch", body: #"{"mode":"live"}"#), 400, "live")
+    expectError(try api.request("DELETE", "/v1/snapshots/d2"), 409, "d3")
+
+    // Compaction: a flat snapshot with the same content; 409 when the target exists.
+    let compacted = try api.request("POST", "/v1/snapshots/d3/compact", body: #"{"to":"flat"}"#)
+    #expect(compacted.status == 201, "\(compacted.text)")
+    #expect(compacted.json?["chain_depth"] == .integer(0))
+    #expect(compacted.json?["memory_layer"] == .string("full"))
+    expectError(try api.request("POST", "/v1/snapshots/d3/compact", body: #"{"to":"flat"}"#), 409, "exists")
+    expectError(try api.request("POST", "/v1/snapshots/d3/compact", body: #"{"to":"../x"}"#), 400, "tag")
+    expectError(try api.request("POST", "/v1/snapshots/nope/compact", body: #"{"to":"y"}"#), 404, "nope")
+    #expect(try counter(try spawnOne("flat")) == 1)
+    #expect(sup.stop() == .exited(0))
+
+    // A file-backend supervisor on the same snapshots: the chain is refused with the way out,
+    // the compacted snapshot restores.
+    let fileSup = try TestSupervisor("diff", backend: "file", reusing: sup.scratch)
+    defer { fileSup.stop() }
+    let refused = try fileSup.unix.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"d3"}"#)
+    #expect(refused.status == 409, "\(refused.text)")
+    #expect(refused.json?["error"]?.stringValue?.contains("compact") == true, "\(refused.text)")
+    let flat = try fileSup.unix.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"flat"}"#)
+    #expect(flat.status == 201, "\(flat.text)")
+    let flatID = try #require(flat.json?.arrayValue?.first?["id"]?.stringValue)
+    #expect(try fileSup.unix.request("POST", "/v1/sandboxes/\(flatID)/ping").json?["counter"] == .integer(1))
+  }
+}
