@@ -146,6 +146,10 @@ public enum StateSectionTag {
   public static let irqchip: UInt32 = 0x4952_5143  // "IRQC"
   /// KVM clock.
   public static let clock: UInt32 = 0x434C_434B  // "CLCK"
+  /// In-kernel i8254 PIT (`kvm_pit_state2`).
+  public static let pit: UInt32 = 0x5049_5432  // "PIT2"
+  /// virtio-blk device state (transport, base image, overlay blocks).
+  public static let block: UInt32 = 0x5642_4C4B  // "VBLK"
 
   /// The tag of a four-character ASCII code; traps unless `code` is exactly 4 bytes.
   public static func fourCC(_ code: String) -> UInt32 {

@@ -118,6 +118,7 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
   private var keyByFD: [FileDescriptor: ConnectionKey] = [:]
   private var controlPackets: [Header] = []
   private var nextHostPort = firstHostPort
+  private var transportResetPending = false
   private let onGuestWork: @Sendable () -> Void
   private let onHostWork: @Sendable () -> Void
   private let onError: @Sendable (String) -> Void
@@ -535,6 +536,29 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
 
   /// Delivers queued packets (the resets of a restore) once the vCPUs run.
   public func kick() {
-    lock.withLock { deliverToGuestLocked() }
+    lock.withLock {
+      deliverEventsLocked()
+      deliverToGuestLocked()
+    }
+  }
+
+  /// Queues VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (event id 0) for the event queue: after a restore
+  /// the guest drops every connection (their host ends are gone) and keeps its listeners.
+  public func queueTransportReset() {
+    lock.withLock { transportResetPending = true }
+  }
+
+  private func deliverEventsLocked() {
+    guard transportResetPending, transport.isActive, transport.queues[2].ready else { return }
+    do throws(VirtqueueError) {
+      guard let chain = try transport.queues[2].popAvailable(memory: memory) else { return }
+      let written = scatterWritable([0, 0, 0, 0], into: chain, memory: memory)
+      try transport.queues[2].pushUsed(head: chain.head, length: UInt32(written), memory: memory)
+      transportResetPending = false
+      transport.interruptStatus |= 1
+      onGuestWork()
+    } catch {
+      failLocked(error)
+    }
   }
 }
