@@ -119,6 +119,10 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
   private var controlPackets: [Header] = []
   private var nextHostPort = firstHostPort
   private var transportResetPending = false
+  /// Set from delivering the transport reset until the guest refills its event queue (Linux
+  /// handles the event first, then refills and notifies): packets sent in between, such as a
+  /// new host connection, would be reset along with the stale ones.
+  private var awaitingTransportResetAck = false
   private let onGuestWork: @Sendable () -> Void
   private let onHostWork: @Sendable () -> Void
   private let onError: @Sendable (String) -> Void
@@ -192,7 +196,11 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
         deliverToGuestLocked()
       case .notify(queue: 1):
         processTransmitLocked()
+      case .notify(queue: 2) where awaitingTransportResetAck:
+        awaitingTransportResetAck = false
+        deliverToGuestLocked()
       case .reset:
+        awaitingTransportResetAck = false
         resetConnectionsLocked()
       default:
         break
@@ -333,7 +341,7 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
 
   /// Fills the guest's receive buffers: control packets first, then connection data within credit.
   private func deliverToGuestLocked() {
-    guard transport.isActive, transport.queues[0].ready else { return }
+    guard transport.isActive, transport.queues[0].ready, !awaitingTransportResetAck else { return }
     var delivered = false
     do throws(VirtqueueError) {
       while true {
@@ -555,6 +563,7 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
       let written = scatterWritable([0, 0, 0, 0], into: chain, memory: memory)
       try transport.queues[2].pushUsed(head: chain.head, length: UInt32(written), memory: memory)
       transportResetPending = false
+      awaitingTransportResetAck = true
       transport.interruptStatus |= 1
       onGuestWork()
     } catch {
