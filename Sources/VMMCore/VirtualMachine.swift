@@ -109,6 +109,14 @@ public final class VirtualMachine: @unchecked Sendable {
     self.guestImageDigest = guestImageDigest
     self.restoredFrom = restoredFrom
     self.logger = logger
+    if guestKind == "linux" && kvm.flavor == .pvm {
+      // Measured: the irqchip and PIT are created, then a stock kernel runs without ever
+      // printing; refuse instead of hanging.
+      throw VMMError(
+        .kvmUnavailable,
+        "this host's /dev/kvm is PVM (kvm_pvm, no hardware virtualization): a stock Linux kernel cannot run on it; Linux guests need KVM on VMX/SVM (see docs/linux-guests.md)"
+      )
+    }
     eventLoop = try EventLoop()
     let vm = try kvm.createVM()
     self.vm = vm
@@ -180,11 +188,13 @@ public final class VirtualMachine: @unchecked Sendable {
   }
 
   /// The virtio-mmio devices in window order (vsock first, then the disk), as ACPI lists them.
-  var virtioDevices: [ACPITables.VirtioDevice] {
+  var virtioDevices: [ACPITables.VirtioDevice] { Self.virtioDevices(hasDisk: block != nil) }
+
+  static func virtioDevices(hasDisk: Bool) -> [ACPITables.VirtioDevice] {
     var devices = [
       ACPITables.VirtioDevice(base: X86Layout.virtioMMIOBase, size: X86Layout.virtioMMIOStride, gsi: LinuxIRQ.vsock)
     ]
-    if block != nil {
+    if hasDisk {
       devices.append(
         ACPITables.VirtioDevice(
           base: X86Layout.virtioMMIOBase + X86Layout.virtioMMIOStride, size: X86Layout.virtioMMIOStride,

@@ -17,7 +17,9 @@ struct Options {
   var pagerSocket: String?
   var shmemImage: String?
   var pagerPolicy = PagerLink.Policy.fail
+  /// 64 MiB for the test guest, 256 MiB for Linux (a Debian kernel decompresses into ~80 MiB).
   var memoryMiB: UInt64 = 64
+  private var memoryGiven = false
   var vcpus: UInt32 = 1
   var guestCID: UInt32 = 3
   var controlSocket: String?
@@ -31,7 +33,7 @@ struct Options {
                           [--memory-mib N] [--vcpus N] [--cid N] [--console PATH|-|none] [--ready-fd N]
            forkd-vmm boot --kernel PATH [--initrd PATH] [--cmdline STRING] [--disk PATH]
                           [--virtio-cmdline-devices] --api-sock PATH --vsock-sock PATH
-                          [--memory-mib N] [--vcpus N] [--cid N] [--console PATH|-|none] [--ready-fd N]
+                          [--memory-mib N (default 256)] [--vcpus N] [--cid N] [--console PATH|-|none] [--ready-fd N]
            forkd-vmm restore --snapshot DIR --api-sock PATH --vsock-sock PATH [--disk PATH]
                           [--backend file|uffd|shmem --pager-sock PATH [--pager-policy fail|restart]
                            [--shmem-image PATH]]
@@ -86,7 +88,9 @@ struct Options {
           throw UsageError(description: "--pager-policy '\(name)': expected restart or fail")
         }
         pagerPolicy = parsed
-      case "--memory-mib": memoryMiB = try number(flag, UInt64.self)
+      case "--memory-mib":
+        memoryMiB = try number(flag, UInt64.self)
+        memoryGiven = true
       case "--vcpus": vcpus = try number(flag, UInt32.self)
       case "--cid": guestCID = try number(flag, UInt32.self)
       case "--api-sock": controlSocket = try value(flag)
@@ -107,6 +111,7 @@ struct Options {
       if kernel == nil, initrd != nil || commandLine != nil || disk != nil || commandLineDevices {
         throw UsageError(description: "--initrd, --cmdline, --disk and --virtio-cmdline-devices need --kernel")
       }
+      if kernel != nil && !memoryGiven { memoryMiB = 256 }
       guard (1...64).contains(vcpus) else { throw UsageError(description: "--vcpus \(vcpus): must be 1...64") }
       guard guestCID >= 3 else { throw UsageError(description: "--cid \(guestCID): guest CIDs start at 3") }
     case .restore:

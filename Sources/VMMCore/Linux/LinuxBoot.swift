@@ -39,23 +39,12 @@ extension VirtualMachine {
   public static func bootLinux(config: MachineConfig, source: LinuxBootSource, logger: Logger) throws(VMMError)
     -> VirtualMachine
   {
+    // Everything that can be checked without KVM first, so bad input is reported on any host.
     let kernel = try LinuxKernel(parsing: source.kernel, source: source.kernelSource)
-    let kvm = try KVMSystem()
-    if kvm.flavor == .pvm {
-      logger.warning("this host's /dev/kvm is PVM: a stock Linux kernel does not boot on it (see docs/linux-guests.md)")
-    }
-    let memory = try GuestMemory.create(size: config.memorySize, backend: .anonymous)
-    var digest = SHA256()
-    digest.update(source.kernel)
-    let machine = try VirtualMachine(
-      config: config, memory: memory, kvm: kvm, guestKind: linuxGuestKind,
-      guestImageDigest: "sha256:" + SHA256.hex(of: digest.finalize()), restoredFrom: nil, logger: logger)
-
+    let devices = virtioDevices(hasDisk: config.disk != nil)
     var commandLine = source.commandLine
     if source.commandLineDevices {
-      for device in machine.virtioDevices {
-        commandLine += " virtio_mmio.device=4K@\(hex64(device.base)):\(device.gsi)"
-      }
+      for device in devices { commandLine += " virtio_mmio.device=4K@\(hex64(device.base)):\(device.gsi)" }
     }
     let commandLineBytes = Array(commandLine.utf8)
     guard commandLineBytes.count <= kernel.maxCommandLineLength,
@@ -66,6 +55,7 @@ extension VirtualMachine {
         "kernel command line is \(commandLineBytes.count) bytes; \(source.kernelSource) takes at most \(kernel.maxCommandLineLength) (setup header field cmdline_size)"
       )
     }
+    let memory = try GuestMemory.create(size: config.memorySize, backend: .anonymous)
     try kernel.load(source.kernel, into: memory, source: source.kernelSource)
     var initrdPlacement: (address: UInt64, size: UInt64)? = nil
     if let initrd = source.initrd {
@@ -74,6 +64,14 @@ extension VirtualMachine {
       memory.writeBytes(initrd, at: address)
       initrdPlacement = (address, UInt64(initrd.count))
     }
+    if let disk = config.disk { _ = try BlockStore(disk) }
+
+    let kvm = try KVMSystem()
+    var digest = SHA256()
+    digest.update(source.kernel)
+    let machine = try VirtualMachine(
+      config: config, memory: memory, kvm: kvm, guestKind: linuxGuestKind,
+      guestImageDigest: "sha256:" + SHA256.hex(of: digest.finalize()), restoredFrom: nil, logger: logger)
     let acpi = ACPITables.build(
       base: LinuxLayout.acpiTablesAddress, vcpuCount: config.vcpuCount, virtio: machine.virtioDevices)
     let zeroPage = LinuxLayout.zeroPage(
