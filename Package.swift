@@ -123,6 +123,8 @@ let package = Package(
       name: "SystemdTests",
       dependencies: ["SystemdSupport", "CSystemd", "Syscalls", "ForkdClient", "VMMControl", "Protocol", .product(name: "Logging", package: "swift-log")]),
     .testTarget(name: "SyscallsTests", dependencies: ["Syscalls", "CUffd"]),
+    // The Linux guest agent (guest/linux-agent, built by its script) over its Unix-socket seam.
+    .testTarget(name: "LinuxAgentTests", dependencies: ["Protocol", "Syscalls"]),
     .testTarget(
       name: "EndToEndTests",
       dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage", "ForkdClient"]

@@ -4,8 +4,12 @@
 ///
 /// Layout (little endian): magic "FKDSTATE", u32 format version, u32 section count, then per
 /// section `u32 tag, u32 version, u64 length, bytes`, then u32 CRC-32 (IEEE) of everything before it.
+///
+/// Version 2 has the same layout; it marks files that may hold Linux-guest sections (in-kernel
+/// irqchip, PIT, kvmclock, virtio-blk), so a forkd that only knows version 1 refuses them with a
+/// clear "newer than supported" instead of restoring half a VM. Version 1 files are still read.
 public struct StateFile: Equatable, Sendable {
-  public static let currentVersion: UInt32 = 1
+  public static let currentVersion: UInt32 = 2
   public static let magic: [UInt8] = Array("FKDSTATE".utf8)
   /// Magic + version + count + CRC: the size of an empty file.
   public static let minimumSize = 8 + 4 + 4 + 4
@@ -146,6 +150,10 @@ public enum StateSectionTag {
   public static let irqchip: UInt32 = 0x4952_5143  // "IRQC"
   /// KVM clock.
   public static let clock: UInt32 = 0x434C_434B  // "CLCK"
+  /// In-kernel i8254 PIT (`kvm_pit_state2`).
+  public static let pit: UInt32 = 0x5049_5432  // "PIT2"
+  /// virtio-blk device state (transport, base image, overlay blocks).
+  public static let block: UInt32 = 0x5642_4C4B  // "VBLK"
 
   /// The tag of a four-character ASCII code; traps unless `code` is exactly 4 bytes.
   public static func fourCC(_ code: String) -> UInt32 {

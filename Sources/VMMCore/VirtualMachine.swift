@@ -36,17 +36,27 @@ public struct MachineConfig: Sendable {
   public var vsockSocketPath: String
   /// Receives each console line of the guest.
   public var consoleSink: @Sendable (String) -> Void
+  /// The virtio-blk disk of a Linux guest (none for the test guest).
+  public var disk: BlockDeviceConfig?
 
   public init(
     memorySize: UInt64 = 64 << 20, vcpuCount: UInt32 = 1, guestCID: UInt32 = 3, vsockSocketPath: String,
-    consoleSink: @escaping @Sendable (String) -> Void
+    disk: BlockDeviceConfig? = nil, consoleSink: @escaping @Sendable (String) -> Void
   ) {
     self.memorySize = memorySize
     self.vcpuCount = vcpuCount
     self.guestCID = guestCID
     self.vsockSocketPath = vsockSocketPath
+    self.disk = disk
     self.consoleSink = consoleSink
   }
+}
+
+/// Interrupt lines of a Linux guest's devices (GSIs of the in-kernel IOAPIC, ISA-style edges).
+public enum LinuxIRQ {
+  public static let uart: UInt32 = 4
+  public static let vsock: UInt32 = 5
+  public static let block: UInt32 = 6
 }
 
 /// One microVM: KVM VM, guest memory, vCPU threads and devices.
@@ -64,7 +74,13 @@ public final class VirtualMachine: @unchecked Sendable {
   let vcpus: [VCPU]
   let uart: UART16550
   let vsock: VirtioVsock
+  /// The virtio-blk device of a Linux guest with a disk.
+  let block: VirtioBlock?
   let bus: IOBus
+  /// A Linux guest: in-kernel irqchip and PIT, device interrupts through irqfds, ACPI.
+  public let isLinux: Bool
+  /// The irqfds of the devices (kept open for the VM's life).
+  private let interruptFDs: [EventFD]
   let cpuid: [kvm_cpuid_entry2]
   let logger: Logger
   public let eventLoop: EventLoop
@@ -93,10 +109,29 @@ public final class VirtualMachine: @unchecked Sendable {
     self.guestImageDigest = guestImageDigest
     self.restoredFrom = restoredFrom
     self.logger = logger
+    if guestKind == "linux" && kvm.flavor == .pvm {
+      // Measured: the irqchip and PIT are created, then a stock kernel runs without ever
+      // printing; refuse instead of hanging.
+      throw VMMError(
+        .kvmUnavailable,
+        "this host's /dev/kvm is PVM (kvm_pvm, no hardware virtualization): a stock Linux kernel cannot run on it; Linux guests need KVM on VMX/SVM (see docs/linux-guests.md)"
+      )
+    }
     eventLoop = try EventLoop()
-    vm = try kvm.createVM()
+    let vm = try kvm.createVM()
+    self.vm = vm
+    let linux = guestKind == "linux"
+    isLinux = linux
     try vm.setMemoryRegion(slot: 0, guestPhysical: 0, size: memory.size, host: memory.regions[0].host)
-    if kvm.flavor == .hardware { try vm.setTSSAddress(0xFFFB_D000) }
+    if linux {
+      // Both live in the 4 GiB hole below the IOAPIC, outside guest RAM; the irqchip must exist
+      // before the vCPUs so each gets its local APIC.
+      try vm.setIdentityMapAddress(0xFFFB_C000)
+      try vm.setTSSAddress(0xFFFB_D000)
+      try vm.createInterruptControllers()
+    } else if kvm.flavor == .hardware {
+      try vm.setTSSAddress(0xFFFB_D000)
+    }
     var created: [VCPU] = []
     for index in 0..<config.vcpuCount { created.append(try VCPU(vm: vm, index: index)) }
     vcpus = created
@@ -106,13 +141,31 @@ public final class VirtualMachine: @unchecked Sendable {
     let wake = WeakBox<VirtualMachine>()
     let loop = eventLoop
     let log = logger
-    uart = UART16550(sink: config.consoleSink)
+    var irqfds: [EventFD] = []
+    /// An edge on `gsi` per call (Linux), or a wake of a vCPU parked on HLT (test guest).
+    func interruptLine(_ gsi: UInt32) throws(VMMError) -> @Sendable () -> Void {
+      guard linux else { return { wake.value?.notifyGuestWork() } }
+      let fd: EventFD
+      do { fd = try EventFD() } catch { throw VMMError(.io, "cannot create an irqfd eventfd", cause: error) }
+      try vm.registerIrqfd(fd, gsi: gsi)
+      irqfds.append(fd)
+      return { fd.signal() }
+    }
+    uart = UART16550(sink: config.consoleSink, interruptLine: linux ? try interruptLine(LinuxIRQ.uart) : nil)
     vsock = VirtioVsock(
       base: X86Layout.virtioMMIOBase, guestCID: UInt64(config.guestCID), memory: memory,
       socketPath: config.vsockSocketPath,
-      onGuestWork: { wake.value?.notifyGuestWork() },
+      onGuestWork: try interruptLine(LinuxIRQ.vsock),
       onHostWork: { loop.wake() },
       onError: { log.warning("\($0)") })
+    if let disk = config.disk {
+      block = try VirtioBlock(
+        base: X86Layout.virtioMMIOBase + X86Layout.virtioMMIOStride, config: disk, memory: memory,
+        interrupt: try interruptLine(LinuxIRQ.block), onError: { log.warning("\($0)") })
+    } else {
+      block = nil
+    }
+    interruptFDs = irqfds
     let power = PowerControl { event in
       switch event {
       case .powerOff(let code): wake.value?.finish(.poweredOff(exitCode: code))
@@ -120,13 +173,34 @@ public final class VirtualMachine: @unchecked Sendable {
       }
     }
     let reset = I8042ResetPort { wake.value?.finish(.reset) }
-    bus = IOBus(portDevices: [uart, power, reset], mmioDevices: [vsock])
+    var ports: [any PortIODevice] = [uart, power, reset]
+    if linux { ports.append(ACPISleepControl { wake.value?.finish(.poweredOff(exitCode: 0)) }) }
+    var mmio: [any MMIODevice] = [vsock]
+    if let block { mmio.append(block) }
+    bus = IOBus(portDevices: ports, mmioDevices: mmio)
     wake.value = self
     eventLoop.add(vsock)
   }
 
   deinit {
     vsock.shutdown()
+    for fd in interruptFDs { fd.fd.close() }
+  }
+
+  /// The virtio-mmio devices in window order (vsock first, then the disk), as ACPI lists them.
+  var virtioDevices: [ACPITables.VirtioDevice] { Self.virtioDevices(hasDisk: block != nil) }
+
+  static func virtioDevices(hasDisk: Bool) -> [ACPITables.VirtioDevice] {
+    var devices = [
+      ACPITables.VirtioDevice(base: X86Layout.virtioMMIOBase, size: X86Layout.virtioMMIOStride, gsi: LinuxIRQ.vsock)
+    ]
+    if hasDisk {
+      devices.append(
+        ACPITables.VirtioDevice(
+          base: X86Layout.virtioMMIOBase + X86Layout.virtioMMIOStride, size: X86Layout.virtioMMIOStride,
+          gsi: LinuxIRQ.block))
+    }
+    return devices
   }
 
   /// Boots `image` (an ELF64 test guest) into fresh memory; the VM is ready to `start()`.

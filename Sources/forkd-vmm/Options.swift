@@ -7,12 +7,19 @@ struct Options {
 
   var mode: Mode
   var image: String?
+  var kernel: String?
+  var initrd: String?
+  var commandLine: String?
+  var disk: String?
+  var commandLineDevices = false
   var snapshot: String?
   var backend = RestoreBackend.file
   var pagerSocket: String?
   var shmemImage: String?
   var pagerPolicy = PagerLink.Policy.fail
+  /// 64 MiB for the test guest, 256 MiB for Linux (a Debian kernel decompresses into ~80 MiB).
   var memoryMiB: UInt64 = 64
+  private var memoryGiven = false
   var vcpus: UInt32 = 1
   var guestCID: UInt32 = 3
   var controlSocket: String?
@@ -24,10 +31,16 @@ struct Options {
   static let usage = """
     usage: forkd-vmm boot --image PATH|builtin:test-guest --api-sock PATH --vsock-sock PATH
                           [--memory-mib N] [--vcpus N] [--cid N] [--console PATH|-|none] [--ready-fd N]
-           forkd-vmm restore --snapshot DIR --api-sock PATH --vsock-sock PATH
+           forkd-vmm boot --kernel PATH [--initrd PATH] [--cmdline STRING] [--disk PATH]
+                          [--virtio-cmdline-devices] --api-sock PATH --vsock-sock PATH
+                          [--memory-mib N (default 256)] [--vcpus N] [--cid N] [--console PATH|-|none] [--ready-fd N]
+           forkd-vmm restore --snapshot DIR --api-sock PATH --vsock-sock PATH [--disk PATH]
                           [--backend file|uffd|shmem --pager-sock PATH [--pager-policy fail|restart]
                            [--shmem-image PATH]]
                           [--console PATH|-|none] [--ready-fd N]
+    --kernel boots Linux (bzImage or ELF vmlinux, told apart by content) with ACPI-described
+    virtio-mmio devices; the default command line is "\(LinuxBootSource.defaultCommandLine)".
+    --disk is a read-only base image; the guest's writes stay in this VM (and its snapshots).
     One microVM per process, driven over its control socket (--api-sock): newline-delimited JSON
     requests {"op":"status"|"pause"|"resume"|"snapshot","dir":…|"stop"|"attach_pager","socket":…}.
     """
@@ -55,6 +68,11 @@ struct Options {
     while let flag = rest.popFirst() {
       switch flag {
       case "--image": image = try value(flag)
+      case "--kernel": kernel = try value(flag)
+      case "--initrd": initrd = try value(flag)
+      case "--cmdline": commandLine = try value(flag)
+      case "--disk": disk = try value(flag)
+      case "--virtio-cmdline-devices": commandLineDevices = true
       case "--snapshot": snapshot = try value(flag)
       case "--backend":
         let name = try value(flag)
@@ -70,7 +88,9 @@ struct Options {
           throw UsageError(description: "--pager-policy '\(name)': expected restart or fail")
         }
         pagerPolicy = parsed
-      case "--memory-mib": memoryMiB = try number(flag, UInt64.self)
+      case "--memory-mib":
+        memoryMiB = try number(flag, UInt64.self)
+        memoryGiven = true
       case "--vcpus": vcpus = try number(flag, UInt32.self)
       case "--cid": guestCID = try number(flag, UInt32.self)
       case "--api-sock": controlSocket = try value(flag)
@@ -85,7 +105,13 @@ struct Options {
     guard vsockSocket != nil else { throw UsageError(description: "--vsock-sock is required") }
     switch mode {
     case .boot:
-      guard image != nil else { throw UsageError(description: "boot needs --image") }
+      guard (image != nil) != (kernel != nil) else {
+        throw UsageError(description: "boot needs exactly one of --image (test guest) or --kernel (Linux)")
+      }
+      if kernel == nil, initrd != nil || commandLine != nil || disk != nil || commandLineDevices {
+        throw UsageError(description: "--initrd, --cmdline, --disk and --virtio-cmdline-devices need --kernel")
+      }
+      if kernel != nil && !memoryGiven { memoryMiB = 256 }
       guard (1...64).contains(vcpus) else { throw UsageError(description: "--vcpus \(vcpus): must be 1...64") }
       guard guestCID >= 3 else { throw UsageError(description: "--cid \(guestCID): guest CIDs start at 3") }
     case .restore:

@@ -12,7 +12,8 @@ import VMMCore
 
 // forkd-vmm: one microVM per process. Exit status: 0 when the guest powered off cleanly or was
 // stopped, the guest's exit code when it powered off with one, 1 when boot/restore failed,
-// 2 on a usage error, 3 when the guest crashed, 5 when its memory pager died under the fail policy.
+// 2 on a usage error, 3 when the guest crashed (a Linux kernel panic included), 4 when a Linux
+// guest rebooted, 5 when its memory pager died under the fail policy.
 
 let mainEnteredAt = Clock.monotonicNanoseconds()
 
@@ -51,19 +52,27 @@ LoggingSystem.bootstrap { label in
 let logger = Logger(label: "forkd-vmm")
 
 // The console sink: guest lines to stderr (prefixed), to a file, or nowhere.
-let consoleSink: @Sendable (String) -> Void
+let baseConsoleSink: @Sendable (String) -> Void
 switch options.console {
 case "none":
-  consoleSink = { _ in }
+  baseConsoleSink = { _ in }
 case "-":
-  consoleSink = { line in writeStderr("[guest] \(line)\n") }
+  baseConsoleSink = { line in writeStderr("[guest] \(line)\n") }
 default:
   do {
     let fd = try FileDescriptor.open(options.console, [.writeOnly, .create, .truncate], mode: 0o600)
-    consoleSink = { line in try? fd.writeAll(Array((line + "\n").utf8)) }
+    baseConsoleSink = { line in try? fd.writeAll(Array((line + "\n").utf8)) }
   } catch {
     fail(1, "cannot open the console file: \(error)", readyFD: options.readyFD)
   }
+}
+
+// A Linux guest that panics with panic=-1 reboots at once: remember the panic line so the exit
+// says why instead of "guest reset".
+let panicWatch = PanicWatch()
+let consoleSink: @Sendable (String) -> Void = { line in
+  panicWatch.observe(line)
+  baseConsoleSink(line)
 }
 
 // SIGTERM/SIGINT stop the VM cleanly: they are blocked in every thread and taken by sigwait.
@@ -77,6 +86,31 @@ var timings = RestoreTimings()
 let machine: VirtualMachine
 do {
   switch options.mode {
+  case .boot where options.kernel != nil:
+    let kernelPath = options.kernel!
+    let kernel: [UInt8]
+    do {
+      kernel = try FileSystem.readFile(kernelPath, limit: 512 << 20)
+    } catch {
+      throw VMMError(.invalidImage, "\(kernelPath): cannot read the kernel", cause: error)
+    }
+    var initrd: [UInt8]? = nil
+    if let initrdPath = options.initrd {
+      do {
+        initrd = try FileSystem.readFile(initrdPath, limit: 2 << 30)
+      } catch {
+        throw VMMError(.invalidImage, "\(initrdPath): cannot read the initrd", cause: error)
+      }
+    }
+    let source = LinuxBootSource(
+      kernel: kernel, kernelSource: kernelPath, initrd: initrd, initrdSource: options.initrd ?? "",
+      commandLine: options.commandLine ?? LinuxBootSource.defaultCommandLine,
+      commandLineDevices: options.commandLineDevices)
+    let config = MachineConfig(
+      memorySize: options.memoryMiB << 20, vcpuCount: options.vcpus, guestCID: options.guestCID,
+      vsockSocketPath: options.vsockSocket!, disk: options.disk.map { BlockDeviceConfig(basePath: $0) },
+      consoleSink: consoleSink)
+    machine = try VirtualMachine.bootLinux(config: config, source: source, logger: logger)
   case .boot:
     let imagePath = options.image!
     let image: [UInt8]
@@ -96,7 +130,7 @@ do {
   case .restore:
     machine = try VirtualMachine.restore(
       from: options.snapshot!, backend: options.backend, shmemImage: options.shmemImage,
-      vsockSocketPath: options.vsockSocket!,
+      vsockSocketPath: options.vsockSocket!, diskBasePath: options.disk,
       consoleSink: consoleSink, logger: logger, timings: &timings)
   }
 } catch let error as VMMError {
@@ -222,6 +256,13 @@ switch ending {
 case .poweredOff(let code):
   logger.info("\(ending)")
   exit(Int32(code))
+case .reset where machine.isLinux:
+  if let panic = panicWatch.line {
+    writeStderr("forkd-vmm: error: guest crashed: kernel panic (the guest rebooted): \(panic)\n")
+    exit(3)
+  }
+  writeStderr("forkd-vmm: guest rebooted: the VM ends (a Linux guest reboots on reboot(2) or on panic=-1)\n")
+  exit(4)
 case .stopped, .reset:
   logger.info("\(ending)")
   exit(0)
@@ -231,4 +272,17 @@ case .crashed(let reason):
 case .pagerLost(let reason):
   writeStderr("forkd-vmm: error: memory pager lost (policy fail): \(reason)\n")
   exit(5)
+}
+
+/// Remembers the first "Kernel panic" console line of a Linux guest.
+final class PanicWatch: @unchecked Sendable {
+  private let lock = ConditionLock()
+  private var panicLine: String?
+
+  func observe(_ line: String) {
+    guard line.contains("Kernel panic") else { return }
+    lock.withLock { if panicLine == nil { panicLine = line } }
+  }
+
+  var line: String? { lock.withLock { panicLine } }
 }

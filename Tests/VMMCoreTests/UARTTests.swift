@@ -50,3 +50,39 @@ struct UARTTests {
     #expect(throws: (any Error).self) { try restored.restoreState(Array(saved.dropLast())) }
   }
 }
+
+@Suite("UART interrupts (Linux)")
+struct UARTInterruptTests {
+  final class Counter: @unchecked Sendable { var value = 0 }
+
+  @Test("THR-empty interrupt: raised when enabled and after each byte, cleared by reading IIR")
+  func transmitInterrupt() {
+    let raised = Counter()
+    let uart = UART16550(sink: { _ in }, interruptLine: { raised.value += 1 })
+    #expect(uart.portRead(offset: 2, size: 1) == 0xC1)
+    uart.portWrite(offset: 1, size: 1, value: 0x02)  // IER: THRI
+    #expect(raised.value == 1)
+    #expect(uart.portRead(offset: 2, size: 1) == 0xC2)
+    #expect(uart.portRead(offset: 2, size: 1) == 0xC1)
+    uart.portWrite(offset: 0, size: 1, value: UInt32(UInt8(ascii: "x")))
+    #expect(raised.value == 2)
+    #expect(uart.portRead(offset: 2, size: 1) == 0xC2)
+  }
+
+  @Test("loopback mode reflects MCR outputs in MSR (Linux's 8250 probe)")
+  func loopback() {
+    let uart = UART16550(sink: { _ in }, interruptLine: { })
+    uart.portWrite(offset: 4, size: 1, value: 0x1A)  // LOOP | OUT2 | RTS
+    #expect(uart.portRead(offset: 6, size: 1) & 0xF0 == 0x90)
+    uart.portWrite(offset: 4, size: 1, value: 0x0B)
+    #expect(uart.portRead(offset: 6, size: 1) == 0xB0)
+  }
+
+  @Test("version 1 UART state (no pending flag) is still read")
+  func versionOne() throws {
+    let uart = UART16550(sink: { _ in })
+    let v2 = uart.saveState()
+    try uart.restoreState(Array(v2.dropLast()), version: 1)
+    #expect(throws: (any Error).self) { try uart.restoreState(v2, version: 3) }
+  }
+}

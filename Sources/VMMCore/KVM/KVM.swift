@@ -133,7 +133,7 @@ public final class KVMSystem: @unchecked Sendable {
 public final class VMHandle: @unchecked Sendable {
   public let fd: FileDescriptor
   public let system: KVMSystem
-  public private(set) var hasIrqchip = false
+  public internal(set) var hasIrqchip = false
 
   init(fd: FileDescriptor, system: KVMSystem) {
     self.fd = fd
@@ -158,5 +158,71 @@ public final class VMHandle: @unchecked Sendable {
 
   public func createVCPU(index: UInt32) throws(VMMError) -> FileDescriptor {
     FileDescriptor(rawValue: try kvmIoctl(fd, CKVM_CREATE_VCPU, "KVM_CREATE_VCPU", value: UInt(index)))
+  }
+}
+
+// MARK: In-kernel interrupt controllers and timers (Linux guests on hardware KVM)
+
+extension VMHandle {
+  /// Intel VMX needs an identity-mapped page for real mode below 4 GiB; AMD ignores it.
+  public func setIdentityMapAddress(_ address: UInt64) throws(VMMError) {
+    var value = address
+    try kvmIoctl(fd, CKVM_SET_IDENTITY_MAP_ADDR, "KVM_SET_IDENTITY_MAP_ADDR", &value)
+  }
+
+  /// Creates the in-kernel PIC pair, IOAPIC and per-vCPU local APICs (before any vCPU exists),
+  /// then the PIT. GSIs 0–23 are routed to the IOAPIC pins (0–15 also to the PICs).
+  public func createInterruptControllers() throws(VMMError) {
+    _ = try kvmIoctl(fd, CKVM_CREATE_IRQCHIP, "KVM_CREATE_IRQCHIP", value: 0)
+    hasIrqchip = true
+    var pit = kvm_pit_config()
+    pit.flags = CKVM_PIT_SPEAKER_DUMMY
+    try kvmIoctl(fd, CKVM_CREATE_PIT2, "KVM_CREATE_PIT2", &pit)
+  }
+
+  /// Makes every write to `eventFD` an edge on `gsi` (KVM raises and lowers the line).
+  public func registerIrqfd(_ eventFD: EventFD, gsi: UInt32) throws(VMMError) {
+    var request = kvm_irqfd()
+    request.fd = UInt32(bitPattern: eventFD.fd.rawValue)
+    request.gsi = gsi
+    try kvmIoctl(fd, CKVM_IRQFD, "KVM_IRQFD", &request)
+  }
+
+  /// The raw `kvm_irqchip` of one chip (PIC master, PIC slave, IOAPIC).
+  public func irqchipState(_ chip: UInt32) throws(VMMError) -> [UInt8] {
+    var state = kvm_irqchip()
+    state.chip_id = chip
+    try kvmIoctl(fd, CKVM_GET_IRQCHIP, "KVM_GET_IRQCHIP", &state)
+    return rawBytes(of: state)
+  }
+
+  public func setIrqchipState(_ bytes: [UInt8]) throws(VMMError) {
+    var state = value(kvm_irqchip.self, from: bytes)
+    try kvmIoctl(fd, CKVM_SET_IRQCHIP, "KVM_SET_IRQCHIP", &state)
+  }
+
+  public func pitState() throws(VMMError) -> [UInt8] {
+    var state = kvm_pit_state2()
+    try kvmIoctl(fd, CKVM_GET_PIT2, "KVM_GET_PIT2", &state)
+    return rawBytes(of: state)
+  }
+
+  public func setPITState(_ bytes: [UInt8]) throws(VMMError) {
+    var state = value(kvm_pit_state2.self, from: bytes)
+    try kvmIoctl(fd, CKVM_SET_PIT2, "KVM_SET_PIT2", &state)
+  }
+
+  /// kvmclock as the guest sees it now.
+  public func clockState() throws(VMMError) -> [UInt8] {
+    var clock = kvm_clock_data()
+    try kvmIoctl(fd, CKVM_GET_CLOCK, "KVM_GET_CLOCK", &clock)
+    return rawBytes(of: clock)
+  }
+
+  /// Continues kvmclock from the saved value (KVM only takes the clock value; flags must be 0).
+  public func setClockState(_ bytes: [UInt8]) throws(VMMError) {
+    var clock = value(kvm_clock_data.self, from: bytes)
+    clock.flags = 0
+    try kvmIoctl(fd, CKVM_SET_CLOCK, "KVM_SET_CLOCK", &clock)
   }
 }

@@ -46,27 +46,71 @@ public struct RestoreTimings: Sendable {
 }
 
 /// The VM-level config stored in vmstate.bin next to the vCPUs and devices.
+/// Version 2 adds the flags (bit 0: in-kernel irqchip, i.e. a Linux guest); version 1 is read
+/// as a test guest without them.
 struct StoredVMConfig: Equatable {
-  static let version: UInt32 = 1
+  static let version: UInt32 = 2
+  static let flagInKernelIrqchip: UInt32 = 1
   var guestCID: UInt32
   var virtioDevices: UInt32
+  var flags: UInt32 = 0
 
   var bytes: [UInt8] {
     var w = ByteWriter()
     w.u32(guestCID)
     w.u32(virtioDevices)
+    w.u32(flags)
     return w.bytes
   }
 
-  init(guestCID: UInt32, virtioDevices: UInt32) {
+  init(guestCID: UInt32, virtioDevices: UInt32, flags: UInt32 = 0) {
     self.guestCID = guestCID
     self.virtioDevices = virtioDevices
+    self.flags = flags
   }
 
-  init(_ bytes: [UInt8], source: String) throws(ProtocolError) {
+  init(_ bytes: [UInt8], version: UInt32 = StoredVMConfig.version, source: String) throws(ProtocolError) {
+    guard (1...Self.version).contains(version) else {
+      throw ProtocolError(
+        .unsupportedVersion, "\(source): VM config version \(version), this forkd reads 1...\(Self.version)")
+    }
     var r = ByteReader(bytes, source: source)
     guestCID = try r.u32()
     virtioDevices = try r.u32()
+    flags = version >= 2 ? try r.u32() : 0
+    try r.expectEnd()
+  }
+}
+
+/// The in-kernel interrupt controllers of a Linux VM: PIC master, PIC slave and IOAPIC as raw
+/// `kvm_irqchip` structs (the local APICs are per vCPU, in the VCPU sections).
+struct StoredIrqchips: Equatable {
+  static let version: UInt32 = 1
+  var chips: [[UInt8]]
+
+  var bytes: [UInt8] {
+    var w = ByteWriter()
+    w.u32(UInt32(chips.count))
+    for chip in chips { w.lengthPrefixed(chip) }
+    return w.bytes
+  }
+
+  init(chips: [[UInt8]]) { self.chips = chips }
+
+  init(_ bytes: [UInt8], source: String) throws(ProtocolError) {
+    var r = ByteReader(bytes, source: source)
+    let count = try r.u32()
+    guard count == 3 else { throw ProtocolError(.badValue, "\(source): \(count) irqchips, expected 3") }
+    chips = []
+    for index in 0..<count {
+      let chip = try r.lengthPrefixed(max: 4096)
+      guard chip.count == MemoryLayout<kvm_irqchip>.size else {
+        throw ProtocolError(
+          .badValue,
+          "\(source): irqchip \(index) is \(chip.count) bytes, this host's KVM uses \(MemoryLayout<kvm_irqchip>.size)")
+      }
+      chips.append(chip)
+    }
     try r.expectEnd()
   }
 }
@@ -110,7 +154,7 @@ extension VirtualMachine {
       throw VMMError(.io, "cannot create the staging directory \(staging)", cause: error)
     }
     do throws(VMMError) {
-      let state = try captureStateFile()
+      let state = try captureStateFile(staging: staging)
       let stateBytes = state.serialized()
       let memoryPath = staging + "/" + SnapshotManifest.defaultMemoryFile
       let memoryBytes: UInt64
@@ -176,14 +220,27 @@ extension VirtualMachine {
   }
 
   /// vCPUs, VM config and devices in one versioned container.
-  func captureStateFile() throws(VMMError) -> StateFile {
+  /// A disk's overlay goes into `staging` (the snapshot directory being written).
+  func captureStateFile(staging: String) throws(VMMError) -> StateFile {
     let msrIndices = try kvm.msrIndexList()
     let xsave = try kvm.check(CKVM_CAP_XSAVE) > 0
     let xcrs = try kvm.check(CKVM_CAP_XCRS) > 0
     var file = StateFile()
     file.append(
       tag: StateSectionTag.vmConfig, version: StoredVMConfig.version,
-      StoredVMConfig(guestCID: config.guestCID, virtioDevices: 1).bytes)
+      StoredVMConfig(
+        guestCID: config.guestCID, virtioDevices: block == nil ? 1 : 2,
+        flags: vm.hasIrqchip ? StoredVMConfig.flagInKernelIrqchip : 0
+      ).bytes)
+    if vm.hasIrqchip {
+      // kvmclock first: it is the guest's notion of time at the moment of the pause.
+      file.append(tag: StateSectionTag.clock, version: 1, try vm.clockState())
+      file.append(tag: StateSectionTag.pit, version: 1, try vm.pitState())
+      let chips = [CKVM_IRQCHIP_PIC_MASTER, CKVM_IRQCHIP_PIC_SLAVE, CKVM_IRQCHIP_IOAPIC]
+      var saved: [[UInt8]] = []
+      for chip in chips { saved.append(try vm.irqchipState(chip)) }
+      file.append(tag: StateSectionTag.irqchip, version: StoredIrqchips.version, StoredIrqchips(chips: saved).bytes)
+    }
     for vcpu in vcpus {
       let state = try vcpu.captureState(
         msrIndices: msrIndices, hasIrqchip: vm.hasIrqchip, xsave: xsave, xcrs: xcrs, cpuid: cpuid)
@@ -193,6 +250,11 @@ extension VirtualMachine {
     }
     file.append(tag: StateSectionTag.uart, version: UART16550.stateVersion, uart.saveState())
     file.append(tag: StateSectionTag.vsock, version: VirtioVsock.stateVersion, vsock.saveState())
+    if let block {
+      file.append(
+        tag: StateSectionTag.block, version: VirtioBlock.stateVersion,
+        try block.snapshot(overlayPath: staging + "/" + BlockStore.overlayFileName))
+    }
     return file
   }
 
@@ -246,7 +308,7 @@ extension VirtualMachine {
   /// MAP_PRIVATE). The VM is ready to `start()`; nothing of it runs yet.
   public static func restore(
     from directory: String, backend: RestoreBackend = .file, shmemImage: String? = nil, vsockSocketPath: String,
-    consoleSink: @escaping @Sendable (String) -> Void, logger: Logger,
+    diskBasePath: String? = nil, consoleSink: @escaping @Sendable (String) -> Void, logger: Logger,
     timings: UnsafeMutablePointer<RestoreTimings>? = nil
   ) throws(VMMError) -> VirtualMachine {
     let t0 = Clock.monotonicNanoseconds()
@@ -277,9 +339,35 @@ extension VirtualMachine {
       guard let section = loaded.state.section(StateSectionTag.vmConfig) else {
         throw ProtocolError(.missingField, "\(loaded.stateSource): no VM config section")
       }
-      storedConfig = try StoredVMConfig(section.bytes, source: "\(loaded.stateSource) section VCFG")
+      storedConfig = try StoredVMConfig(
+        section.bytes, version: section.version, source: "\(loaded.stateSource) section VCFG")
     } catch {
       throw VMMError(.invalidSnapshot, "\(error)")
+    }
+    // The disk: the same base image, with the snapshot's overlay underneath this child's writes.
+    var disk: BlockDeviceConfig? = nil
+    if let section = loaded.state.section(StateSectionTag.block) {
+      let saved: VirtioBlock.SavedDisk
+      do {
+        guard section.version == VirtioBlock.stateVersion else {
+          throw ProtocolError(
+            .unsupportedVersion,
+            "\(loaded.stateSource): virtio-blk state version \(section.version), this forkd reads \(VirtioBlock.stateVersion)")
+        }
+        saved = try VirtioBlock.savedDisk(section.bytes, source: "\(loaded.stateSource) section VBLK")
+      } catch {
+        throw VMMError(.invalidSnapshot, "\(error)")
+      }
+      disk = BlockDeviceConfig(
+        basePath: diskBasePath ?? saved.basePath,
+        inherited: .init(path: directory + "/" + BlockStore.overlayFileName, blocks: saved.overlayBlocks))
+      let store = try BlockStore(disk!)
+      guard store.size == saved.size else {
+        throw VMMError(
+          .invalidSnapshot,
+          "\(disk!.basePath): the disk image is \(store.size) bytes, the snapshot's disk was \(saved.size): not the same base image"
+        )
+      }
     }
     let vcpuSections = loaded.state.sections(StateSectionTag.vcpu)
     guard vcpuSections.count == Int(manifest.vcpuCount) else {
@@ -290,7 +378,13 @@ extension VirtualMachine {
     }
     let config = MachineConfig(
       memorySize: manifest.memorySize, vcpuCount: manifest.vcpuCount, guestCID: storedConfig.guestCID,
-      vsockSocketPath: vsockSocketPath, consoleSink: consoleSink)
+      vsockSocketPath: vsockSocketPath, disk: disk, consoleSink: consoleSink)
+    let hasIrqchip = storedConfig.flags & StoredVMConfig.flagInKernelIrqchip != 0
+    guard hasIrqchip == (manifest.guestKind == linuxGuestKind) else {
+      throw VMMError(
+        .invalidSnapshot,
+        "\(loaded.stateSource): guest kind \(manifest.guestKind) but the VM config says in-kernel irqchip = \(hasIrqchip)")
+    }
     let kvm = try KVMSystem()
     let machine = try VirtualMachine(
       config: config, memory: memory, kvm: kvm, guestKind: manifest.guestKind,
@@ -298,6 +392,30 @@ extension VirtualMachine {
     let t2 = Clock.monotonicNanoseconds()
 
     do {
+      if hasIrqchip {
+        // VM-wide devices before the vCPUs: the local APICs deliver into this irqchip state.
+        for tag in [StateSectionTag.pit, StateSectionTag.clock, StateSectionTag.irqchip] {
+          guard let section = loaded.state.section(tag) else {
+            throw ProtocolError(.missingField, "\(loaded.stateSource): no \(StateSectionTag.name(tag)) section")
+          }
+          guard section.version == 1 else {
+            throw ProtocolError(
+              .unsupportedVersion,
+              "\(loaded.stateSource): \(StateSectionTag.name(tag)) version \(section.version), this forkd reads 1")
+          }
+          switch tag {
+          case StateSectionTag.pit:
+            try sized(section.bytes, MemoryLayout<kvm_pit_state2>.size, "PIT2", loaded.stateSource)
+            try machine.vm.setPITState(section.bytes)
+          case StateSectionTag.clock:
+            try sized(section.bytes, MemoryLayout<kvm_clock_data>.size, "CLCK", loaded.stateSource)
+            try machine.vm.setClockState(section.bytes)
+          default:
+            let chips = try StoredIrqchips(section.bytes, source: "\(loaded.stateSource) section IRQC")
+            for chip in chips.chips { try machine.vm.setIrqchipState(chip) }
+          }
+        }
+      }
       for (vcpu, section) in zip(machine.vcpus, vcpuSections) {
         guard section.version == VCPUState.version else {
           throw ProtocolError(
@@ -315,11 +433,17 @@ extension VirtualMachine {
           throw ProtocolError(.missingField, "\(loaded.stateSource): no \(name) section")
         }
         if tag == StateSectionTag.uart {
-          try machine.uart.restoreState(section.bytes)
+          try machine.uart.restoreState(section.bytes, version: section.version)
         } else {
           try machine.vsock.restoreState(section.bytes)
         }
       }
+      if let block = machine.block, let section = loaded.state.section(StateSectionTag.block) {
+        try block.restoreState(section.bytes, source: "\(loaded.stateSource) section VBLK")
+      }
+      // Like Firecracker: a Linux guest drops its connections (their host ends are gone) and
+      // keeps its listeners when told the transport was reset.
+      if hasIrqchip { machine.vsock.queueTransportReset() }
     } catch let error as VMMError {
       throw error
     } catch {
@@ -370,6 +494,15 @@ public struct LoadedSnapshot: Sendable {
     } catch {
       throw VMMError(.invalidSnapshot, error.message)
     }
+  }
+}
+
+/// Checks a raw KVM struct's size before it is reinterpreted.
+private func sized(_ bytes: [UInt8], _ expected: Int, _ name: String, _ source: String) throws(ProtocolError) {
+  guard bytes.count == expected else {
+    throw ProtocolError(
+      .badValue,
+      "\(source): \(name) is \(bytes.count) bytes, this host's KVM uses \(expected): snapshot from another kernel?")
   }
 }
 

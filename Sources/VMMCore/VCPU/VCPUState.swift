@@ -156,7 +156,13 @@ extension VCPU {
     if let debug = state.debugRegs {
       try set(CKVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", value(kvm_debugregs.self, from: debug))
     }
-    if let lapic = state.lapic { try set(CKVM_SET_LAPIC, "KVM_SET_LAPIC", value(kvm_lapic_state.self, from: lapic)) }
+    if let lapic = state.lapic {
+      try set(CKVM_SET_LAPIC, "KVM_SET_LAPIC", value(kvm_lapic_state.self, from: lapic))
+      // The APIC base MSR had to come before the LAPIC state; the TSC deadline arms the LAPIC
+      // timer, so it is written again once the LAPIC exists in its restored mode.
+      let deadline = state.msrs.filter { $0.index == 0x6E0 }.map { ($0.index, $0.value) }
+      if !deadline.isEmpty { try setMSRs(deadline) }
+    }
     try set(CKVM_SET_MP_STATE, "KVM_SET_MP_STATE", value(kvm_mp_state.self, from: state.mpState))
     if let events = state.events {
       try set(CKVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", value(kvm_vcpu_events.self, from: events))

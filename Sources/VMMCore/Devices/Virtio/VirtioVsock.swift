@@ -118,6 +118,11 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
   private var keyByFD: [FileDescriptor: ConnectionKey] = [:]
   private var controlPackets: [Header] = []
   private var nextHostPort = firstHostPort
+  private var transportResetPending = false
+  /// Set from delivering the transport reset until the guest refills its event queue (Linux
+  /// handles the event first, then refills and notifies): packets sent in between, such as a
+  /// new host connection, would be reset along with the stale ones.
+  private var awaitingTransportResetAck = false
   private let onGuestWork: @Sendable () -> Void
   private let onHostWork: @Sendable () -> Void
   private let onError: @Sendable (String) -> Void
@@ -191,7 +196,11 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
         deliverToGuestLocked()
       case .notify(queue: 1):
         processTransmitLocked()
+      case .notify(queue: 2) where awaitingTransportResetAck:
+        awaitingTransportResetAck = false
+        deliverToGuestLocked()
       case .reset:
+        awaitingTransportResetAck = false
         resetConnectionsLocked()
       default:
         break
@@ -332,7 +341,7 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
 
   /// Fills the guest's receive buffers: control packets first, then connection data within credit.
   private func deliverToGuestLocked() {
-    guard transport.isActive, transport.queues[0].ready else { return }
+    guard transport.isActive, transport.queues[0].ready, !awaitingTransportResetAck else { return }
     var delivered = false
     do throws(VirtqueueError) {
       while true {
@@ -535,6 +544,30 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
 
   /// Delivers queued packets (the resets of a restore) once the vCPUs run.
   public func kick() {
-    lock.withLock { deliverToGuestLocked() }
+    lock.withLock {
+      deliverEventsLocked()
+      deliverToGuestLocked()
+    }
+  }
+
+  /// Queues VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (event id 0) for the event queue: after a restore
+  /// the guest drops every connection (their host ends are gone) and keeps its listeners.
+  public func queueTransportReset() {
+    lock.withLock { transportResetPending = true }
+  }
+
+  private func deliverEventsLocked() {
+    guard transportResetPending, transport.isActive, transport.queues[2].ready else { return }
+    do throws(VirtqueueError) {
+      guard let chain = try transport.queues[2].popAvailable(memory: memory) else { return }
+      let written = scatterWritable([0, 0, 0, 0], into: chain, memory: memory)
+      try transport.queues[2].pushUsed(head: chain.head, length: UInt32(written), memory: memory)
+      transportResetPending = false
+      awaitingTransportResetAck = true
+      transport.interruptStatus |= 1
+      onGuestWork()
+    } catch {
+      failLocked(error)
+    }
   }
 }
