@@ -116,6 +116,9 @@ let package = Package(
       ]
     ),
 
+    // The scenario the nested-SVM lane runs inside its L1 VM (scripts/nested-lane, docs/nested-lane.md).
+    .executableTarget(name: "forkd-lane", dependencies: ["VMMControl", "Protocol", "Syscalls"], linkerSettings: perChildLinking),
+
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
     .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
     .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),
@@ -125,6 +128,8 @@ let package = Package(
     .testTarget(name: "SyscallsTests", dependencies: ["Syscalls", "CUffd"]),
     // The Linux guest agent (guest/linux-agent, built by its script) over its Unix-socket seam.
     .testTarget(name: "LinuxAgentTests", dependencies: ["Protocol", "Syscalls"]),
+    // Runs scripts/nested-lane/run against the binaries of this build (needs forkd-lane built).
+    .testTarget(name: "NestedLaneTests", dependencies: ["Syscalls"]),
     .testTarget(
       name: "EndToEndTests",
       dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage", "ForkdClient"]
