@@ -63,7 +63,8 @@ let package = Package(
       linkerSettings: perChildLinking
     ),
     .executableTarget(
-      name: "forkd-pager", dependencies: ["Syscalls", "Protocol", "SeccompFilters"], linkerSettings: perChildLinking),
+      name: "forkd-pager", dependencies: ["Syscalls", "Protocol", "SnapshotStorage", "SeccompFilters"],
+      linkerSettings: perChildLinking),
     // Build-time compilation of the role policies to BPF, embedded for the per-child processes.
     .target(name: "CSeccompLoad"),
     .executableTarget(name: "forkd-seccomp-compile", dependencies: ["Sandbox", "Syscalls"]),

@@ -1,4 +1,5 @@
 import Protocol
+import SnapshotStorage
 import Syscalls
 
 #if canImport(Glibc)
@@ -21,53 +22,12 @@ struct PageBitmap {
   mutating func insert(range: Range<Int>) { for page in range { insert(page) } }
 }
 
-/// The memory source mapped read-only, with the pages that hold data (the rest are holes).
-final class MemorySource {
-  let path: String
-  let size: UInt64
-  let base: UnsafeRawPointer?
-  let dataPages: PageBitmap
-  let dataPageCount: Int
-
-  init(path: String) throws(PagerError) {
-    self.path = path
-    let fd: FileDescriptor
-    do {
-      fd = try FileDescriptor.open(path, .readOnly)
-    } catch {
-      throw PagerError(code: "invalid_source", message: "\(path): cannot open the memory source: \(error)")
-    }
-    defer { fd.close() }
-    do {
-      size = UInt64(try fd.size())
-      base = size == 0 ? nil : UnsafeRawPointer(try MemoryMapping.sharedFile(fd, size: Int(size), protection: .read))
-      // Holes (SEEK_HOLE) are zero pages: they are answered with UFFDIO_ZEROPAGE, never read.
-      let pages = Int((size + 4095) / 4096)
-      var bitmap = PageBitmap(pages: pages)
-      var count = 0
-      var offset: Int64 = 0
-      while offset < Int64(size), let dataStart = try fd.seek(data: offset) {
-        let dataEnd = try fd.seek(hole: dataStart) ?? Int64(size)
-        let first = Int(dataStart / 4096)
-        let last = Int((dataEnd + 4095) / 4096)
-        bitmap.insert(range: first..<min(last, pages))
-        count += min(last, pages) - first
-        offset = dataEnd
-      }
-      dataPages = bitmap
-      dataPageCount = count
-    } catch {
-      throw PagerError(code: "invalid_source", message: "\(path): cannot map the memory source: \(error)")
-    }
-  }
-}
-
 /// What the handshake established.
 struct Session {
   let uffd: Userfault
   let hello: PagerHello
   let vmSocket: FileDescriptor
-  let source: LayeredSource
+  let source: ChainImage
 }
 
 enum Handshake {
@@ -176,7 +136,12 @@ enum Handshake {
     if let peer = try? UnixSocket.peerPID(vm), peer != hello.vmPID {
       throw PagerError(code: "bad_handshake", message: "vm_pid \(hello.vmPID) is not the connected process (\(peer))")
     }
-    let source = try LayeredSource(chain: hello.memory.chain)
+    let source: ChainImage
+    do {
+      source = try ChainImage(layers: hello.memory.chain.map { ChainImage.Layer(memory: $0.memory, pageIndex: $0.pageIndex) })
+    } catch {
+      throw PagerError(code: "invalid_source", message: error.description)
+    }
     for (index, region) in hello.regions.enumerated() where region.fileOffset + region.size > source.size {
       throw PagerError(
         code: "bad_handshake",

@@ -1,4 +1,5 @@
 import Protocol
+import SnapshotStorage
 import Syscalls
 
 #if canImport(Glibc)
@@ -74,18 +75,18 @@ final class PageServer {
     let uffd = session.uffd
     do {
       if minorMode {
-        if minorFault ?? session.source.dataPages.contains(page) {
+        if minorFault ?? session.source.hasData(page) {
           _ = try uffd.continue(at: host, length: 4096, wake: wake)
           stats.continues += 1
         } else {
           _ = try uffd.zeroPage(at: host, length: 4096, wake: wake)
           stats.zeroPages += 1
         }
-      } else if removed.contains(page) || !session.source.dataPages.contains(page) {
+      } else if removed.contains(page) || !session.source.hasData(page) {
         _ = try uffd.zeroPage(at: host, length: 4096, wake: wake)
         stats.zeroPages += 1
       } else {
-        _ = try uffd.copy(to: host, from: session.source.pointer(page), length: 4096, wake: wake)
+        _ = try uffd.copy(to: host, from: session.source.page(page)!, length: 4096, wake: wake)
         stats.copies += 1
         stats.bytesCopied += 4096
       }

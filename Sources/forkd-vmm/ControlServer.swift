@@ -114,7 +114,7 @@ final class ControlServer: PollSource {
         mode = .diff(parentDirectory: restoredFrom)
       }
       do {
-        let result = try machine.snapshot(to: directory, parentTag: parentTag, mode: mode)
+        let result = try machine.snapshot(to: directory, parentTag: parentTag, mode: mode, restoredFrom: restoredFrom)
         var fields: [String: JSONValue] = [
           "dir": .string(result.directory),
           "memory_size": .integer(Int64(result.manifest.memorySize)),

@@ -119,10 +119,20 @@ extension VirtualMachine {
   /// Writes a snapshot into `directory`, which must not exist: everything goes to a staging
   /// directory beside it first and is renamed into place only when complete and synced.
   /// The VM is paused for the capture and returned to its previous run state.
-  public func snapshot(to directory: String, parentTag: String?, mode: SnapshotMode = .full) throws(VMMError)
-    -> SnapshotResult
-  {
+  /// `restoredFrom`: the snapshot this VM was restored from. A pager-backed VM holds only the
+  /// pages it touched; the others are read from that snapshot instead of being faulted in.
+  public func snapshot(
+    to directory: String, parentTag: String?, mode: SnapshotMode = .full, restoredFrom: String? = nil
+  ) throws(VMMError) -> SnapshotResult {
     let started = Clock.monotonicNanoseconds()
+    var origin: ChainImage?
+    if case .userfault = memory.backend, let restoredFrom {
+      do {
+        origin = try ChainImage(chain: SnapshotChain.load(top: restoredFrom))
+      } catch {
+        throw VMMError(.invalidSnapshot, error.message, cause: error.cause)
+      }
+    }
     // A diff layer records its parent's content digest; read it before pausing.
     var parentContentDigest: String?
     if case .diff(let parentDirectory) = mode {
@@ -161,9 +171,15 @@ extension VirtualMachine {
       var diffIndex: PageIndex?
       switch mode {
       case .full:
-        memoryBytes = try writeMemory(to: memoryPath)
+        if let origin {
+          memoryBytes = try writeMemory(to: memoryPath, over: origin, touched: DirtyPages.scan(memory))
+        } else {
+          memoryBytes = try writeMemory(to: memoryPath)
+        }
       case .diff:
-        let index = try DirtyPages.scan(memory)
+        var index = try DirtyPages.scan(memory)
+        // A pager-backed VM also holds pages it only read: keep the ones that differ.
+        if let origin { index = changedPages(index, comparedTo: origin) }
         memoryBytes = try writeDiffMemory(index, to: memoryPath)
         diffIndex = index
       }

@@ -1,4 +1,5 @@
 import Protocol
+import SnapshotStorage
 import Syscalls
 
 #if canImport(Glibc)
@@ -83,6 +84,49 @@ extension VirtualMachine {
     } catch {
       throw VMMError(.io, "\(path): cannot write the diff layer", cause: error)
     }
+  }
+}
+
+extension VirtualMachine {
+  /// A full memory.bin of a pager-backed VM: the pages it touched from its memory, every other
+  /// page from the snapshot it was restored from (never faulted in through the pager).
+  func writeMemory(to path: String, over origin: ChainImage, touched: PageIndex) throws(VMMError) -> UInt64 {
+    do {
+      let fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
+      defer { fd.close() }
+      try fd.truncate(to: Int64(memory.size))
+      var written: UInt64 = 0
+      for page in 0..<touched.pageCount {
+        let source: UnsafeRawPointer?
+        if touched.contains(page) {
+          source = memory.hostAddress(ofFilePage: page).map { UnsafeRawPointer($0) }
+        } else {
+          source = origin.page(page)
+        }
+        guard let source, !isZeroPage(source) else { continue }
+        try fd.pwriteAll(UnsafeRawBufferPointer(start: source, count: 4096), at: Int64(page) * 4096)
+        written += 4096
+      }
+      return written
+    } catch {
+      throw VMMError(.io, "\(path): cannot write guest memory", cause: error)
+    }
+  }
+
+  /// The pages of `candidates` whose content differs from `origin`.
+  func changedPages(_ candidates: PageIndex, comparedTo origin: ChainImage) -> PageIndex {
+    var changed = PageIndex(pageCount: candidates.pageCount)
+    for page in candidates.pages {
+      guard let host = memory.hostAddress(ofFilePage: page) else { continue }
+      let differs: Bool
+      if let before = origin.page(page) {
+        differs = memcmp(host, before, 4096) != 0
+      } else {
+        differs = !isZeroPage(host)
+      }
+      if differs { changed.insert(page) }
+    }
+    return changed
   }
 }
 

@@ -1,0 +1,117 @@
+import Protocol
+import Syscalls
+
+/// The logical memory of a snapshot chain, mapped read-only: each page resolved once, when the
+/// image is opened, to the topmost layer holding it, so reading a page costs the same at any
+/// depth. Used by the pager to answer faults and by forkd-vmm to snapshot pages it never touched.
+public final class ChainImage: @unchecked Sendable {
+  public struct Layer: Sendable {
+    public let memory: String
+    public let pageIndex: String?
+    public init(memory: String, pageIndex: String?) {
+      self.memory = memory
+      self.pageIndex = pageIndex
+    }
+  }
+
+  /// Logical bytes (every layer's memory.bin has this size).
+  public let size: UInt64
+  public let pageCount: Int
+  /// Pages with data in the layer that owns them; the others read as zero.
+  public let dataPageCount: Int
+  public var path: String { paths.last! }
+
+  private let paths: [String]
+  private let bases: [UnsafeRawPointer?]
+  private let sizes: [Int]
+  private var data: [UInt64]
+  /// The owning layer of each page, for chains only (a flat image owns every page).
+  private let owner: [UInt8]
+
+  public convenience init(chain: SnapshotChain) throws(SnapshotStorageError) {
+    try self.init(layers: chain.layers.map { Layer(memory: $0.memoryPath, pageIndex: $0.pageIndexPath) })
+  }
+
+  /// `layers`: the base (no index) first.
+  public init(layers: [Layer]) throws(SnapshotStorageError) {
+    var mapped: [(UnsafeRawPointer?, Int)] = []
+    var dataSets: [[UInt64]] = []
+    for layer in layers {
+      do {
+        let fd = try FileDescriptor.open(layer.memory, .readOnly)
+        defer { fd.close() }
+        let size = Int(try fd.size())
+        let base = size == 0 ? nil : UnsafeRawPointer(try MemoryMapping.sharedFile(fd, size: size, protection: .read))
+        mapped.append((base, size))
+        // Holes (SEEK_HOLE) are zero pages: never read, answered as zero.
+        let pages = (size + 4095) / 4096
+        var words = [UInt64](repeating: 0, count: (pages + 63) / 64)
+        var offset: Int64 = 0
+        while offset < Int64(size), let dataStart = try fd.seek(data: offset) {
+          let dataEnd = try fd.seek(hole: dataStart) ?? Int64(size)
+          for page in Int(dataStart / 4096)..<min(pages, Int((dataEnd + 4095) / 4096)) {
+            words[page >> 6] |= 1 << UInt64(page & 63)
+          }
+          offset = dataEnd
+        }
+        dataSets.append(words)
+      } catch {
+        for (base, size) in mapped where base != nil { MemoryMapping.unmap(UnsafeMutableRawPointer(mutating: base!), size: size) }
+        throw SnapshotStorageError(.invalidSnapshot, "\(layer.memory): cannot map the memory layer", cause: error)
+      }
+    }
+    paths = layers.map(\.memory)
+    bases = mapped.map(\.0)
+    sizes = mapped.map(\.1)
+    size = UInt64(sizes[0])
+    pageCount = (sizes[0] + 4095) / 4096
+    for (layer, bytes) in zip(layers, sizes) where bytes != sizes[0] {
+      throw SnapshotStorageError(
+        .invalidSnapshot, "\(layer.memory) has \(bytes) bytes but the chain's base \(paths[0]) has \(sizes[0])")
+    }
+    guard layers.count > 1 else {
+      owner = []
+      data = dataSets[0]
+      dataPageCount = data.reduce(0) { $0 + $1.nonzeroBitCount }
+      return
+    }
+    var owner = [UInt8](repeating: 0, count: pageCount)
+    for (depth, layer) in layers.enumerated().dropFirst() {
+      guard let indexPath = layer.pageIndex else {
+        throw SnapshotStorageError(.invalidSnapshot, "\(layer.memory): a layer above the base needs its page index")
+      }
+      do {
+        let index = try PageIndex.parse(FileSystem.readFile(indexPath), source: indexPath, expectedPages: pageCount)
+        for page in index.pages { owner[page] = UInt8(depth) }
+      } catch {
+        throw SnapshotStorageError(.invalidSnapshot, "\(indexPath): \(error)")
+      }
+    }
+    var words = [UInt64](repeating: 0, count: (pageCount + 63) / 64)
+    var count = 0
+    for page in 0..<pageCount where dataSets[Int(owner[page])][page >> 6] & (1 << UInt64(page & 63)) != 0 {
+      words[page >> 6] |= 1 << UInt64(page & 63)
+      count += 1
+    }
+    self.owner = owner
+    data = words
+    dataPageCount = count
+  }
+
+  deinit {
+    for (base, size) in zip(bases, sizes) where base != nil {
+      MemoryMapping.unmap(UnsafeMutableRawPointer(mutating: base!), size: size)
+    }
+  }
+
+  /// Whether the page holds data (false: it reads as zero).
+  @inline(__always) public func hasData(_ page: Int) -> Bool {
+    page >= 0 && page < pageCount && data[page >> 6] & (1 << UInt64(page & 63)) != 0
+  }
+
+  /// The page's bytes in the layer that owns it; nil for a zero page.
+  @inline(__always) public func page(_ page: Int) -> UnsafeRawPointer? {
+    guard hasData(page) else { return nil }
+    return bases[owner.isEmpty ? 0 : Int(owner[page])]! + page * 4096
+  }
+}
