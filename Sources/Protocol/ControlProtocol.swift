@@ -6,7 +6,12 @@ public enum ControlRequest: Equatable, Sendable {
   /// Write a snapshot into `directory` (created by the VMM); `parentTag` is recorded in the manifest.
   /// `diff`: only the pages changed since the VM was restored, as a layer over the snapshot it
   /// was restored from (`parentTag` must name that snapshot).
-  case snapshot(directory: String, parentTag: String?, diff: Bool = false)
+  /// `live`: the guest is paused only to capture state and arm write-protection, then runs while
+  /// memory is copied (pager-backed VMs); with `wait: false` the answer comes once the guest
+  /// runs again and `snapshotWait` collects the outcome.
+  case snapshot(directory: String, parentTag: String?, diff: Bool = false, live: Bool = false, wait: Bool = true)
+  /// Waits for a live snapshot started with `wait: false` and returns its outcome.
+  case snapshotWait(directory: String)
   case stop
   /// Hand the VM's userfaultfd to a (new) pager listening on `socket` (the restart policy).
   case attachPager(socket: String)
@@ -18,6 +23,7 @@ public enum ControlRequest: Equatable, Sendable {
     case .pause: return "pause"
     case .resume: return "resume"
     case .snapshot: return "snapshot"
+    case .snapshotWait: return "snapshot_wait"
     case .stop: return "stop"
     case .attachPager: return "attach_pager"
     }
@@ -70,6 +76,7 @@ public enum ControlCodec {
     static let parentTag = "parent_tag"
     static let socket = "socket"
     static let mode = "mode"
+    static let wait = "wait"
     static let ok = "ok"
     static let result = "result"
     static let error = "error"
@@ -79,11 +86,14 @@ public enum ControlCodec {
 
   public static func encode(_ r: ControlRequest) -> String {
     var o: [String: JSONValue] = [Key.op: .string(r.op)]
-    if case .snapshot(let directory, let parentTag, let diff) = r {
+    if case .snapshot(let directory, let parentTag, let diff, let live, let wait) = r {
       o[Key.dir] = .string(directory)
       if let parentTag { o[Key.parentTag] = .string(parentTag) }
       if diff { o[Key.mode] = .string("diff") }
+      if live { o[Key.mode] = .string("live") }
+      if !wait { o[Key.wait] = .bool(false) }
     }
+    if case .snapshotWait(let directory) = r { o[Key.dir] = .string(directory) }
     if case .attachPager(let socket) = r { o[Key.socket] = .string(socket) }
     return JSONValue.object(o).serialized() + "\n"
   }
@@ -118,11 +128,21 @@ public enum ControlCodec {
         throw r.invalid(Key.parentTag, expected: SnapshotTag.ruleDescription)
       }
       let mode = try r.optionalString(Key.mode) ?? "full"
-      guard mode == "full" || mode == "diff" else { throw r.invalid(Key.mode, expected: "\"full\" or \"diff\"") }
+      guard ["full", "diff", "live"].contains(mode) else {
+        throw r.invalid(Key.mode, expected: "\"full\", \"diff\" or \"live\"")
+      }
       if mode == "diff" && parentTag == nil {
         throw r.invalid(Key.parentTag, expected: "the tag of the snapshot the VM was restored from (needed for diff)")
       }
-      return .snapshot(directory: directory, parentTag: parentTag, diff: mode == "diff")
+      let wait = try r.optionalBool(Key.wait) ?? true
+      if !wait && mode != "live" { throw r.invalid(Key.wait, expected: "true unless mode is live") }
+      return .snapshot(directory: directory, parentTag: parentTag, diff: mode == "diff", live: mode == "live", wait: wait)
+    case "snapshot_wait":
+      let directory = try r.string(Key.dir)
+      if directory.isEmpty || directory.utf8.contains(0) {
+        throw r.invalid(Key.dir, expected: "a non-empty path without NUL bytes")
+      }
+      return .snapshotWait(directory: directory)
     case "attach_pager":
       let socket = try r.string(Key.socket)
       if socket.isEmpty || socket.utf8.contains(0) {
@@ -133,7 +153,7 @@ public enum ControlCodec {
       var quoted = ""
       JSONValue.writeString(op, to: &quoted)
       throw ProtocolError(
-        .unknownType, "\(source): unknown op \(quoted) (expected status, pause, resume, snapshot, stop or attach_pager)"
+        .unknownType, "\(source): unknown op \(quoted) (expected status, pause, resume, snapshot, snapshot_wait, stop or attach_pager)"
       )
     }
   }

@@ -11,6 +11,11 @@ public enum PagerHandshake {
   public static let maxRegions = 64
   /// Deepest diff chain a pager serves (base + 63 layers).
   public static let maxLayers = 64
+  /// After the ack the VM may send one-byte commands on the same socket. Suspend: the pager
+  /// serves the faults it has read, answers with the same byte and stops reading the uffd (the
+  /// VM reads it itself during a live snapshot). Resume: the pager reads the uffd again.
+  public static let suspendCommand: UInt8 = 0x53  // "S"
+  public static let resumeCommand: UInt8 = 0x52  // "R"
 }
 
 /// One memory layer: the base is a full snapshot's memory.bin; every later layer is a diff

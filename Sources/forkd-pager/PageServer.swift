@@ -32,6 +32,8 @@ final class PageServer {
   private var pendingFaults: [(address: UInt64, minor: Bool)] = []
   private let minorMode: Bool
   private var vmGone = false
+  /// The VM reads the uffd itself (a live snapshot): no fault is read or prefetched meanwhile.
+  private var suspended = false
   private(set) var exitReason = ""
 
   init(session: Session, listener: FileDescriptor, recorder: WorkingSetRecorder?, prefetch: [UInt64]) {
@@ -220,32 +222,53 @@ final class PageServer {
   func run() {
     while !vmGone {
       var entries: [(FileDescriptor, Poll.Events)] = [
-        (session.uffd.fd, .readable), (session.vmSocket, .readable), (listener, .readable),
+        (session.uffd.fd, suspended ? [] : .readable), (session.vmSocket, .readable), (listener, .readable),
       ]
       for fd in clients.keys { entries.append((fd, .readable)) }
-      let busy = !pendingFaults.isEmpty || !prefetch.isEmpty
+      let busy = !suspended && (!pendingFaults.isEmpty || !prefetch.isEmpty)
       guard let ready = try? Poll.wait(entries, timeoutMS: busy ? 0 : 1000) else { continue }
-      if !ready[0].isEmpty || !pendingFaults.isEmpty {
+      if !suspended && (!ready[0].isEmpty || !pendingFaults.isEmpty) {
         drainEvents()
         servePending()
       }
-      if !ready[1].isEmpty {
-        var byte: UInt8 = 0
-        if Glibc.read(session.vmSocket.rawValue, &byte, 1) <= 0 {
-          vmGone = true
-          exitReason = "the VM closed its pager connection"
-        }
-      }
+      if !ready[1].isEmpty { handleVMCommand() }
       if !ready[2].isEmpty {
         while let client = try? UnixSocket.accept(listener) { clients[client] = LineDecoder() }
       }
       for (i, entry) in entries.enumerated().dropFirst(3) where !ready[i].isEmpty {
         serveClient(entry.0)
       }
-      if ready[0].isEmpty && pendingFaults.isEmpty && !prefetch.isEmpty { prefetchBatch() }
+      if !suspended && ready[0].isEmpty && pendingFaults.isEmpty && !prefetch.isEmpty { prefetchBatch() }
     }
     for fd in clients.keys { fd.close() }
     clients.removeAll()
+  }
+
+  /// A byte from the VM: suspend/resume (live snapshots), or end of file when the VM is gone.
+  private func handleVMCommand() {
+    var byte: UInt8 = 0
+    guard Glibc.read(session.vmSocket.rawValue, &byte, 1) == 1 else {
+      vmGone = true
+      exitReason = "the VM closed its pager connection"
+      return
+    }
+    switch byte {
+    case PagerHandshake.suspendCommand:
+      // Faults already read are served first: the VM must not wait for a fault nobody reads.
+      var rounds = 0
+      while !pendingFaults.isEmpty && rounds < 1000 {
+        drainEvents()
+        servePending()
+        rounds += 1
+      }
+      suspended = true
+      var ack = PagerHandshake.suspendCommand
+      _ = Glibc.write(session.vmSocket.rawValue, &ack, 1)
+    case PagerHandshake.resumeCommand:
+      suspended = false
+    default:
+      writeLog("pager: unknown command byte 0x\(String(byte, radix: 16)) from the VM; ignored")
+    }
   }
 
   func saveWorkingSet() -> Int? {

@@ -15,10 +15,20 @@ final class ControlServer: PollSource {
   private let pager: PagerLink?
   /// The snapshot this VM was restored from: diff snapshots are layers over it.
   private let restoredFrom: String?
+  /// Live snapshots answered before their copy finished (`wait: false`), by directory.
+  private var liveJobs: [String: LiveSnapshotJob] = [:]
+  /// Test seam: slows the live copier (microseconds per 64 pages), from FORKD_TEST_LIVE_COPY_DELAY_US.
+  private let liveCopyDelay: UInt32 = getenv("FORKD_TEST_LIVE_COPY_DELAY_US").flatMap { UInt32(String(cString: $0)) } ?? 0
   /// Set by `stop`: the process exits after answering.
   private(set) var stopRequested = false
 
-  init(path: String, machine: VirtualMachine, pager: PagerLink?, restoredFrom: String?) throws(VMMError) {
+  /// Runs live snapshot copies; created before the seccomp filter (which forbids new threads).
+  private let worker: Worker?
+
+  init(path: String, machine: VirtualMachine, pager: PagerLink?, restoredFrom: String?, worker: Worker?)
+    throws(VMMError)
+  {
+    self.worker = worker
     self.path = path
     self.machine = machine
     self.pager = pager
@@ -28,6 +38,28 @@ final class ControlServer: PollSource {
       try listener.setNonBlocking()
     } catch {
       throw VMMError(.io, "cannot listen on the control socket \(path)", cause: error)
+    }
+  }
+
+  private func snapshotOutcome(_ outcome: Result<SnapshotResult, VMMError>) -> ControlResponse {
+    switch outcome {
+    case .failure(let error):
+      return .failure(code: error.code.rawValue, message: error.description)
+    case .success(let result):
+      var fields: [String: JSONValue] = [
+        "dir": .string(result.directory),
+        "status": .string("ready"),
+        "memory_size": .integer(Int64(result.manifest.memorySize)),
+        "memory_data_bytes": .integer(Int64(result.memoryDataBytes)),
+        "state_bytes": .integer(Int64(result.stateBytes)),
+        "pause_us": .integer(Int64(result.pauseNanoseconds / 1000)),
+        "total_us": .integer(Int64(result.totalNanoseconds / 1000)),
+        "guest_image_digest": .string(result.manifest.guestImageDigest),
+        "memory_layer": .string(result.manifest.memoryLayer.rawValue),
+      ]
+      if let pages = result.layerPages { fields["layer_pages"] = .integer(Int64(pages)) }
+      if let digest = result.manifest.contentDigest { fields["content_digest"] = .string(digest) }
+      return .success(fields)
     }
   }
 
@@ -104,7 +136,34 @@ final class ControlServer: PollSource {
       guard machine.exit == nil else { return exited() }
       machine.resume()
       return .success(["state": .string("running")])
-    case .snapshot(let directory, let parentTag, let diff):
+    case .snapshot(let directory, let parentTag, _, true, let wait):
+      guard machine.exit == nil else { return exited() }
+      guard let pager, let restoredFrom, let worker else {
+        return .failure(
+          code: "invalid_config",
+          message: "a live snapshot needs a pager-backed VM (restored with --backend uffd); this one has none")
+      }
+      do {
+        let job = try machine.liveSnapshot(
+          to: directory, parentTag: parentTag, restoredFrom: restoredFrom, pager: pager, worker: worker,
+          copyDelayMicroseconds: liveCopyDelay)
+        guard wait else {
+          liveJobs[directory] = job
+          return .success([
+            "dir": .string(directory), "status": .string("writing"),
+            "pause_us": .integer(Int64(job.pauseNanoseconds / 1000)), "memory_layer": .string("full"),
+          ])
+        }
+        return snapshotOutcome(job.wait())
+      } catch {
+        return .failure(code: error.code.rawValue, message: error.description)
+      }
+    case .snapshotWait(let directory):
+      guard let job = liveJobs.removeValue(forKey: directory) else {
+        return .failure(code: "not_found", message: "no live snapshot into \(directory) is in progress")
+      }
+      return snapshotOutcome(job.wait())
+    case .snapshot(let directory, let parentTag, let diff, _, _):
       guard machine.exit == nil else { return exited() }
       var mode = SnapshotMode.full
       if diff {
@@ -115,19 +174,7 @@ final class ControlServer: PollSource {
       }
       do {
         let result = try machine.snapshot(to: directory, parentTag: parentTag, mode: mode, restoredFrom: restoredFrom)
-        var fields: [String: JSONValue] = [
-          "dir": .string(result.directory),
-          "memory_size": .integer(Int64(result.manifest.memorySize)),
-          "memory_data_bytes": .integer(Int64(result.memoryDataBytes)),
-          "state_bytes": .integer(Int64(result.stateBytes)),
-          "pause_us": .integer(Int64(result.pauseNanoseconds / 1000)),
-          "total_us": .integer(Int64(result.totalNanoseconds / 1000)),
-          "guest_image_digest": .string(result.manifest.guestImageDigest),
-          "memory_layer": .string(result.manifest.memoryLayer.rawValue),
-        ]
-        if let pages = result.layerPages { fields["layer_pages"] = .integer(Int64(pages)) }
-        if let digest = result.manifest.contentDigest { fields["content_digest"] = .string(digest) }
-        return .success(fields)
+        return snapshotOutcome(.success(result))
       } catch {
         return .failure(code: error.code.rawValue, message: error.description)
       }

@@ -183,11 +183,20 @@ if let pagerSource {
 // is stalled on a page fault that only a new pager can resolve.
 let controlLoop: EventLoop
 let server: ControlServer
-do {
+do throws(VMMError) {
   controlLoop = try EventLoop()
+  // Live snapshots copy on a thread of their own, which must exist before the seccomp filter.
+  var liveCopyWorker: Worker?
+  if pager != nil {
+    do {
+      liveCopyWorker = try Worker(name: "live-copy")
+    } catch {
+      throw VMMError(.io, "cannot start the live-copy thread", cause: error)
+    }
+  }
   server = try ControlServer(
     path: options.controlSocket!, machine: machine, pager: pager,
-    restoredFrom: options.mode == .restore ? options.snapshot : nil)
+    restoredFrom: options.mode == .restore ? options.snapshot : nil, worker: liveCopyWorker)
 } catch {
   machine.close()
   fail(1, error.description, readyFD: options.readyFD)

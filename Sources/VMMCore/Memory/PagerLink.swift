@@ -55,7 +55,9 @@ public final class PagerLink: PollSource, @unchecked Sendable {
       for region in memory.regions {
         try uffd.register(
           start: UInt64(UInt(bitPattern: region.host)), length: region.size,
-          mode: minor ? [.missing, .minor] : .missing)
+          // Copy mode also registers write-protection: a live snapshot arms it to copy each page
+          // before the guest's first write after the pause lands.
+          mode: minor ? [.missing, .minor] : [.missing, .writeProtect])
       }
     } catch {
       uffd.fd.close()
@@ -152,7 +154,8 @@ public final class PagerLink: PollSource, @unchecked Sendable {
     lock.withLock { socket.map { [($0, Poll.Events.readable)] } ?? [] }
   }
 
-  /// The pager never writes after its ack: readability means it closed (it exited or died).
+  /// After its ack the pager writes only suspend acknowledgements (read by `suspendPager`); end
+  /// of file means it closed (it exited or died).
   public func handle(_ fd: FileDescriptor, _ events: Poll.Events) {
     var byte: UInt8 = 0
     let n = Glibc.read(fd.rawValue, &byte, 1)
@@ -167,4 +170,39 @@ public final class PagerLink: PollSource, @unchecked Sendable {
   }
 
   public var isAttached: Bool { lock.withLock { socket != nil } }
+
+  // MARK: Taking the uffd over (live snapshots)
+
+  /// Asks the pager to stop reading the uffd, after serving what it has read; returns when it
+  /// acknowledged. Called from the loop that watches this link (the control loop), which is
+  /// therefore not reading the socket meanwhile: the acknowledgement is read here.
+  public func suspendPager(timeoutMS: Int = 5000) throws(VMMError) {
+    guard let fd = lock.withLock({ socket }) else {
+      throw VMMError(.guestMemory, "no pager is attached: the uffd cannot be handed over")
+    }
+    var command = PagerHandshake.suspendCommand
+    guard Glibc.write(fd.rawValue, &command, 1) == 1 else {
+      throw VMMError(.guestMemory, "cannot ask the pager (pid \(pagerPID)) to suspend", cause: SyscallError("write", .current))
+    }
+    let deadline = Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000
+    while true {
+      let now = Clock.monotonicNanoseconds()
+      guard now < deadline else {
+        throw VMMError(.guestMemory, "the pager (pid \(pagerPID)) did not acknowledge suspend within \(timeoutMS) ms")
+      }
+      let ready = (try? Poll.wait([(fd, .readable)], timeoutMS: Int32((deadline - now) / 1_000_000) + 1)) ?? [[]]
+      if ready[0].isEmpty { continue }
+      var byte: UInt8 = 0
+      let n = Glibc.read(fd.rawValue, &byte, 1)
+      if n == 1 && byte == PagerHandshake.suspendCommand { return }
+      if n <= 0 { throw VMMError(.guestMemory, "the pager (pid \(pagerPID)) closed its connection instead of suspending") }
+    }
+  }
+
+  /// Lets the pager read the uffd again.
+  public func resumePager() {
+    guard let fd = lock.withLock({ socket }) else { return }
+    var command = PagerHandshake.resumeCommand
+    _ = Glibc.write(fd.rawValue, &command, 1)
+  }
 }

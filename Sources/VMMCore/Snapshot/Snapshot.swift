@@ -227,7 +227,7 @@ extension VirtualMachine {
     }
   }
 
-  private func layerDigest(_ memoryPath: String, _ index: PageIndex?) throws(VMMError) -> String {
+  func layerDigest(_ memoryPath: String, _ index: PageIndex?) throws(VMMError) -> String {
     do {
       return try LayerDigest.compute(memoryPath: memoryPath, index: index)
     } catch {
