@@ -233,8 +233,9 @@ public final class SandboxManager: @unchecked Sendable {
   /// resumes while the files are synced. The snapshot records the source's snapshot as parent.
   public func branch(_ id: String, _ request: BranchRequest) throws(APIError) -> SnapshotInfo {
     let source = try sandbox(id)
-    guard request.mode != .live else {
-      throw .badRequest("branch mode live is not available in this build (use full or diff)")
+    if request.mode == .live && !source.child.backend.servesChains {
+      throw .badRequest(
+        "branch mode live needs a pager-backed sandbox (backend uffd); \(id) uses \(source.child.backend.name)")
     }
     let tag = request.tag ?? "branch-\(id)-\(Clock.unixSeconds())-\(randomHex(4))"
     try lock.withLock { () throws(APIError) in
@@ -243,24 +244,63 @@ public final class SandboxManager: @unchecked Sendable {
       }
       branchesInFlight += 1
     }
-    defer { lock.withLock { branchesInFlight -= 1 } }
+    // Released when the branch is done: for a live branch answered early, when its copy ends.
+    var handedOff = false
+    defer {
+      if !handedOff {
+        lock.withLock { branchesInFlight -= 1 }
+      }
+    }
     try store.reserve(tag, existsStatus: 409)
-    defer { store.release(tag) }
+    defer { if !handedOff { store.release(tag) } }
+    let directory = store.path(tag)
     let result: [String: JSONValue]
     do {
       result = try source.child.vmm.control().call(
-        .snapshot(directory: store.path(tag), parentTag: source.snapshotTag, diff: request.mode == .diff),
-        timeoutMS: 120_000)
+        .snapshot(
+          directory: directory, parentTag: source.snapshotTag, diff: request.mode == .diff,
+          live: request.mode == .live, wait: request.wait),
+        timeoutMS: 600_000)
     } catch {
       throw .internalError("branch of \(id) failed: \(error)")
     }
     source.lock.withLock {
       source.branchCount += 1
-      source.lastBranchPath = store.path(tag) + "/memory.bin"
+      source.lastBranchPath = directory + "/memory.bin"
+    }
+    let pauseMS = Double(result["pause_us"]?.int64Value ?? 0) / 1000
+    if result["status"]?.stringValue == "writing" {
+      // wait: false — the source runs again; the copy finishes in the background.
+      handedOff = true
+      let log = logger
+      let vmm = source.child.vmm
+      let snapshots = store
+      let metrics = metrics
+      DispatchQueue.global().async { [self] in
+        defer {
+          snapshots.release(tag)
+          lock.withLock { branchesInFlight -= 1 }
+        }
+        do {
+          let done = try vmm.control().call(.snapshotWait(directory: directory), timeoutMS: 3_600_000)
+          metrics.snapshotsTotal.record(snapshots.count())
+          log.info(
+            "live branch written",
+            metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "total_ms": "\(Double(done["total_us"]?.int64Value ?? 0) / 1000)"])
+        } catch {
+          log.error("live branch failed", metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "error": "\(error)"])
+        }
+      }
+      var info = SnapshotInfo(tag: tag, dir: directory, createdAtUnix: Clock.unixSeconds(), parentTag: source.snapshotTag)
+      info.branchedFrom = id
+      info.pauseMS = pauseMS
+      info.status = "writing"
+      logger.info("branch started", metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "pause_ms": "\(pauseMS)"])
+      return info
     }
     var info = try store.info(tag)
     info.branchedFrom = id
-    info.pauseMS = Double(result["pause_us"]?.int64Value ?? 0) / 1000
+    info.pauseMS = pauseMS
     info.status = "ready"
     if request.mode == .diff {
       info.diffMS = Double(result["total_us"]?.int64Value ?? 0) / 1000

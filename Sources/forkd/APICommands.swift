@@ -193,15 +193,20 @@ struct Branch: ParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Snapshot a running sandbox into a new tag.")
   @Argument(help: "Sandbox id.") var id: String
   @Option(help: "Tag of the new snapshot (default: generated).") var tag: String?
-  @Option(help: "full (every page), diff (only what the sandbox changed since its spawn; a layer over its snapshot).")
+  @Option(
+    help:
+      "full (every page), diff (only what the sandbox changed since its spawn; a layer over its snapshot) or live (paused only to capture state; memory copied while it runs; uffd sandboxes)."
+  )
   var mode: String = "full"
+  @Flag(help: "live only: answer once the sandbox runs again, before the copy is complete.") var noWait = false
   @OptionGroup var connection: ConnectionOptions
 
   func run() throws {
     var body: [String: JSONValue] = ["mode": .string(mode)]
     if let tag { body["tag"] = .string(tag) }
+    if noWait { body["wait"] = .bool(false) }
     connection.emit(try connection.call("POST", "/v1/sandboxes/\(id)/branch", body: .object(body))) { value in
-      "branched \(id) into \(string(value["tag"])) (source paused \(string(value["pause_ms"])) ms"
+      "branched \(id) into \(string(value["tag"])) [\(string(value["status"]))] (source paused \(string(value["pause_ms"])) ms"
         + (value["diff_logical_bytes"] != nil ? ", \(string(value["diff_logical_bytes"])) bytes in the layer)" : ")")
     }
   }

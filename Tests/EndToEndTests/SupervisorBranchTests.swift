@@ -54,7 +54,6 @@ struct SupervisorBranchTests {
     }
     let head = try spawnOne("d3")
     #expect(try counter(head) == 1, "the chain's head restores the parent's counter")
-    expectError(try api.request("POST", "/v1/sandboxes/\(head)/branch", body: #"{"mode":"live"}"#), 400, "live")
     expectError(try api.request("DELETE", "/v1/snapshots/d2"), 409, "d3")
 
     // Compaction: a flat snapshot with the same content; 409 when the target exists.
@@ -79,5 +78,56 @@ struct SupervisorBranchTests {
     #expect(flat.status == 201, "\(flat.text)")
     let flatID = try #require(flat.json?.arrayValue?.first?["id"]?.stringValue)
     #expect(try fileSup.unix.request("POST", "/v1/sandboxes/\(flatID)/ping").json?["counter"] == .integer(1))
+    let live = try fileSup.unix.request("POST", "/v1/sandboxes/\(flatID)/branch", body: #"{"mode":"live"}"#)
+    #expect(live.status == 400 && live.text.contains("uffd"), "\(live.text)")
+  }
+
+  @Test("branch mode live: wait true is ready at once; wait false answers while copying; a source killed mid-copy leaves no tag")
+  func liveBranches() throws {
+    // The copier is slowed down (5 ms per 64 pages) so the no-wait branch is still writing.
+    setenv("FORKD_TEST_LIVE_COPY_DELAY_US", "5000", 1)
+    defer { unsetenv("FORKD_TEST_LIVE_COPY_DELAY_US") }
+    let sup = try TestSupervisor("live")
+    let api = sup.unix
+    #expect(try api.request("POST", "/v1/snapshots", body: #"{"tag":"base","memory_mib":32}"#).status == 201)
+    let spawned = try api.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"base","n":2}"#)
+    let ids = try #require(spawned.json?.arrayValue).compactMap { $0["id"]?.stringValue }
+    #expect(ids.count == 2)
+
+    let waited = try api.request("POST", "/v1/sandboxes/\(ids[0])/branch", body: #"{"tag":"l1","mode":"live"}"#)
+    #expect(waited.status == 201, "\(waited.text)")
+    #expect(waited.json?["status"] == .string("ready"))
+    #expect(try api.request("GET", "/v1/snapshots/l1/info").status == 200)
+
+    let early = try api.request(
+      "POST", "/v1/sandboxes/\(ids[0])/branch", body: #"{"tag":"l2","mode":"live","wait":false}"#)
+    #expect(early.status == 201, "\(early.text)")
+    #expect(early.json?["status"] == .string("writing"))
+    #expect(try api.request("GET", "/v1/snapshots/l2/info").status == 404, "not visible while writing")
+    let again = try api.request("POST", "/v1/sandboxes/\(ids[1])/branch", body: #"{"tag":"l2","mode":"live"}"#)
+    #expect(again.status == 409, "the tag is in flight: \(again.text)")
+    var ready = false
+    for _ in 0..<500 where !ready {
+      ready = try api.request("GET", "/v1/snapshots/l2/info").status == 200
+      if !ready { Clock.sleep(milliseconds: 20) }
+    }
+    #expect(ready, "the no-wait branch completed")
+    let child = try api.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"l2"}"#)
+    #expect(child.status == 201, "\(child.text)")
+
+    // The source dies in the middle of a copy: the tag never appears, nothing half-written stays.
+    let doomed = try api.request(
+      "POST", "/v1/sandboxes/\(ids[1])/branch", body: #"{"tag":"l3","mode":"live","wait":false}"#)
+    #expect(doomed.json?["status"] == .string("writing"), "\(doomed.text)")
+    let victim = pid_t(try #require(try api.request("GET", "/v1/sandboxes/\(ids[1])").json?["pid"]?.int64Value))
+    kill(victim, SIGKILL)
+    Clock.sleep(milliseconds: 300)
+    #expect(try api.request("GET", "/v1/snapshots/l3/info").status == 404)
+    #expect(try api.request("GET", "/v1/snapshots").json?.arrayValue?.contains { $0["tag"] == .string("l3") } == false)
+    #expect(sup.stop() == .exited(0))
+    let restarted = try TestSupervisor("live", reusing: sup.scratch)
+    defer { restarted.stop() }
+    let left = try FileSystem.listDirectory(sup.scratch.path + "/state/snapshots").filter { $0.hasPrefix("l3") }
+    #expect(left.isEmpty, "staging directories of the dead copy: \(left)")
   }
 }
