@@ -253,7 +253,9 @@ public final class VirtualMachine: @unchecked Sendable {
 
   public var isPaused: Bool { control.withLock { pauseRequested } }
 
-  /// Stops every vCPU at an instruction boundary and waits until all are parked.
+  /// Stops every vCPU at an instruction boundary and waits until all are parked; the vsock
+  /// device then stops writing into guest memory (host data waits in its buffers), so a
+  /// snapshot of a paused VM sees device state and memory that agree.
   public func pause() {
     control.withLock {
       pauseRequested = true
@@ -262,6 +264,9 @@ public final class VirtualMachine: @unchecked Sendable {
       control.broadcast()
       while parkedForPause < liveThreads { control.wait() }
     }
+    // Outside the run-control lock: the device takes its own lock and may wake vCPUs (lock order
+    // device → control).
+    vsock.suspendDelivery()
   }
 
   public func resume() {
@@ -269,6 +274,7 @@ public final class VirtualMachine: @unchecked Sendable {
       pauseRequested = false
       control.broadcast()
     }
+    vsock.resumeDelivery()
   }
 
   /// Ends the VM with `reason` (the first reason wins) and releases every vCPU thread.

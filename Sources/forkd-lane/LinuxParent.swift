@@ -17,6 +17,8 @@ final class LinuxParent {
   var consoleLog: String { runDirectory + "/console.log" }
   var vmmLog: String { runDirectory + "/vmm.log" }
   private var ended = false
+  /// forkd-vmm's READY line (its own timings).
+  private(set) var readyLine = ""
 
   struct Settings {
     var vmm: String
@@ -77,6 +79,7 @@ final class LinuxParent {
       line += bytes
     }
     let text = String(decoding: line.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+    readyLine = text
     guard text.hasPrefix("READY") else {
       _ = ChildProcess.waitOrKill(pid, timeoutMS: 5000)
       ended = true

@@ -95,6 +95,11 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
   }
   let bootToAgent = milliseconds(since: parent.spawnedAt)
   report.metric("boot_to_agent_ms", "\(bootToAgent)")
+  report.note("forkd-vmm: \(parent.readyLine)")
+  if let uptime = try? run(agent, ["cat", "/proc/uptime"]) {
+    let seconds = text(uptime.stdout).split(separator: " ").first.map(String.init) ?? "?"
+    report.metric("guest_uptime_at_agent_s", seconds)
+  }
   try report.step("linux: exec uname -r is the Debian kernel \(s.expectedKernel)") {
     try expectEqual("uname -r", text(try run(agent, ["uname", "-r"]).stdout), s.expectedKernel + "\n")
   }

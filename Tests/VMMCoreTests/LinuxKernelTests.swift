@@ -107,6 +107,14 @@ struct LinuxKernelTests {
     }
   }
 
+  @Test("virtio_mmio.device= entries for kernels that take devices on the command line")
+  func commandLineDevices() {
+    let line = LinuxLayout.commandLine(
+      "console=ttyS0",
+      declaring: [.init(base: 0xD000_0000, size: 0x1000, gsi: 5), .init(base: 0xD000_1000, size: 0x1000, gsi: 6)])
+    #expect(line == "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6")
+  }
+
   @Test("CPUID gets the vCPU's APIC id and the hypervisor bit")
   func cpuid() {
     var leaf1 = kvm_cpuid_entry2()

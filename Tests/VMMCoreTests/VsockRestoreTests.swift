@@ -85,6 +85,25 @@ struct VsockRestoreTests {
     #expect(op == 3)  // VIRTIO_VSOCK_OP_RST for the stale connection
   }
 
+  @Test("while the VM is paused nothing is written into guest memory; resuming delivers")
+  func suspendedDelivery() throws {
+    let driver = try VsockDriver()
+    var saved = driver.device.saveState()
+    saved.removeLast(4)
+    var w = ByteWriter()
+    w.u32(1)
+    w.u32(7)
+    w.u32(1 << 30)
+    saved += w.bytes
+    try driver.device.restoreState(saved)
+    driver.offer(queue: 0, at: 0x8_0000, length: 4096)
+    driver.device.suspendDelivery()
+    driver.device.kick()
+    #expect(driver.usedCount(queue: 0) == 0)
+    driver.device.resumeDelivery()
+    #expect(driver.usedCount(queue: 0) == 1)
+  }
+
   @Test("without a transport reset (the test guest) packets flow at once")
   func noResetNoHold() throws {
     let driver = try VsockDriver()

@@ -42,10 +42,8 @@ extension VirtualMachine {
     // Everything that can be checked without KVM first, so bad input is reported on any host.
     let kernel = try LinuxKernel(parsing: source.kernel, source: source.kernelSource)
     let devices = virtioDevices(hasDisk: config.disk != nil)
-    var commandLine = source.commandLine
-    if source.commandLineDevices {
-      for device in devices { commandLine += " virtio_mmio.device=4K@\(hex64(device.base)):\(device.gsi)" }
-    }
+    let commandLine = source.commandLineDevices
+      ? LinuxLayout.commandLine(source.commandLine, declaring: devices) : source.commandLine
     let commandLineBytes = Array(commandLine.utf8)
     guard commandLineBytes.count <= kernel.maxCommandLineLength,
       commandLineBytes.count < LinuxLayout.commandLineCapacity

@@ -149,6 +149,14 @@ public enum LinuxLayout {
     public static let reserved: UInt32 = 2
   }
 
+  /// `base` plus `virtio_mmio.device=<size>@<base>:<irq>` per device, for kernels built with
+  /// VIRTIO_MMIO_CMDLINE_DEVICES (Debian's is not: it finds the devices through ACPI).
+  public static func commandLine(_ base: String, declaring devices: [ACPITables.VirtioDevice]) -> String {
+    devices.reduce(base) { line, device in
+      line + " virtio_mmio.device=\(device.size >> 10)K@\(hex64(device.base)):\(device.gsi)"
+    }
+  }
+
   public static func e820(memorySize: UInt64) -> [E820Entry] {
     [
       E820Entry(address: 0, size: lowMemoryEnd, type: E820Entry.ram),

@@ -123,6 +123,9 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
   /// handles the event first, then refills and notifies): packets sent in between, such as a
   /// new host connection, would be reset along with the stale ones.
   private var awaitingTransportResetAck = false
+  /// Set while the VM is paused: the event loop must not write into guest memory behind a
+  /// snapshot's back; host data waits in the connection buffers until `resumeDelivery`.
+  private var deliverySuspended = false
   private let onGuestWork: @Sendable () -> Void
   private let onHostWork: @Sendable () -> Void
   private let onError: @Sendable (String) -> Void
@@ -341,7 +344,9 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
 
   /// Fills the guest's receive buffers: control packets first, then connection data within credit.
   private func deliverToGuestLocked() {
-    guard transport.isActive, transport.queues[0].ready, !awaitingTransportResetAck else { return }
+    guard transport.isActive, transport.queues[0].ready, !awaitingTransportResetAck, !deliverySuspended else {
+      return
+    }
     var delivered = false
     do throws(VirtqueueError) {
       while true {
@@ -550,6 +555,20 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
     }
   }
 
+  /// Stops writing into guest memory until `resumeDelivery` (the VM is paused).
+  public func suspendDelivery() {
+    lock.withLock { deliverySuspended = true }
+  }
+
+  /// Delivers what waited while the VM was paused.
+  public func resumeDelivery() {
+    lock.withLock {
+      deliverySuspended = false
+      deliverEventsLocked()
+      deliverToGuestLocked()
+    }
+  }
+
   /// Queues VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (event id 0) for the event queue: after a restore
   /// the guest drops every connection (their host ends are gone) and keeps its listeners.
   public func queueTransportReset() {
@@ -557,7 +576,7 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
   }
 
   private func deliverEventsLocked() {
-    guard transportResetPending, transport.isActive, transport.queues[2].ready else { return }
+    guard transportResetPending, transport.isActive, transport.queues[2].ready, !deliverySuspended else { return }
     do throws(VirtqueueError) {
       guard let chain = try transport.queues[2].popAvailable(memory: memory) else { return }
       let written = scatterWritable([0, 0, 0, 0], into: chain, memory: memory)
