@@ -120,7 +120,15 @@ let package = Package(
     // The scenario the nested-SVM lane runs inside its L1 VM (scripts/nested-lane, docs/nested-lane.md).
     .executableTarget(name: "forkd-lane", dependencies: ["VMMControl", "Protocol", "Syscalls"], linkerSettings: perChildLinking),
 
+    // Fuzz targets of every parser of untrusted bytes (docs/hardening.md): replayed from
+    // Fuzz/Corpus by FuzzRegressionTests, run under libFuzzer by scripts/fuzz (which builds
+    // forkd-fuzz with -sanitize=fuzzer,address -DFUZZING into its own scratch directory).
+    .target(name: "CFuzz"),
+    .target(name: "FuzzTargets", dependencies: ["Protocol", "VMMCore", "Syscalls"]),
+    .executableTarget(name: "forkd-fuzz", dependencies: ["FuzzTargets", "CFuzz"]),
+
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
+    .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
     .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),
     .testTarget(

@@ -444,8 +444,12 @@ public final class SandboxManager: @unchecked Sendable {
   private func cleanUpLeftovers() {
     for name in (try? FileSystem.listDirectory(config.sandboxRecordsDirectory)) ?? [] where name.hasSuffix(".json") {
       let path = config.sandboxRecordsDirectory + "/" + name
+      // Only a record naming its own run directory (run/sandboxes/<id>, id as in the file name)
+      // is obeyed: a planted or corrupt one must not kill or remove anything else.
+      let id = String(name.dropLast(5))
       if let bytes = try? FileSystem.readFile(path), let record = try? JSONValue.parse(bytes, source: path),
-        let runDir = record["run_dir"]?.stringValue
+        let runDir = record["run_dir"]?.stringValue, isSandboxID(id), record["id"]?.stringValue == id,
+        runDir == config.sandboxRunDirectory + "/" + id
       {
         var killed: [FileDescriptor] = []
         for key in ["vmm_pid", "pager_pid"] {
@@ -480,6 +484,13 @@ public final class SandboxManager: @unchecked Sendable {
 }
 
 func newSandboxID() -> String { "sb-" + randomHex(6) }
+
+/// The shape `newSandboxID` produces: "sb-" and 12 lowercase hex digits.
+func isSandboxID(_ id: String) -> Bool {
+  let utf8 = Array(id.utf8)
+  return utf8.count == 15 && id.hasPrefix("sb-")
+    && utf8.dropFirst(3).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+}
 
 func randomHex(_ bytes: Int) -> String {
   var raw = [UInt8](repeating: 0, count: bytes)
