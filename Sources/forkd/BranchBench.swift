@@ -7,12 +7,12 @@ import VMMControl
   import Glibc
 #endif
 
-/// The branch modes side by side: how long the source is paused for a full and a diff snapshot
-/// at several guest sizes, and what a spawn from a diff chain costs against a flat snapshot.
+/// The branch modes side by side: how long the source is paused for a full, a diff and a live
+/// snapshot at several guest sizes, and what a spawn from a diff chain costs against a flat one.
 struct BranchBench: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "branch",
-    abstract: "Pause window of full vs diff branches at several guest sizes; spawn at chain depth 0...3 (uffd).")
+    abstract: "Pause window of full, diff and live branches at several guest sizes; spawn at chain depth 0...3 (uffd).")
 
   @Option(parsing: .upToNextOption, help: "Guest sizes in MiB.") var sizes: [UInt64] = [64, 512, 2048]
   @Option(help: "Branches per mode and size.") var iterations: Int = 5
@@ -41,7 +41,7 @@ struct BranchBench: ParsableCommand {
       for backend in [ChildBackend.file, .uffd(policy: .fail)] {
         let source = try Child.restore(snapshot: root + "/snaps/base", runDirectory: root + "/src", backend: backend)
         let agent = try source.vmm.agent()
-        for mode in ["full", "diff"] {
+        for mode in ["full", "diff", "live"] where mode != "live" || backend.servesChains {
           var pauses: [Double] = []
           var totals: [Double] = []
           var layerPages = 0
@@ -50,7 +50,8 @@ struct BranchBench: ParsableCommand {
             _ = try agent.fill(pages: 64, seed: UInt64(i + 2))
             let dir = root + "/snaps/\(backend.name)-\(mode)-\(i)"
             let result = try source.vmm.control().call(
-              .snapshot(directory: dir, parentTag: "base", diff: mode == "diff"), timeoutMS: 600_000)
+              .snapshot(directory: dir, parentTag: "base", diff: mode == "diff", live: mode == "live"),
+              timeoutMS: 600_000)
             pauses.append(Double(result["pause_us"]?.int64Value ?? 0) / 1000)
             totals.append(Double(result["total_us"]?.int64Value ?? 0) / 1000)
             layerPages = Int(result["layer_pages"]?.int64Value ?? 0)
