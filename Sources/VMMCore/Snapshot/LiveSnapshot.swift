@@ -62,7 +62,7 @@ extension VirtualMachine {
     do {
       origin = try ChainImage(chain: SnapshotChain.load(top: restoredFrom))
     } catch {
-      throw VMMError(.invalidSnapshot, error.message, cause: error.cause)
+      throw VMMError(error)
     }
     let staging = "\(directory).staging-\(getpid())-\(started)"
     do {
@@ -121,14 +121,14 @@ extension VirtualMachine {
       do throws(VMMError) {
         let dataBytes = try copied.get()
         try syncFile(memoryPath)
-        try writeSnapshotFile(staging + "/" + SnapshotManifest.defaultStateFile, stateBytes)
+        try writeFile(staging + "/" + SnapshotManifest.defaultStateFile, stateBytes)
         let manifest = SnapshotManifest(
           memorySize: manifestBase.memorySize, vcpuCount: manifestBase.vcpus, guestKind: manifestBase.kind,
           guestImageDigest: manifestBase.image, createdAtUnix: Clock.unixSeconds(), parentTag: parentTag,
           stateDigest: SHA256.digestString(of: stateBytes),
           contentDigest: try layerDigest(memoryPath, nil))
-        try writeSnapshotFile(staging + "/manifest.json", Array(manifest.jsonText().utf8))
-        try moveIntoPlace(staging, directory)
+        try writeFile(staging + "/manifest.json", Array(manifest.jsonText().utf8))
+        try publish(staging, as: directory)
         result = .success(
           SnapshotResult(
             directory: directory, manifest: manifest, memoryDataBytes: dataBytes,
@@ -157,27 +157,6 @@ extension VirtualMachine {
       try fd.sync()
     } catch {
       throw VMMError(.io, "\(path): cannot sync", cause: error)
-    }
-  }
-
-  private func writeSnapshotFile(_ path: String, _ bytes: [UInt8]) throws(VMMError) {
-    do {
-      let fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
-      defer { fd.close() }
-      try fd.writeAll(bytes)
-      try fd.sync()
-    } catch {
-      throw VMMError(.io, "\(path): cannot write", cause: error)
-    }
-  }
-
-  private func moveIntoPlace(_ staging: String, _ directory: String) throws(VMMError) {
-    do {
-      try FileSystem.syncDirectory(staging)
-      try FileSystem.rename(staging, to: directory, noReplace: true)
-      try FileSystem.syncDirectory(parentDirectory(of: directory))
-    } catch {
-      throw VMMError(.io, "cannot move the snapshot into \(directory)", cause: error)
     }
   }
 }

@@ -6,6 +6,19 @@ import Syscalls
   import Glibc
 #endif
 
+extension VMMError {
+  /// The same failure in the VMM's terms (codes map one to one).
+  init(_ error: SnapshotStorageError) {
+    let code: Code =
+      switch error.code {
+      case .invalidSnapshot: .invalidSnapshot
+      case .snapshotExists: .snapshotExists
+      case .io: .io
+      }
+    self.init(code, error.message, cause: error.cause)
+  }
+}
+
 /// What a snapshot captures of guest memory.
 public enum SnapshotMode: Sendable, Equatable {
   /// Every page (zero pages stay holes).
