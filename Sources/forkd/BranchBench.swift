@@ -28,6 +28,7 @@ struct BranchBench: ParsableCommand {
     var pauseRows: [(size: UInt64, backend: String, mode: String, pause: Summary, total: Summary, layerPages: Int)] =
       []
     var spawnRows: [(depth: Int, restore: Summary, workload: Summary)] = []
+    var noWaitRows: [(size: UInt64, roundTrip: Summary, pause: Summary)] = []
 
     for size in sizes {
       let root = scratch.path + "/\(size)"
@@ -58,6 +59,23 @@ struct BranchBench: ParsableCommand {
             FileSystem.removeTree(dir)
           }
           pauseRows.append((size, backend.name, mode, Summary(pauses), Summary(totals), layerPages))
+        }
+        if backend.servesChains {
+          // Live with wait:false: the request's round trip, answered once the source runs again.
+          var trips: [Double] = []
+          var pauses: [Double] = []
+          for i in 0..<iterations {
+            _ = try agent.fill(pages: 64, seed: UInt64(i + 50))
+            let dir = root + "/snaps/nowait-\(i)"
+            let t0 = Clock.monotonicNanoseconds()
+            let started = try source.vmm.control().call(
+              .snapshot(directory: dir, parentTag: "base", live: true, wait: false), timeoutMS: 600_000)
+            trips.append(ms(Clock.monotonicNanoseconds() - t0))
+            pauses.append(Double(started["pause_us"]?.int64Value ?? 0) / 1000)
+            _ = try source.vmm.control().call(.snapshotWait(directory: dir), timeoutMS: 600_000)
+            FileSystem.removeTree(dir)
+          }
+          noWaitRows.append((size, Summary(trips), Summary(pauses)))
         }
         source.stop()
       }
@@ -111,6 +129,13 @@ struct BranchBench: ParsableCommand {
                 "total_ms_p50": .double($0.total.p50), "layer_pages": .integer(Int64($0.layerPages)),
               ])
             }),
+          "live_no_wait": .array(
+            noWaitRows.map {
+              .object([
+                "memory_mib": .integer(Int64($0.size)), "round_trip_ms_p50": .double($0.roundTrip.p50),
+                "round_trip_ms_p90": .double($0.roundTrip.p90), "pause_ms_p50": .double($0.pause.p50),
+              ])
+            }),
           "spawn_from_chain": .array(
             spawnRows.map {
               .object([
@@ -129,6 +154,13 @@ struct BranchBench: ParsableCommand {
       print(
         "| \(r.size) | \(r.backend) | \(r.mode) | \(format(r.pause.p50)) | \(format(r.pause.p90)) | \(format(r.total.p50)) | \(r.mode == "diff" ? "\(r.layerPages)" : "all") |"
       )
+    }
+    print("")
+    print("live branch with wait:false (uffd source): control request → answer, the source running again")
+    print("| guest MiB | round trip p50 ms | p90 ms | pause p50 ms |")
+    print("|---|---|---|---|")
+    for r in noWaitRows {
+      print("| \(r.size) | \(format(r.roundTrip.p50)) | \(format(r.roundTrip.p90)) | \(format(r.pause.p50)) |")
     }
     print("")
     print(

@@ -80,6 +80,8 @@ struct SupervisorBranchTests {
     #expect(try fileSup.unix.request("POST", "/v1/sandboxes/\(flatID)/ping").json?["counter"] == .integer(1))
     let live = try fileSup.unix.request("POST", "/v1/sandboxes/\(flatID)/branch", body: #"{"mode":"live"}"#)
     #expect(live.status == 400 && live.text.contains("uffd"), "\(live.text)")
+    let liveFork = try fileSup.unix.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"flat","live_fork":true}"#)
+    #expect(liveFork.status == 400 && liveFork.text.contains("live_fork"), "\(liveFork.text)")
   }
 
   @Test("branch mode live: wait true is ready at once; wait false answers while copying; a source killed mid-copy leaves no tag")
