@@ -132,7 +132,7 @@ let package = Package(
     .testTarget(name: "SyscallsTests", dependencies: ["Syscalls", "CUffd"]),
     // The Linux guest agent (guest/linux-agent, built by its script) over its Unix-socket seam.
     .testTarget(name: "LinuxAgentTests", dependencies: ["Protocol", "Syscalls"]),
-    // Runs scripts/nested-lane/run against the binaries of this build (needs forkd-lane built).
+    // Runs scripts/nested-lane/run (it builds release forkd-vmm, forkd-pager, forkd-lane of this tree).
     .testTarget(name: "NestedLaneTests", dependencies: ["Syscalls"]),
     .testTarget(
       name: "EndToEndTests",

@@ -161,6 +161,17 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
       }
     }
   }
+  if s.children > 0 {
+    try report.step("linux: agent exit powers child \(s.children - 1) off, forkd-vmm ends with status 0") {
+      let (child, agent) = kids[s.children - 1]
+      try expectEqual("exit answer", try agent.request(.exit(code: 0)), AgentResponse.exiting)
+      let termination = child.vmm.wait(timeoutMS: 30_000)
+      guard termination == .exited(0) else {
+        throw LaneFailure(
+          "forkd-vmm \(termination.map { "\($0)" } ?? "still running") 30 s after exit [\(childDiagnostics(child))]")
+      }
+    }
+  }
   switch s.uffd {
   case .off:
     break
