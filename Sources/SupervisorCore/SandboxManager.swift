@@ -97,6 +97,11 @@ public final class SandboxManager: @unchecked Sendable {
 
   public func spawn(_ request: SpawnRequest) throws(APIError) -> [SandboxInfo] {
     try store.checkRestorable(request.snapshotTag)
+    if request.liveFork && !config.backend.servesChains {
+      throw .badRequest(
+        "live_fork: live branches need pager-backed children, and this supervisor's backend is \(config.backend.name) (run it with --backend uffd)"
+      )
+    }
     let chain = try store.chain(request.snapshotTag)
     if chain.depth > 0, !config.backend.servesChains {
       throw .conflict(

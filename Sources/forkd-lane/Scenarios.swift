@@ -85,7 +85,7 @@ struct LinuxSettings {
 /// The real-Linux scenario: an unmodified Debian kernel with the forkd agent, forked.
 func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
   let parent = try report.step("linux: forkd-vmm boot --kernel (READY)") {
-    try LinuxParent(s.parent, runDirectory: work + "/linux-parent", timeoutMS: 60_000)
+    try LinuxParent(s.parent, runDirectory: work + "/linux-parent", timeoutMS: 180_000)
   }
   defer { parent.stop() }
   let agent = try report.step("linux: boot → agent ready") {
@@ -119,7 +119,9 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
   let snapshot = work + "/linux-snap"
   try report.step("linux: snapshot") {
     let start = Clock.monotonicNanoseconds()
-    try parent.control().call(.snapshot(directory: snapshot, parentTag: nil), timeoutMS: 120_000)
+    // Generous: a debug forkd-vmm hashes every data page of memory.bin (SHA-256, the layer's
+    // content digest) before answering, ~2 min for a 256 MiB Linux guest under TCG.
+    try parent.control().call(.snapshot(directory: snapshot, parentTag: nil), timeoutMS: 400_000)
     report.metric("snapshot_ms", "\(milliseconds(since: start))")
   }
   parent.stop()
@@ -156,6 +158,17 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
       try expectEqual("\(file) in child 0", text(try run(kids[0].1, ["cat", file]).stdout), "child-0\n")
       for (i, kid) in kids.enumerated().dropFirst() {
         try expectEqual("\(file) in child \(i)", text(try run(kid.1, ["cat", file]).stdout), "parent\n")
+      }
+    }
+  }
+  if s.children > 0 {
+    try report.step("linux: agent exit powers child \(s.children - 1) off, forkd-vmm ends with status 0") {
+      let (child, agent) = kids[s.children - 1]
+      try expectEqual("exit answer", try agent.request(.exit(code: 0)), AgentResponse.exiting)
+      let termination = child.vmm.wait(timeoutMS: 30_000)
+      guard termination == .exited(0) else {
+        throw LaneFailure(
+          "forkd-vmm \(termination.map { "\($0)" } ?? "still running") 30 s after exit [\(childDiagnostics(child))]")
       }
     }
   }
