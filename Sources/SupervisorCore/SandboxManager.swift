@@ -444,9 +444,15 @@ public final class SandboxManager: @unchecked Sendable {
     try? FileSystem.writeAtomically(recordPath(sandbox.id), Array(record.serialized(pretty: true).utf8))
   }
 
-  /// A previous supervisor's children (it crashed or was killed): their processes are ended
-  /// and their run directories removed, so nothing of them leaks.
+  /// A previous supervisor's children and snapshot parents (it crashed or was killed): their
+  /// processes are ended — recorded or not, e.g. children of a spawn that was still running —
+  /// and their run directories, records and cgroups removed, so nothing of them leaks.
   private func cleanUpLeftovers() {
+    let parentsDirectory = config.runDirectory + "/parents"
+    let ended = LeftoverProcesses.end(mentioning: [config.sandboxRunDirectory + "/", parentsDirectory + "/"])
+    if ended > 0 {
+      logger.warning("ended \(ended) processes left by a previous supervisor")
+    }
     for name in (try? FileSystem.listDirectory(config.sandboxRecordsDirectory)) ?? [] where name.hasSuffix(".json") {
       let path = config.sandboxRecordsDirectory + "/" + name
       // Only a record naming its own run directory (run/sandboxes/<id>, id as in the file name)
@@ -456,35 +462,41 @@ public final class SandboxManager: @unchecked Sendable {
         let runDir = record["run_dir"]?.stringValue, isSandboxID(id), record["id"]?.stringValue == id,
         runDir == config.sandboxRunDirectory + "/" + id
       {
-        var killed: [FileDescriptor] = []
-        for key in ["vmm_pid", "pager_pid"] {
-          guard let pid = record[key]?.int64Value, pid > 0 else { continue }
-          // Only a process of ours: its command line names this child's run directory. The
-          // pidfd, opened before the check, keeps a recycled pid from being signalled.
-          guard let pidFD = try? ChildProcess.pidFD(pid_t(pid)) else { continue }
-          let cmdline = (try? FileSystem.readFile("/proc/\(pid)/cmdline")) ?? []
-          if String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(runDir),
-            (try? pidFD.sendSignal(SIGKILL)) != nil
-          {
-            killed.append(pidFD)
-          } else {
-            pidFD.close()
-          }
-        }
-        // Its cgroup can only be removed once the processes are really gone.
-        for pidFD in killed {
-          _ = try? Poll.wait([(pidFD, .readable)], timeoutMS: 5000)
-          pidFD.close()
-        }
         FileSystem.removeTree(runDir)
-        if let id = record["id"]?.stringValue { CgroupLimit.remove(id: id) }
         logger.warning("cleaned up a sandbox left by a previous supervisor", metadata: ["record": "\(name)"])
       }
       _ = try? FileSystem.unlink(path)
     }
-    for name in (try? FileSystem.listDirectory(config.sandboxRunDirectory)) ?? [] {
-      FileSystem.removeTree(config.sandboxRunDirectory + "/" + name)
+    for directory in [config.sandboxRunDirectory, parentsDirectory] {
+      for name in (try? FileSystem.listDirectory(directory)) ?? [] { FileSystem.removeTree(directory + "/" + name) }
     }
+    CgroupLimit.removeAll()
+  }
+}
+
+/// Ending the processes a crashed supervisor left: every process whose command line names one
+/// of its run directories (forkd-vmm and forkd-pager are always given their run directory).
+enum LeftoverProcesses {
+  /// SIGKILLs them through pidfds (opened before the command line is checked, so a recycled pid
+  /// is never signalled) and waits until they are gone. Returns how many were ended.
+  static func end(mentioning prefixes: [String]) -> Int {
+    var killed: [FileDescriptor] = []
+    for name in (try? FileSystem.listDirectory("/proc")) ?? [] {
+      guard let pid = pid_t(name), pid != getpid(), let pidFD = try? ChildProcess.pidFD(pid) else { continue }
+      let cmdline = (try? FileSystem.readFile("/proc/\(pid)/cmdline")) ?? []
+      let text = String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+      if prefixes.contains(where: { text.contains($0) }), (try? pidFD.sendSignal(SIGKILL)) != nil {
+        killed.append(pidFD)
+      } else {
+        pidFD.close()
+      }
+    }
+    // Their cgroups and files can only be removed once the processes are really gone.
+    for pidFD in killed {
+      _ = try? Poll.wait([(pidFD, .readable)], timeoutMS: 5000)
+      pidFD.close()
+    }
+    return killed.count
   }
 }
 

@@ -79,6 +79,8 @@ struct LinuxSettings {
   var expectedKernel: String
   var children: Int
   var uffd: UffdCheck
+  /// Also restore a child with the shmem backend (MINOR faults on a shared copy), reported only.
+  var shmem: Bool = false
   var bootTimeoutMS: Int
 }
 
@@ -182,6 +184,11 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
   case .optional:
     report.optionalStep("linux: child \(s.children) (uffd, forkd-pager) restored, answers exec, sees the parent's file") {
       try restoreChild(s.children, "uffd", .uffd(), agentTimeoutMS: 30_000)
+    }
+  }
+  if s.shmem {
+    report.optionalStep("linux: child \(s.children + 1) (shmem, forkd-pager) restored, answers exec, sees the parent's file") {
+      try restoreChild(s.children + 1, "shmem", .shmem(), agentTimeoutMS: 30_000)
     }
   }
   if !restoreTimes.isEmpty {
