@@ -127,7 +127,7 @@ let package = Package(
     // Fuzz/Corpus by FuzzRegressionTests, run under libFuzzer by scripts/fuzz (which builds
     // forkd-fuzz with -sanitize=fuzzer,address -DFUZZING into its own scratch directory).
     .target(name: "CFuzz"),
-    .target(name: "FuzzTargets", dependencies: ["Protocol", "VMMCore", "Syscalls"]),
+    .target(name: "FuzzTargets", dependencies: ["Protocol", "VMMCore", "Syscalls", "CKVM"]),
     .executableTarget(name: "forkd-fuzz", dependencies: ["FuzzTargets", "CFuzz"]),
 
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),

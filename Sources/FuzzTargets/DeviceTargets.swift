@@ -201,7 +201,7 @@ enum DeviceTargets {
     guard let selector = bytes.first else { return }
     let body = Array(bytes.dropFirst())
     clearWindow()
-    switch selector % 3 {
+    switch selector % 5 {
     case 0:
       var r = ByteReader(body, source: "fuzz")
       guard var transport = try? VirtioMMIOTransport.restore(from: &r, expectedDeviceID: 19),
@@ -220,6 +220,19 @@ enum DeviceTargets {
       guard (try? device.restoreState(body)) != nil else { return }
       device.kick()
       for q in 0..<3 { device.mmioWrite(offset: 0x050, size: 4, value: UInt64(q)) }
+    case 3:
+      // One vCPU's saved registers (VCPU sections): decode → encode → decode is the identity.
+      guard let state = try? VCPUState.decode(body, source: "fuzz") else { return }
+      var w = ByteWriter()
+      state.encode(into: &w)
+      check((try? VCPUState.decode(w.bytes, source: "again")) == state, "vCPU state round trip")
+    case 4:
+      // The UART section: restore → save → restore gives the same bytes.
+      let uart = UART16550(sink: { _ in })
+      guard (try? uart.restoreState(body)) != nil else { return }
+      let saved = uart.saveState()
+      let again = UART16550(sink: { _ in })
+      check((try? again.restoreState(saved)) != nil && again.saveState() == saved, "UART state round trip")
     default:
       _ = try? VirtioBlock.savedDisk(body, source: "fuzz")
       let device = try? VirtioBlock(

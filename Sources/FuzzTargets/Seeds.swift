@@ -1,3 +1,4 @@
+import CKVM
 import Protocol
 import VMMCore
 
@@ -282,6 +283,28 @@ public enum FuzzSeeds {
     d.u64(5)
     disk += d.bytes
     transport.insert(0, at: 0)
-    return [transport, [1] + vsock, [2] + disk]
+    // A vCPU section with this host's KVM struct sizes (legacy FPU, two MSRs, one CPUID entry).
+    var vcpu = ByteWriter()
+    vcpu.u32(0)
+    for size in [MemoryLayout<kvm_regs>.size, MemoryLayout<kvm_sregs>.size] {
+      vcpu.lengthPrefixed([UInt8](repeating: 0, count: size))
+    }
+    vcpu.u8(0)
+    vcpu.lengthPrefixed([UInt8](repeating: 0, count: MemoryLayout<kvm_fpu>.size))
+    vcpu.u8(1)
+    vcpu.lengthPrefixed([UInt8](repeating: 0, count: MemoryLayout<kvm_xcrs>.size))
+    vcpu.u32(2)
+    for (index, value) in [(UInt32(0x10), UInt64(7)), (0xC000_0080, 0x500)] {
+      vcpu.u32(index)
+      vcpu.u64(value)
+    }
+    vcpu.u8(1)
+    vcpu.lengthPrefixed([UInt8](repeating: 0, count: MemoryLayout<kvm_vcpu_events>.size))
+    vcpu.lengthPrefixed([UInt8](repeating: 0, count: MemoryLayout<kvm_mp_state>.size))
+    vcpu.u8(0)
+    vcpu.u8(0)
+    vcpu.lengthPrefixed([UInt8](repeating: 1, count: MemoryLayout<kvm_cpuid_entry2>.size))
+    let uart = UART16550(sink: { _ in }).saveState()
+    return [transport, [1] + vsock, [2] + disk, [3] + vcpu.bytes, [4] + uart]
   }
 }
