@@ -86,7 +86,11 @@ public final class VirtioBlock: MMIODevice, @unchecked Sendable {
   func processQueueLocked() -> Bool {
     var served = false
     do throws(VirtqueueError) {
-      while let chain = try transport.queues[0].popAvailable(memory: memory) {
+      // At most one ring's worth per notification: a request can write into the guest's own
+      // available ring (a buffer over its index) and would otherwise keep this loop going forever.
+      var budget = Int(transport.queues[0].size)
+      while budget > 0, let chain = try transport.queues[0].popAvailable(memory: memory) {
+        budget -= 1
         let written = serve(chain)
         try transport.queues[0].pushUsed(head: chain.head, length: UInt32(written), memory: memory)
         served = true

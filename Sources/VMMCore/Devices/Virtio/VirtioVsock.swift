@@ -215,7 +215,11 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
 
   private func processTransmitLocked() {
     do throws(VirtqueueError) {
-      while let chain = try transport.queues[1].popAvailable(memory: memory) {
+      // At most one ring's worth per notification (the used ring may overlap the available
+      // ring's index, so completing a chain could make another one appear, forever).
+      var budget = Int(transport.queues[1].size)
+      while budget > 0, let chain = try transport.queues[1].popAvailable(memory: memory) {
+        budget -= 1
         let bytes = gatherReadable(chain, memory: memory, limit: Self.headerSize + Int(Self.bufferAllocation))
         try transport.queues[1].pushUsed(head: chain.head, length: 0, memory: memory)
         guard let header = Header(bytes) else { continue }
