@@ -35,6 +35,24 @@ struct FaultStats {
     serviceNanoseconds &+= ns
   }
 
+  /// Adds another session's counters and histogram (a shared pager's totals).
+  mutating func merge(_ other: FaultStats) {
+    faults &+= other.faults
+    minorFaults &+= other.minorFaults
+    copies &+= other.copies
+    zeroPages &+= other.zeroPages
+    continues &+= other.continues
+    alreadyMapped &+= other.alreadyMapped
+    retriesAfterEvents &+= other.retriesAfterEvents
+    bytesCopied &+= other.bytesCopied
+    removeEvents &+= other.removeEvents
+    unmapEvents &+= other.unmapEvents
+    prefetchedPages &+= other.prefetchedPages
+    prefetchNanoseconds = max(prefetchNanoseconds, other.prefetchNanoseconds)
+    serviceNanoseconds &+= other.serviceNanoseconds
+    for index in histogram.indices { histogram[index] &+= other.histogram[index] }
+  }
+
   /// Upper bound (ns) of the bucket holding the p-th percentile.
   func percentile(_ p: Double) -> UInt64 {
     let total = histogram.reduce(UInt64(0)) { $0 + UInt64($1) }
