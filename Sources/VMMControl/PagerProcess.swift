@@ -18,7 +18,7 @@ public final class PagerProcess: @unchecked Sendable {
   public static func launch(
     socket: String, logPath: String, recordWorkingSet: String? = nil, prefetch: String? = nil,
     handshakeTimeoutMS: Int = 5000, binary: String? = nil, timeoutMS: Int = 10_000, output: FileDescriptor? = nil,
-    shared: Bool = false
+    shared: Bool = false, extraArguments: [String] = []
   ) throws(ControlError) -> PagerProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-pager") }
@@ -26,6 +26,7 @@ public final class PagerProcess: @unchecked Sendable {
     if let recordWorkingSet { arguments += ["--record-working-set", recordWorkingSet] }
     if let prefetch { arguments += ["--prefetch", prefetch] }
     if shared { arguments.append("--shared") }
+    arguments += extraArguments
     let pipe: (read: FileDescriptor, write: FileDescriptor)
     let log: FileDescriptor
     do {
