@@ -85,7 +85,7 @@ struct LinuxSettings {
 /// The real-Linux scenario: an unmodified Debian kernel with the forkd agent, forked.
 func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
   let parent = try report.step("linux: forkd-vmm boot --kernel (READY)") {
-    try LinuxParent(s.parent, runDirectory: work + "/linux-parent", timeoutMS: 60_000)
+    try LinuxParent(s.parent, runDirectory: work + "/linux-parent", timeoutMS: 180_000)
   }
   defer { parent.stop() }
   let agent = try report.step("linux: boot → agent ready") {
@@ -119,7 +119,9 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
   let snapshot = work + "/linux-snap"
   try report.step("linux: snapshot") {
     let start = Clock.monotonicNanoseconds()
-    try parent.control().call(.snapshot(directory: snapshot, parentTag: nil), timeoutMS: 120_000)
+    // Generous: a debug forkd-vmm hashes every data page of memory.bin (SHA-256, the layer's
+    // content digest) before answering, ~2 min for a 256 MiB Linux guest under TCG.
+    try parent.control().call(.snapshot(directory: snapshot, parentTag: nil), timeoutMS: 400_000)
     report.metric("snapshot_ms", "\(milliseconds(since: start))")
   }
   parent.stop()

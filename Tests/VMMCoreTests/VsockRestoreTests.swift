@@ -1,5 +1,10 @@
 import Protocol
+import Syscalls
 import Testing
+
+#if canImport(Glibc)
+  import Glibc
+#endif
 
 @testable import VMMCore
 
@@ -118,5 +123,36 @@ struct VsockRestoreTests {
     driver.offer(queue: 0, at: 0x8_0000, length: 4096)
     driver.device.kick()
     #expect(driver.usedCount(queue: 0) == 1)
+  }
+}
+
+@Suite("vsock host connections")
+struct VsockHostConnectionTests {
+  /// Runs the device's poll sources a few rounds, as the event loop would.
+  func pump(_ device: VirtioVsock, rounds: Int = 60) {
+    for _ in 0..<rounds {
+      let entries = device.pollDescriptors()
+      guard let ready = try? Poll.wait(entries, timeoutMS: 5) else { return }
+      for (i, events) in ready.enumerated() where !events.isEmpty { device.handle(entries[i].0, events) }
+    }
+  }
+
+  @Test("a host that hangs up before the guest answers its CONNECT is dropped, and the guest gets a reset")
+  func hangUpWhileConnecting() throws {
+    let path = "/tmp/forkd-vsock-test-\(getpid())-\(Clock.monotonicNanoseconds())"
+    let memory = try GuestMemory.create(size: 2 << 20, backend: .anonymous)
+    let device = VirtioVsock(
+      base: X86Layout.virtioMMIOBase, guestCID: 3, memory: memory, socketPath: path, onGuestWork: {},
+      onHostWork: {}, onError: { _ in })
+    try device.listen()
+    defer { device.shutdown() }
+    let client = try UnixSocket.connect(path: path)
+    try client.writeAll(Array("CONNECT 5\n".utf8))
+    pump(device)
+    // Listener + the connection waiting for the guest's answer.
+    #expect(device.pollDescriptors().count == 2)
+    client.close()
+    pump(device)
+    #expect(device.pollDescriptors().count == 1, "the hung-up connection is gone from the poll set")
   }
 }

@@ -439,6 +439,16 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
       } else if handshakes[fd] != nil {
         readHandshakeLocked(fd)
       } else if let key = keyByFD[fd], let connection = connections[key] {
+        if connection.state == .connecting, events.contains(.hangup) || events.contains(.error) {
+          // The host gave up before the guest answered: withdraw the request, reset the guest
+          // side (poll would report the hang-up again and again otherwise).
+          controlPackets.removeAll {
+            $0.op == Op.request.rawValue && $0.sourcePort == key.hostPort && $0.destinationPort == key.guestPort
+          }
+          closeLocked(key, notifyGuest: true)
+          deliverToGuestLocked()
+          return
+        }
         if events.contains(.writable) { flushLocked(key, connection) }
         if events.contains(.readable) || events.contains(.hangup) || events.contains(.error) {
           readHostLocked(key, connection)
