@@ -5,12 +5,14 @@ public enum APIVersion {
   public static let api = "v1"
 }
 
-/// One warm-up step run against the test guest's agent before a snapshot is taken.
+/// One warm-up step run against the parent's agent before a snapshot is taken.
 public enum WarmupStep: Equatable, Sendable {
   case ping
   case fill(pages: UInt64, seed: UInt64)
   case counter(delta: Int64)
   case kvSet(key: String, value: String)
+  /// Linux guests: run a program (e.g. import the libraries every child will need).
+  case exec(args: [String], timeoutSeconds: UInt32)
 
   public var agentRequest: AgentRequest {
     switch self {
@@ -18,6 +20,7 @@ public enum WarmupStep: Equatable, Sendable {
     case .fill(let pages, let seed): .fill(pages: pages, seed: seed)
     case .counter(let delta): .counter(delta: delta)
     case .kvSet(let key, let value): .kvSet(key: Array(key.utf8), value: Array(value.utf8))
+    case .exec(let args, let timeout): .exec(args: args, timeoutSeconds: timeout)
     }
   }
 
@@ -28,6 +31,8 @@ public enum WarmupStep: Equatable, Sendable {
       .object(["op": .string("fill"), "pages": .integer(Int64(pages)), "seed": .integer(Int64(bitPattern: seed))])
     case .counter(let delta): .object(["op": .string("counter"), "delta": .integer(delta)])
     case .kvSet(let key, let value): .object(["op": .string("kv_set"), "key": .string(key), "value": .string(value)])
+    case .exec(let args, let timeout):
+      .object(["op": .string("exec"), "args": .array(args.map { .string($0) }), "timeout_secs": .integer(Int64(timeout))])
     }
   }
 }
@@ -37,9 +42,12 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
   public var tag: String
   /// `builtin:test-guest` (default) or the path of an ELF image.
   public var image: String?
-  /// A Linux kernel and root file system (the Linux-guest issue); refused until supported.
+  /// A Linux parent: the kernel (bzImage or ELF vmlinux), its root file system as the virtio-blk
+  /// disk (read-only base, writes kept per VM), and (extensions) an initramfs and command line.
   public var kernel: String?
   public var rootfs: String?
+  public var initrd: String?
+  public var cmdline: String?
   public var memoryMiB: UInt64
   public var warmup: [WarmupStep]
   public var bootWaitSeconds: UInt64
@@ -50,7 +58,13 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
     let r = try JSONObjectReader(JSONValue.parse(body, source: source), source: source)
     let tag = try r.string("tag")
     try SnapshotTag.validate(tag)
-    let memory = try r.optionalUInt64("memory_mib") ?? 64
+    let kernel = try r.optionalString("kernel")
+    let image = try r.optionalString("image")
+    if kernel != nil && image != nil {
+      throw ProtocolError(.badValue, "\(source): \"kernel\" (a Linux parent) and \"image\" (a test-guest image) are exclusive")
+    }
+    // Linux needs room for its kernel, initramfs and page cache.
+    let memory = try r.optionalUInt64("memory_mib") ?? (kernel == nil ? 64 : 256)
     guard (2...3072).contains(memory), memory % 2 == 0 else {
       throw r.invalid("memory_mib", expected: "an even number of MiB from 2 to 3072")
     }
@@ -64,12 +78,22 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
       case "fill": steps.append(.fill(pages: try s.uint64("pages"), seed: try s.optionalUInt64("seed") ?? 1))
       case "counter": steps.append(.counter(delta: try s.int64("delta")))
       case "kv_set": steps.append(.kvSet(key: try s.string("key"), value: try s.string("value")))
-      default: throw s.invalid("op", expected: "ping, fill, counter or kv_set")
+      case "exec":
+        let args = try s.array("args").map { (v) throws(ProtocolError) -> String in
+          guard let a = v.stringValue else { throw s.invalid("args", expected: "an array of strings") }
+          return a
+        }
+        guard !args.isEmpty else { throw s.invalid("args", expected: "a program and its arguments") }
+        let timeout = try s.optionalUInt64("timeout_secs") ?? 60
+        guard (1...3600).contains(timeout) else { throw s.invalid("timeout_secs", expected: "1...3600") }
+        steps.append(.exec(args: args, timeoutSeconds: UInt32(timeout)))
+      default: throw s.invalid("op", expected: "ping, fill, counter, kv_set or exec")
       }
     }
     return CreateSnapshotRequest(
-      tag: tag, image: try r.optionalString("image"), kernel: try r.optionalString("kernel"),
-      rootfs: try r.optionalString("rootfs"), memoryMiB: memory, warmup: steps, bootWaitSeconds: wait)
+      tag: tag, image: image, kernel: kernel, rootfs: try r.optionalString("rootfs"),
+      initrd: try r.optionalString("initrd"), cmdline: try r.optionalString("cmdline"), memoryMiB: memory,
+      warmup: steps, bootWaitSeconds: wait)
   }
 }
 

@@ -19,7 +19,6 @@ public enum SnapshotCompaction {
     guard !FileSystem.exists(directory) else {
       throw SnapshotStorageError(.snapshotExists, "\(directory) already exists: a snapshot is never overwritten")
     }
-    let parent = parentDirectory(of: directory)
     let staging = "\(directory).staging-\(getpid())-\(started)"
     let top = chain.layers.last!
     do {
@@ -40,19 +39,13 @@ public enum SnapshotCompaction {
         throw SnapshotStorageError(
           .invalidSnapshot, "\(top.directory)/\(top.manifest.stateFile) does not match its manifest's state_digest")
       }
-      try write(staging + "/" + SnapshotManifest.defaultStateFile, stateBytes)
+      try SnapshotFiles.write(staging + "/" + SnapshotManifest.defaultStateFile, stateBytes)
       let manifest = SnapshotManifest(
         memorySize: top.manifest.memorySize, vcpuCount: top.manifest.vcpuCount, guestKind: top.manifest.guestKind,
         guestImageDigest: top.manifest.guestImageDigest, createdAtUnix: Clock.unixSeconds(), parentTag: nil,
         stateDigest: top.manifest.stateDigest, contentDigest: try LayerDigest.compute(memoryPath: memoryPath, index: nil))
-      try write(staging + "/manifest.json", Array(manifest.jsonText().utf8))
-      do {
-        try FileSystem.syncDirectory(staging)
-        try FileSystem.rename(staging, to: directory, noReplace: true)
-        try FileSystem.syncDirectory(parent)
-      } catch {
-        throw SnapshotStorageError(.io, "cannot move the compacted snapshot into \(directory)", cause: error)
-      }
+      try SnapshotFiles.write(staging + "/manifest.json", Array(manifest.jsonText().utf8))
+      try SnapshotFiles.publish(staging: staging, as: directory)
       return Result(manifest: manifest, dataBytes: dataBytes, nanoseconds: Clock.monotonicNanoseconds() - started)
     } catch {
       FileSystem.removeTree(staging)
@@ -110,17 +103,6 @@ public enum SnapshotCompaction {
       throw error
     } catch {
       throw SnapshotStorageError(.io, "\(path): cannot write the flattened memory", cause: error)
-    }
-  }
-
-  private static func write(_ path: String, _ bytes: [UInt8]) throws(SnapshotStorageError) {
-    do {
-      let fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
-      defer { fd.close() }
-      try fd.writeAll(bytes)
-      try fd.sync()
-    } catch {
-      throw SnapshotStorageError(.io, "\(path): cannot write", cause: error)
     }
   }
 }

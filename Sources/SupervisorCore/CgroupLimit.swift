@@ -69,6 +69,12 @@ enum CgroupLimit {
 
   static func path(id: String) -> String? { hierarchy.map { $0.root + "/" + id } }
 
+  /// Removes every sandbox cgroup (at start: a previous supervisor's children are gone).
+  static func removeAll() {
+    guard let root = hierarchy?.root else { return }
+    for name in (try? FileSystem.listDirectory(root)) ?? [] where name.hasPrefix("sb-") { _ = rmdir(root + "/" + name) }
+  }
+
   /// cgroup v2 lets only leaves hold processes, and a controller reaches a child only through
   /// its parent's `cgroup.subtree_control`. Below a delegated unit cgroup the supervisor first
   /// moves itself into the leaf `<unit>/supervisor`, then enables memory for `<unit>/forkd-sandboxes`.

@@ -46,10 +46,22 @@ public enum Daemon {
   /// A TCP listener on a non-loopback address without a token would expose the API: refused.
   public static func checkExposure(host: String?, token: String?) throws(StartupError) {
     guard let host else { return }
-    let loopback = host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    let loopback = host == "localhost" || isLoopbackAddress(host)
     if !loopback && (token ?? "").isEmpty {
       throw StartupError(description: "refusing to listen on \(host) without a token (--token-file or FORKD_TOKEN)")
     }
+  }
+
+  /// A numeric loopback address (127.0.0.0/8, ::1); a host name that merely starts with "127."
+  /// may resolve anywhere.
+  static func isLoopbackAddress(_ host: String) -> Bool {
+    var v4 = in_addr()
+    if inet_pton(AF_INET, host, &v4) == 1 { return UInt32(bigEndian: v4.s_addr) >> 24 == 127 }
+    var v6 = in6_addr()
+    if inet_pton(AF_INET6, host, &v6) == 1 {
+      return withUnsafeBytes(of: &v6) { $0.elementsEqual([UInt8](repeating: 0, count: 15) + [1]) }
+    }
+    return false
   }
 
   /// Runs until SIGTERM/SIGINT, then drains: stops accepting, stops every child, exits.

@@ -97,6 +97,11 @@ public final class SandboxManager: @unchecked Sendable {
 
   public func spawn(_ request: SpawnRequest) throws(APIError) -> [SandboxInfo] {
     try store.checkRestorable(request.snapshotTag)
+    if request.liveFork && !config.backend.servesChains {
+      throw .badRequest(
+        "live_fork: live branches need pager-backed children, and this supervisor's backend is \(config.backend.name) (run it with --backend uffd)"
+      )
+    }
     let chain = try store.chain(request.snapshotTag)
     if chain.depth > 0, !config.backend.servesChains {
       throw .conflict(
@@ -439,47 +444,70 @@ public final class SandboxManager: @unchecked Sendable {
     try? FileSystem.writeAtomically(recordPath(sandbox.id), Array(record.serialized(pretty: true).utf8))
   }
 
-  /// A previous supervisor's children (it crashed or was killed): their processes are ended
-  /// and their run directories removed, so nothing of them leaks.
+  /// A previous supervisor's children and snapshot parents (it crashed or was killed): their
+  /// processes are ended — recorded or not, e.g. children of a spawn that was still running —
+  /// and their run directories, records and cgroups removed, so nothing of them leaks.
   private func cleanUpLeftovers() {
+    let parentsDirectory = config.runDirectory + "/parents"
+    let ended = LeftoverProcesses.end(mentioning: [config.sandboxRunDirectory + "/", parentsDirectory + "/"])
+    if ended > 0 {
+      logger.warning("ended \(ended) processes left by a previous supervisor")
+    }
     for name in (try? FileSystem.listDirectory(config.sandboxRecordsDirectory)) ?? [] where name.hasSuffix(".json") {
       let path = config.sandboxRecordsDirectory + "/" + name
+      // Only a record naming its own run directory (run/sandboxes/<id>, id as in the file name)
+      // is obeyed: a planted or corrupt one must not kill or remove anything else.
+      let id = String(name.dropLast(5))
       if let bytes = try? FileSystem.readFile(path), let record = try? JSONValue.parse(bytes, source: path),
-        let runDir = record["run_dir"]?.stringValue
+        let runDir = record["run_dir"]?.stringValue, isSandboxID(id), record["id"]?.stringValue == id,
+        runDir == config.sandboxRunDirectory + "/" + id
       {
-        var killed: [FileDescriptor] = []
-        for key in ["vmm_pid", "pager_pid"] {
-          guard let pid = record[key]?.int64Value, pid > 0 else { continue }
-          // Only a process of ours: its command line names this child's run directory. The
-          // pidfd, opened before the check, keeps a recycled pid from being signalled.
-          guard let pidFD = try? ChildProcess.pidFD(pid_t(pid)) else { continue }
-          let cmdline = (try? FileSystem.readFile("/proc/\(pid)/cmdline")) ?? []
-          if String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(runDir),
-            (try? pidFD.sendSignal(SIGKILL)) != nil
-          {
-            killed.append(pidFD)
-          } else {
-            pidFD.close()
-          }
-        }
-        // Its cgroup can only be removed once the processes are really gone.
-        for pidFD in killed {
-          _ = try? Poll.wait([(pidFD, .readable)], timeoutMS: 5000)
-          pidFD.close()
-        }
         FileSystem.removeTree(runDir)
-        if let id = record["id"]?.stringValue { CgroupLimit.remove(id: id) }
         logger.warning("cleaned up a sandbox left by a previous supervisor", metadata: ["record": "\(name)"])
       }
       _ = try? FileSystem.unlink(path)
     }
-    for name in (try? FileSystem.listDirectory(config.sandboxRunDirectory)) ?? [] {
-      FileSystem.removeTree(config.sandboxRunDirectory + "/" + name)
+    for directory in [config.sandboxRunDirectory, parentsDirectory] {
+      for name in (try? FileSystem.listDirectory(directory)) ?? [] { FileSystem.removeTree(directory + "/" + name) }
     }
+    CgroupLimit.removeAll()
+  }
+}
+
+/// Ending the processes a crashed supervisor left: every process whose command line names one
+/// of its run directories (forkd-vmm and forkd-pager are always given their run directory).
+enum LeftoverProcesses {
+  /// SIGKILLs them through pidfds (opened before the command line is checked, so a recycled pid
+  /// is never signalled) and waits until they are gone. Returns how many were ended.
+  static func end(mentioning prefixes: [String]) -> Int {
+    var killed: [FileDescriptor] = []
+    for name in (try? FileSystem.listDirectory("/proc")) ?? [] {
+      guard let pid = pid_t(name), pid != getpid(), let pidFD = try? ChildProcess.pidFD(pid) else { continue }
+      let cmdline = (try? FileSystem.readFile("/proc/\(pid)/cmdline")) ?? []
+      let text = String(decoding: cmdline.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+      if prefixes.contains(where: { text.contains($0) }), (try? pidFD.sendSignal(SIGKILL)) != nil {
+        killed.append(pidFD)
+      } else {
+        pidFD.close()
+      }
+    }
+    // Their cgroups and files can only be removed once the processes are really gone.
+    for pidFD in killed {
+      _ = try? Poll.wait([(pidFD, .readable)], timeoutMS: 5000)
+      pidFD.close()
+    }
+    return killed.count
   }
 }
 
 func newSandboxID() -> String { "sb-" + randomHex(6) }
+
+/// The shape `newSandboxID` produces: "sb-" and 12 lowercase hex digits.
+func isSandboxID(_ id: String) -> Bool {
+  let utf8 = Array(id.utf8)
+  return utf8.count == 15 && id.hasPrefix("sb-")
+    && utf8.dropFirst(3).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+}
 
 func randomHex(_ bytes: Int) -> String {
   var raw = [UInt8](repeating: 0, count: bytes)

@@ -10,20 +10,33 @@ struct SnapshotCreator {
   let logger: Logger
 
   func create(_ request: CreateSnapshotRequest) throws(APIError) -> SnapshotInfo {
-    if request.kernel != nil || request.rootfs != nil {
-      throw .badRequest("kernel/rootfs snapshots need Linux guest support, which this build does not have; use image")
-    }
-    let image = request.image ?? "builtin:test-guest"
-    if image != "builtin:test-guest" && !FileSystem.exists(image) {
-      throw .badRequest("image \(image) does not exist")
+    let mode: VMMProcess.Mode
+    let source: String
+    if let kernel = request.kernel {
+      for (field, path) in [("kernel", kernel), ("rootfs", request.rootfs), ("initrd", request.initrd)] {
+        if let path, !FileSystem.exists(path) { throw .badRequest("\(field) \(path) does not exist") }
+      }
+      mode = .bootLinux(
+        kernel: kernel, initrd: request.initrd, disk: request.rootfs, commandLine: request.cmdline,
+        memoryMiB: request.memoryMiB, vcpus: 1)
+      source = kernel
+    } else {
+      if request.rootfs != nil || request.initrd != nil {
+        throw .badRequest("rootfs and initrd belong to a Linux parent: give \"kernel\" too")
+      }
+      let image = request.image ?? "builtin:test-guest"
+      if image != "builtin:test-guest" && !FileSystem.exists(image) {
+        throw .badRequest("image \(image) does not exist")
+      }
+      mode = .boot(image: image, memoryMiB: request.memoryMiB, vcpus: 1)
+      source = image
     }
     try store.reserve(request.tag, existsStatus: 400)
     defer { store.release(request.tag) }
     let runDirectory = config.runDirectory + "/parents/" + request.tag + "-" + randomHex(4)
     let parent: VMMProcess
     do {
-      parent = try VMMProcess.launch(
-        .boot(image: image, memoryMiB: request.memoryMiB, vcpus: 1), runDirectory: runDirectory)
+      parent = try VMMProcess.launch(mode, runDirectory: runDirectory)
     } catch {
       throw .internalError("cannot boot the parent of \(request.tag): \(error)")
     }
@@ -31,12 +44,20 @@ struct SnapshotCreator {
     do {
       let agent = try parent.agent(timeoutMS: Int(request.bootWaitSeconds) * 1000 + 1000)
       _ = try agent.ping()
-      for step in request.warmup { _ = try agent.request(step.agentRequest, timeoutMS: 300_000) }
+      for step in request.warmup {
+        let response = try agent.request(step.agentRequest, timeoutMS: 300_000)
+        if case .exec(let result) = response, result.exitCode != 0 || result.timedOut {
+          throw ControlError(
+            .agent,
+            "warm-up exec \(step.jsonValue.serialized()) \(result.timedOut ? "timed out" : "exited with \(result.exitCode)"): \(String(decoding: result.stderr.suffix(512), as: UTF8.self))"
+          )
+        }
+      }
       try parent.control().call(.snapshot(directory: store.path(request.tag), parentTag: nil), timeoutMS: 120_000)
     } catch {
       throw .internalError("warming or snapshotting the parent of \(request.tag) failed: \(error)")
     }
-    logger.info("snapshot created", metadata: ["forkd_snapshot_tag": "\(request.tag)", "image": "\(image)"])
+    logger.info("snapshot created", metadata: ["forkd_snapshot_tag": "\(request.tag)", "from": "\(source)"])
     return try store.info(request.tag)
   }
 }

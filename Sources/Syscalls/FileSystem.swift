@@ -81,7 +81,9 @@ public enum FileSystem {
   /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
   public static func writeAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(SyscallError) {
     let temp = path + ".tmp-\(getpid())"
-    let fd = try FileDescriptor.open(temp, [.writeOnly, .create, .truncate], mode: mode)
+    // A leftover (or planted symlink) at the temporary name is removed, never written through.
+    _ = Glibc.unlink(temp)
+    let fd = try FileDescriptor.open(temp, [.writeOnly, .create, .exclusive, .noFollow], mode: mode)
     do throws(SyscallError) {
       try fd.writeAll(bytes)
       try fd.sync()

@@ -96,14 +96,16 @@ public struct Userfault: Sendable {
   /// `destination` and, unless `wake` is false, wakes the faulting threads. Returns bytes copied.
   /// EEXIST (already mapped) and EAGAIN (events pending) are returned to the caller as errors;
   /// the pager decides what they mean.
-  public func copy(to destination: UInt64, from source: UnsafeRawPointer, length: UInt64, wake: Bool = true)
-    throws(SyscallError) -> Int64
-  {
+  /// `writeProtect`: the new pages stay write-protected (the range must be registered for WP).
+  public func copy(
+    to destination: UInt64, from source: UnsafeRawPointer, length: UInt64, wake: Bool = true,
+    writeProtect: Bool = false
+  ) throws(SyscallError) -> Int64 {
     var done: Int64 = 0
+    let mode = (wake ? 0 : CUFFD_COPY_DONTWAKE) | (writeProtect ? CUFFD_COPY_WP : 0)
     do {
       _ = try retryingEINTR("UFFDIO_COPY", detail: hexAddress(destination)) {
-        cuffd_copy(
-          fd.rawValue, destination, UInt64(UInt(bitPattern: source)), length, wake ? 0 : CUFFD_COPY_DONTWAKE, &done)
+        cuffd_copy(fd.rawValue, destination, UInt64(UInt(bitPattern: source)), length, mode, &done)
       }
     } catch  where error.errno == .wouldBlock && done > 0 {
       return done  // partly done before events got in the way: the caller compares with `length`

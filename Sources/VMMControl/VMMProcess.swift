@@ -28,6 +28,9 @@ public enum ForkdBinaries {
 public final class VMMProcess: @unchecked Sendable {
   public enum Mode: Sendable {
     case boot(image: String, memoryMiB: UInt64, vcpus: UInt32)
+    /// A Linux kernel with an optional initramfs, disk (read-only base) and command line.
+    case bootLinux(
+      kernel: String, initrd: String?, disk: String?, commandLine: String?, memoryMiB: UInt64, vcpus: UInt32)
     case restore(snapshot: String)
   }
 
@@ -74,6 +77,11 @@ public final class VMMProcess: @unchecked Sendable {
     switch mode {
     case .boot(let image, let memoryMiB, let vcpus):
       arguments += ["boot", "--image", image, "--memory-mib", "\(memoryMiB)", "--vcpus", "\(vcpus)"]
+    case .bootLinux(let kernel, let initrd, let disk, let commandLine, let memoryMiB, let vcpus):
+      arguments += ["boot", "--kernel", kernel, "--memory-mib", "\(memoryMiB)", "--vcpus", "\(vcpus)"]
+      if let initrd { arguments += ["--initrd", initrd] }
+      if let disk { arguments += ["--disk", disk] }
+      if let commandLine { arguments += ["--cmdline", commandLine] }
     case .restore(let snapshot):
       arguments += ["restore", "--snapshot", snapshot]
     }

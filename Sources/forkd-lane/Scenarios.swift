@@ -79,6 +79,8 @@ struct LinuxSettings {
   var expectedKernel: String
   var children: Int
   var uffd: UffdCheck
+  /// Also restore a child with the shmem backend (MINOR faults on a shared copy), reported only.
+  var shmem: Bool = false
   var bootTimeoutMS: Int
 }
 
@@ -161,6 +163,17 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
       }
     }
   }
+  if s.children > 0 {
+    try report.step("linux: agent exit powers child \(s.children - 1) off, forkd-vmm ends with status 0") {
+      let (child, agent) = kids[s.children - 1]
+      try expectEqual("exit answer", try agent.request(.exit(code: 0)), AgentResponse.exiting)
+      let termination = child.vmm.wait(timeoutMS: 30_000)
+      guard termination == .exited(0) else {
+        throw LaneFailure(
+          "forkd-vmm \(termination.map { "\($0)" } ?? "still running") 30 s after exit [\(childDiagnostics(child))]")
+      }
+    }
+  }
   switch s.uffd {
   case .off:
     break
@@ -171,6 +184,11 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
   case .optional:
     report.optionalStep("linux: child \(s.children) (uffd, forkd-pager) restored, answers exec, sees the parent's file") {
       try restoreChild(s.children, "uffd", .uffd(), agentTimeoutMS: 30_000)
+    }
+  }
+  if s.shmem {
+    report.optionalStep("linux: child \(s.children + 1) (shmem, forkd-pager) restored, answers exec, sees the parent's file") {
+      try restoreChild(s.children + 1, "shmem", .shmem(), agentTimeoutMS: 30_000)
     }
   }
   if !restoreTimes.isEmpty {

@@ -3,10 +3,12 @@
 //   forkd-lane test-guest --work DIR [--children N]
 //   forkd-lane linux --work DIR --kernel PATH --initrd PATH --expect-kernel VERSION
 //                    [--disk PATH] [--cmdline STRING] [--memory-mib N] [--vcpus N]
-//                    [--children N] [--uffd|--uffd-optional] [--boot-timeout-s N]
+//                    [--children N] [--uffd|--uffd-optional] [--shmem-optional]
+//                    [--boot-timeout-s N]
 //
 // --uffd adds a child restored with the uffd backend (its own forkd-pager); with
 // --uffd-optional its failure is reported as "LANE WARN" without failing the lane.
+// --shmem-optional adds a child with the shmem backend, reported the same way.
 //
 // forkd-vmm and forkd-pager are found next to this executable (or in $FORKD_BIN_DIR). Prints
 // "LANE PASS|FAIL <step>" per step and a "LANE SUMMARY" line; exits 0 only if every step passed.
@@ -28,7 +30,7 @@ struct Arguments {
     var rest = argv.dropFirst()
     while let arg = rest.popFirst() {
       guard arg.hasPrefix("--") else { throw LaneFailure("unexpected argument '\(arg)'") }
-      if arg == "--uffd" || arg == "--uffd-optional" {
+      if arg == "--uffd" || arg == "--uffd-optional" || arg == "--shmem-optional" {
         flags.insert(arg)
         continue
       }
@@ -72,8 +74,10 @@ func main() -> Int32 {
         expectedKernel: try args.required("--expect-kernel"), children: try args.number("--children", default: 3),
         uffd: args.flags.contains("--uffd") ? .required : args.flags.contains("--uffd-optional") ? .optional : .off,
         bootTimeoutMS: try args.number("--boot-timeout-s", default: 240) * 1000)
+      var withShmem = settings
+      withShmem.shmem = args.flags.contains("--shmem-optional")
       do {
-        try linuxScenario(settings, work: work, report: report)
+        try linuxScenario(withShmem, work: work, report: report)
       } catch {}
       report.metric("wall_ms", "\(milliseconds(since: start))")
       report.summary(scenario: "linux")

@@ -7,12 +7,12 @@ import VMMControl
   import Glibc
 #endif
 
-/// The branch modes side by side: how long the source is paused for a full and a diff snapshot
-/// at several guest sizes, and what a spawn from a diff chain costs against a flat snapshot.
+/// The branch modes side by side: how long the source is paused for a full, a diff and a live
+/// snapshot at several guest sizes, and what a spawn from a diff chain costs against a flat one.
 struct BranchBench: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "branch",
-    abstract: "Pause window of full vs diff branches at several guest sizes; spawn at chain depth 0...3 (uffd).")
+    abstract: "Pause window of full, diff and live branches at several guest sizes; spawn at chain depth 0...3 (uffd).")
 
   @Option(parsing: .upToNextOption, help: "Guest sizes in MiB.") var sizes: [UInt64] = [64, 512, 2048]
   @Option(help: "Branches per mode and size.") var iterations: Int = 5
@@ -27,7 +27,8 @@ struct BranchBench: ParsableCommand {
     defer { scratch.remove() }
     var pauseRows: [(size: UInt64, backend: String, mode: String, pause: Summary, total: Summary, layerPages: Int)] =
       []
-    var spawnRows: [(depth: Int, restore: Summary)] = []
+    var spawnRows: [(depth: Int, restore: Summary, workload: Summary)] = []
+    var noWaitRows: [(size: UInt64, roundTrip: Summary, pause: Summary)] = []
 
     for size in sizes {
       let root = scratch.path + "/\(size)"
@@ -41,7 +42,7 @@ struct BranchBench: ParsableCommand {
       for backend in [ChildBackend.file, .uffd(policy: .fail)] {
         let source = try Child.restore(snapshot: root + "/snaps/base", runDirectory: root + "/src", backend: backend)
         let agent = try source.vmm.agent()
-        for mode in ["full", "diff"] {
+        for mode in ["full", "diff", "live"] where mode != "live" || backend.servesChains {
           var pauses: [Double] = []
           var totals: [Double] = []
           var layerPages = 0
@@ -50,13 +51,31 @@ struct BranchBench: ParsableCommand {
             _ = try agent.fill(pages: 64, seed: UInt64(i + 2))
             let dir = root + "/snaps/\(backend.name)-\(mode)-\(i)"
             let result = try source.vmm.control().call(
-              .snapshot(directory: dir, parentTag: "base", diff: mode == "diff"), timeoutMS: 600_000)
+              .snapshot(directory: dir, parentTag: "base", diff: mode == "diff", live: mode == "live"),
+              timeoutMS: 600_000)
             pauses.append(Double(result["pause_us"]?.int64Value ?? 0) / 1000)
             totals.append(Double(result["total_us"]?.int64Value ?? 0) / 1000)
             layerPages = Int(result["layer_pages"]?.int64Value ?? 0)
             FileSystem.removeTree(dir)
           }
           pauseRows.append((size, backend.name, mode, Summary(pauses), Summary(totals), layerPages))
+        }
+        if backend.servesChains {
+          // Live with wait:false: the request's round trip, answered once the source runs again.
+          var trips: [Double] = []
+          var pauses: [Double] = []
+          for i in 0..<iterations {
+            _ = try agent.fill(pages: 64, seed: UInt64(i + 50))
+            let dir = root + "/snaps/nowait-\(i)"
+            let t0 = Clock.monotonicNanoseconds()
+            let started = try source.vmm.control().call(
+              .snapshot(directory: dir, parentTag: "base", live: true, wait: false), timeoutMS: 600_000)
+            trips.append(ms(Clock.monotonicNanoseconds() - t0))
+            pauses.append(Double(started["pause_us"]?.int64Value ?? 0) / 1000)
+            _ = try source.vmm.control().call(.snapshotWait(directory: dir), timeoutMS: 600_000)
+            FileSystem.removeTree(dir)
+          }
+          noWaitRows.append((size, Summary(trips), Summary(pauses)))
         }
         source.stop()
       }
@@ -77,16 +96,23 @@ struct BranchBench: ParsableCommand {
       }
       for (depth, tag) in ["base", "d1", "d2", "d3"].enumerated() {
         var samples: [Double] = []
+        var workloads: [Double] = []
         for i in 0..<(spawns + 1) {
           let t0 = Clock.monotonicNanoseconds()
           let child = try Child.restore(
             snapshot: root + "/snaps/" + tag, runDirectory: root + "/spawn-\(tag)-\(i)", backend: .uffd(policy: .fail))
-          _ = try child.vmm.agent().checksum(pages: pages)
-          let elapsed = ms(Clock.monotonicNanoseconds() - t0)
+          let agent = try child.vmm.agent()
+          _ = try agent.ping()
+          let t1 = Clock.monotonicNanoseconds()
+          _ = try agent.checksum(pages: pages)
+          let t2 = Clock.monotonicNanoseconds()
           child.stop()
-          if i > 0 { samples.append(elapsed) }  // the first one warms the page cache
+          if i > 0 {  // the first one warms the page cache
+            samples.append(ms(t1 - t0))
+            workloads.append(ms(t2 - t1))
+          }
         }
-        spawnRows.append((depth, Summary(samples)))
+        spawnRows.append((depth, Summary(samples), Summary(workloads)))
       }
       FileSystem.removeTree(root)
     }
@@ -103,11 +129,19 @@ struct BranchBench: ParsableCommand {
                 "total_ms_p50": .double($0.total.p50), "layer_pages": .integer(Int64($0.layerPages)),
               ])
             }),
+          "live_no_wait": .array(
+            noWaitRows.map {
+              .object([
+                "memory_mib": .integer(Int64($0.size)), "round_trip_ms_p50": .double($0.roundTrip.p50),
+                "round_trip_ms_p90": .double($0.roundTrip.p90), "pause_ms_p50": .double($0.pause.p50),
+              ])
+            }),
           "spawn_from_chain": .array(
             spawnRows.map {
               .object([
-                "depth": .integer(Int64($0.depth)), "restore_to_checksum_ms_p50": .double($0.restore.p50),
-                "p90": .double($0.restore.p90),
+                "depth": .integer(Int64($0.depth)), "restore_to_first_reply_ms_p50": .double($0.restore.p50),
+                "restore_to_first_reply_ms_p90": .double($0.restore.p90),
+                "checksum_ms_p50": .double($0.workload.p50),
               ])
             }),
         ]).serialized(pretty: true))
@@ -122,12 +156,24 @@ struct BranchBench: ParsableCommand {
       )
     }
     print("")
-    print("spawn from a diff chain (uffd backend): restore → checksum of \(pages) pages answered, \(spawns) spawns each")
-    print("| chain depth | p50 ms | p90 ms | vs flat |")
+    print("live branch with wait:false (uffd source): control request → answer, the source running again")
+    print("| guest MiB | round trip p50 ms | p90 ms | pause p50 ms |")
     print("|---|---|---|---|")
+    for r in noWaitRows {
+      print("| \(r.size) | \(format(r.roundTrip.p50)) | \(format(r.roundTrip.p90)) | \(format(r.pause.p50)) |")
+    }
+    print("")
+    print(
+      "spawn from a diff chain (uffd backend): restore → first agent reply, then a checksum of \(pages) pages (every page faulted through the chain), \(spawns) spawns each"
+    )
+    print("| chain depth | restore → first reply p50 ms | p90 ms | vs flat | checksum p50 ms | vs flat |")
+    print("|---|---|---|---|---|---|")
     let flat = spawnRows.first?.restore.p50 ?? 1
+    let flatWork = spawnRows.first?.workload.p50 ?? 1
     for r in spawnRows {
-      print("| \(r.depth) | \(format(r.restore.p50)) | \(format(r.restore.p90)) | \(format(r.restore.p50 / flat))× |")
+      print(
+        "| \(r.depth) | \(format(r.restore.p50)) | \(format(r.restore.p90)) | \(format(r.restore.p50 / flat))× | \(format(r.workload.p50)) | \(format(r.workload.p50 / flatWork))× |"
+      )
     }
   }
 }

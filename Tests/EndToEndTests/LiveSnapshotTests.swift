@@ -37,8 +37,10 @@ struct LiveSnapshotTests {
     let pauseUS = try #require(started["pause_us"]?.int64Value)
     #expect(!FileSystem.exists(root + "/live"), "not visible before the copy is complete")
 
-    // The guest rewrites the same pages, its counter and a key while the copy runs.
-    _ = try agent.fill(pages: 64, seed: 0xBBBB)
+    // While the copy runs the guest rewrites the pages it had written (held, write-protected),
+    // 64 it had never touched (first touches served from the origin, then written), its counter
+    // and a key.
+    _ = try agent.fill(pages: 128, seed: 0xBBBB)
     _ = try agent.counter(add: 100)
     try agent.set("note", "after the branch")
     let after = try DiffSnapshotTests.observe(agent, pages: parent.pages)

@@ -80,6 +80,8 @@ struct SupervisorBranchTests {
     #expect(try fileSup.unix.request("POST", "/v1/sandboxes/\(flatID)/ping").json?["counter"] == .integer(1))
     let live = try fileSup.unix.request("POST", "/v1/sandboxes/\(flatID)/branch", body: #"{"mode":"live"}"#)
     #expect(live.status == 400 && live.text.contains("uffd"), "\(live.text)")
+    let liveFork = try fileSup.unix.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"flat","live_fork":true}"#)
+    #expect(liveFork.status == 400 && liveFork.text.contains("live_fork"), "\(liveFork.text)")
   }
 
   @Test("branch mode live: wait true is ready at once; wait false answers while copying; a source killed mid-copy leaves no tag")
@@ -129,5 +131,34 @@ struct SupervisorBranchTests {
     defer { restarted.stop() }
     let left = try FileSystem.listDirectory(sup.scratch.path + "/state/snapshots").filter { $0.hasPrefix("l3") }
     #expect(left.isEmpty, "staging directories of the dead copy: \(left)")
+  }
+}
+
+@Suite("forkd-supervisor: Linux parents, bad input", .serialized)
+struct LinuxParentAPITests {
+  @Test("kernel/rootfs/initrd: missing files are 400 naming the field; a file that is not a kernel fails naming it")
+  func badLinuxParents() throws {
+    let sup = try TestSupervisor("linux")
+    let api = sup.unix
+    func expectError(_ body: String, _ status: Int, _ fragments: [String]) throws {
+      let r = try api.request("POST", "/v1/snapshots", body: body)
+      #expect(r.status == status, "\(body) → \(r.text)")
+      for fragment in fragments {
+        #expect(r.json?["error"]?.stringValue?.contains(fragment) == true, "\(body) → \(r.text)")
+      }
+    }
+    try expectError(#"{"tag":"l","kernel":"/nonexistent/vmlinuz"}"#, 400, ["kernel", "/nonexistent/vmlinuz"])
+    try expectError(#"{"tag":"l","kernel":"/etc/hostname","rootfs":"/nonexistent.ext4"}"#, 400, ["rootfs"])
+    try expectError(#"{"tag":"l","kernel":"/etc/hostname","initrd":"/nonexistent.cpio"}"#, 400, ["initrd"])
+    try expectError(#"{"tag":"l","kernel":"/etc/hostname","image":"builtin:test-guest"}"#, 400, ["exclusive"])
+    try expectError(#"{"tag":"l","rootfs":"/etc/hostname"}"#, 400, ["kernel"])
+    try expectError(
+      #"{"tag":"l","kernel":"/etc/hostname","warmup":[{"op":"exec","args":[]}]}"#, 400, ["args"])
+    // Not a kernel: forkd-vmm refuses it before any KVM work; the API says which file and why.
+    try expectError(#"{"tag":"l","kernel":"/etc/hostname"}"#, 500, ["/etc/hostname"])
+    #expect(try api.request("GET", "/v1/snapshots/l/info").status == 404, "nothing half-made is visible")
+    let parents = (try? FileSystem.listDirectory(sup.scratch.path + "/run/parents")) ?? []
+    #expect(parents.isEmpty, "no run directory of the failed parent is left: \(parents)")
+    #expect(try api.request("GET", "/healthz").status == 200)
   }
 }

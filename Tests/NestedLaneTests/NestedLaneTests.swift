@@ -17,15 +17,6 @@ struct NestedLaneTests {
     return parts.joined(separator: "/")
   }()
 
-  /// The directory of the running test binary: where swift build put forkd-vmm & co.
-  static func binaryDirectory() throws -> String {
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    guard n > 0 else { throw SyscallError("readlink /proc/self/exe", .current) }
-    let exe = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    return String(exe[..<(exe.lastIndex(of: "/") ?? exe.endIndex)])
-  }
-
   @Test(
     "L2 Linux under forkd-vmm in an L1 with nested SVM: boot, exec, snapshot, children",
     .enabled(if: FileSystem.exists("/dev/kvm"), "no /dev/kvm on this machine"))
@@ -39,13 +30,14 @@ struct NestedLaneTests {
     let logPath = scratch + "/lane.log"
     let log = try FileDescriptor.open(logPath, [.writeOnly, .create, .truncate], mode: 0o600)
     let script = Self.packageRoot + "/scripts/nested-lane/run"
-    // The script bounds L1 with `timeout`; this wait is only a backstop.
+    // The script builds release binaries of this tree (.build-lane-release) and bounds L1 with
+    // `timeout`; this wait is only a backstop.
     let pid = try ChildProcess.spawn(
       path: "/usr/bin/env",
-      arguments: ["env", "bash", script, "--bin-dir", try Self.binaryDirectory(), "--timeout", "900"],
+      arguments: ["env", "bash", script, "--timeout", "900"],
       stdoutFD: log, stderrFD: log)
     log.close()
-    let termination = ChildProcess.waitOrKill(pid, timeoutMS: 1_200_000)
+    let termination = ChildProcess.waitOrKill(pid, timeoutMS: 1_800_000)
     let output = String(decoding: (try? FileSystem.readFile(logPath)) ?? [], as: UTF8.self)
     let laneLines = output.split(separator: "\n").filter { $0.hasPrefix("LANE") || $0.hasPrefix("nested-lane:") }
     print(laneLines.joined(separator: "\n"))

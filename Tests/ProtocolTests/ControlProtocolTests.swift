@@ -19,7 +19,9 @@ struct ControlProtocolTests {
   @Test func requestRoundTrips() throws {
     for r: ControlRequest in [
       .status, .pause, .resume, .stop, .snapshot(directory: "/var/lib/forkd/snap 1\n", parentTag: "base_1"),
-      .snapshot(directory: "rel", parentTag: nil),
+      .snapshot(directory: "rel", parentTag: nil), .snapshot(directory: "/d", parentTag: "p", diff: true),
+      .snapshot(directory: "/l", parentTag: "p", live: true), .snapshot(directory: "/l", parentTag: nil, live: true, wait: false),
+      .snapshotWait(directory: "/l"),
     ] {
       let text = ControlCodec.encode(r)
       #expect(text.hasSuffix("\n"))
@@ -40,12 +42,21 @@ struct ControlProtocolTests {
     #expect(try ControlCodec.decodeRequest(line(#" { "op" : "pause", "future": 1 } "#)) == .pause)
   }
 
+  @Test func snapshotModesAreChecked() {
+    for bad in [
+      #"{"op":"snapshot","dir":"/x","mode":"partial"}"#, #"{"op":"snapshot","dir":"/x","mode":"diff"}"#,
+      #"{"op":"snapshot","dir":"/x","wait":false}"#, #"{"op":"snapshot_wait"}"#,
+    ] {
+      #expect(throws: ProtocolError.self, "\(bad)") { try ControlCodec.decodeRequest(line(bad)) }
+    }
+  }
+
   @Test func unknownOpNamed() {
     let e = #expect(throws: ProtocolError.self) { try ControlCodec.decodeRequest(line(#"{"op":"explode"}"#)) }
     #expect(e?.code == .unknownType)
     #expect(
       e?.message
-        == "control request: unknown op \"explode\" (expected status, pause, resume, snapshot, stop or attach_pager)")
+        == "control request: unknown op \"explode\" (expected status, pause, resume, snapshot, snapshot_wait, stop or attach_pager)")
   }
 
   @Test func malformedRequests() {

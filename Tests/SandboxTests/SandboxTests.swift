@@ -186,6 +186,33 @@ struct SandboxTests {
     #expect(SeccompPolicy.vmm.defaultAction == .killProcess)
   }
 
+  /// Requests a VMM or pager issues only while it sets up (before the filter): creating VMs,
+  /// vCPUs, the in-kernel irqchip and PIT, irqfd/ioeventfd wiring, memory registration with the
+  /// uffd. A compromised process must not be able to issue them again (issue 8, review as code).
+  @Test("setup-only ioctls are not on either allow-list; runtime ones needed by live snapshots and Linux guests are")
+  func setupOnlyIoctlsDenied() {
+    let setupOnly: [(String, UInt)] = [
+      ("KVM_CREATE_VM", 0xAE01), ("KVM_CREATE_VCPU", 0xAE41), ("KVM_CREATE_IRQCHIP", 0xAE60),
+      ("KVM_CREATE_PIT2", 0x4040_AE77), ("KVM_IRQFD", 0x4020_AE76), ("KVM_IOEVENTFD", 0x4040_AE79),
+      ("KVM_SET_TSS_ADDR", 0xAE47), ("KVM_SET_IDENTITY_MAP_ADDR", 0x4008_AE48), ("KVM_GET_API_VERSION", 0xAE00),
+      ("UFFDIO_REGISTER", 0xC020_AA00), ("UFFDIO_UNREGISTER", 0x8010_AA01), ("TIOCSTI", 0x5412),
+    ]
+    for policy in [SeccompPolicy.pager, SeccompPolicy.vmm] {
+      for (name, request) in setupOnly {
+        #expect(!policy.allowedIoctls.contains(request), "\(policy.name) allows \(name)")
+      }
+    }
+    // Live snapshots write-protect guest memory from the VMM after the filter is in place;
+    // Linux-guest snapshots read the in-kernel irqchip, PIT and clock.
+    let vmm = Set(SeccompPolicy.vmm.allowedIoctls)
+    for request in [
+      CSECCOMP_UFFDIO_WRITEPROTECT, CSECCOMP_UFFDIO_COPY, CSECCOMP_KVM_GET_IRQCHIP, CSECCOMP_KVM_GET_PIT2,
+      CSECCOMP_KVM_GET_CLOCK, CSECCOMP_KVM_GET_LAPIC,
+    ] {
+      #expect(vmm.contains(UInt(request)), "vmm lacks ioctl 0x\(String(request, radix: 16))")
+    }
+  }
+
   @Test("ioctl request numbers match the kernel ABI")
   func requestNumbers() {
     #expect(CSECCOMP_UFFDIO_API == 0xC018_AA3F)

@@ -62,7 +62,7 @@ extension VirtualMachine {
     do {
       origin = try ChainImage(chain: SnapshotChain.load(top: restoredFrom))
     } catch {
-      throw VMMError(.invalidSnapshot, error.message, cause: error.cause)
+      throw VMMError(error)
     }
     let staging = "\(directory).staging-\(getpid())-\(started)"
     do {
@@ -85,10 +85,8 @@ extension VirtualMachine {
     var armed = false
     var suspended = false
     let stateBytes: [UInt8]
-    let present: PageIndex
     do throws(VMMError) {
       stateBytes = try captureStateFile(staging: staging).serialized()
-      present = try DirtyPages.scan(memory)
       try pager.suspendPager()
       suspended = true
       armed = true  // from here a failure unprotects (harmless for regions not protected yet)
@@ -109,7 +107,7 @@ extension VirtualMachine {
       throw error
     }
     let copier = LiveCopier(
-      machine: self, pager: pager, origin: origin, present: present, file: memoryFile,
+      machine: self, pager: pager, origin: origin, file: memoryFile,
       delayMicroseconds: copyDelayMicroseconds)
     let pauseNanoseconds = Clock.monotonicNanoseconds() - pausedAt
     let job = LiveSnapshotJob(directory: directory, pauseNanoseconds: pauseNanoseconds)
@@ -123,14 +121,14 @@ extension VirtualMachine {
       do throws(VMMError) {
         let dataBytes = try copied.get()
         try syncFile(memoryPath)
-        try writeSnapshotFile(staging + "/" + SnapshotManifest.defaultStateFile, stateBytes)
+        try writeFile(staging + "/" + SnapshotManifest.defaultStateFile, stateBytes)
         let manifest = SnapshotManifest(
           memorySize: manifestBase.memorySize, vcpuCount: manifestBase.vcpus, guestKind: manifestBase.kind,
           guestImageDigest: manifestBase.image, createdAtUnix: Clock.unixSeconds(), parentTag: parentTag,
           stateDigest: SHA256.digestString(of: stateBytes),
           contentDigest: try layerDigest(memoryPath, nil))
-        try writeSnapshotFile(staging + "/manifest.json", Array(manifest.jsonText().utf8))
-        try moveIntoPlace(staging, directory)
+        try writeFile(staging + "/manifest.json", Array(manifest.jsonText().utf8))
+        try publish(staging, as: directory)
         result = .success(
           SnapshotResult(
             directory: directory, manifest: manifest, memoryDataBytes: dataBytes,
@@ -161,63 +159,50 @@ extension VirtualMachine {
       throw VMMError(.io, "\(path): cannot sync", cause: error)
     }
   }
-
-  private func writeSnapshotFile(_ path: String, _ bytes: [UInt8]) throws(VMMError) {
-    do {
-      let fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
-      defer { fd.close() }
-      try fd.writeAll(bytes)
-      try fd.sync()
-    } catch {
-      throw VMMError(.io, "\(path): cannot write", cause: error)
-    }
-  }
-
-  private func moveIntoPlace(_ staging: String, _ directory: String) throws(VMMError) {
-    do {
-      try FileSystem.syncDirectory(staging)
-      try FileSystem.rename(staging, to: directory, noReplace: true)
-      try FileSystem.syncDirectory(parentDirectory(of: directory))
-    } catch {
-      throw VMMError(.io, "cannot move the snapshot into \(directory)", cause: error)
-    }
-  }
 }
 
 /// The copier of a live snapshot: reads the uffd (the pager is suspended) and memory.bin
 /// gets each page as it was at the pause — from guest memory while the page is still
-/// write-protected, or from the origin snapshot for pages the VM had not touched.
+/// write-protected, or from the origin snapshot for pages the VM does not hold. Which pages the
+/// VM holds is read per chunk (not during the pause): a page populated since the pause was
+/// populated by this copier, from the origin and write-protected, so either way a held,
+/// unsaved page still has its content of the pause.
 final class LiveCopier: @unchecked Sendable {
   private let machine: VirtualMachine
   private let pager: PagerLink
   private let origin: ChainImage
-  private let present: PageIndex
   private let file: FileDescriptor
+  private let pageCount: Int
+  private let zeroPage: UnsafeMutableRawPointer
   private let delayMicroseconds: UInt32
   private var saved: PageIndex
   private var dataBytes: UInt64 = 0
 
   init(
-    machine: VirtualMachine, pager: PagerLink, origin: ChainImage, present: PageIndex, file: FileDescriptor,
-    delayMicroseconds: UInt32
+    machine: VirtualMachine, pager: PagerLink, origin: ChainImage, file: FileDescriptor, delayMicroseconds: UInt32
   ) {
     self.machine = machine
     self.pager = pager
     self.origin = origin
-    self.present = present
     self.file = file
     self.delayMicroseconds = delayMicroseconds
-    saved = PageIndex(pageCount: present.pageCount)
+    pageCount = Int(machine.memory.size / GuestMemory.pageSize)
+    saved = PageIndex(pageCount: pageCount)
+    zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    zeroPage.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
   }
+
+  deinit { zeroPage.deallocate() }
 
   func run() -> Result<UInt64, VMMError> {
     let chunk = 64
     var next = 0
     do throws(VMMError) {
-      while next < present.pageCount {
+      while next < pageCount {
         try serveEvents()
-        let end = min(next + chunk, present.pageCount)
-        for page in next..<end { try save(page) }
+        let end = min(next + chunk, pageCount)
+        let held = try DirtyPages.scan(machine.memory, pages: next..<end)
+        for page in next..<end { try save(page, held: held.contains(page)) }
         // Saved: the guest may write these pages freely from now on.
         if let host = machine.memory.hostAddress(ofFilePage: next) {
           try? pager.uffd.writeProtect(
@@ -233,12 +218,12 @@ final class LiveCopier: @unchecked Sendable {
     }
   }
 
-  /// Writes `page` as it was at the pause, once.
-  private func save(_ page: Int) throws(VMMError) {
+  /// Writes `page` as it was at the pause, once. `held`: the VM's memory has the page.
+  private func save(_ page: Int, held: Bool) throws(VMMError) {
     guard !saved.contains(page) else { return }
     saved.insert(page)
     let source: UnsafeRawPointer?
-    if present.contains(page) {
+    if held {
       source = machine.memory.hostAddress(ofFilePage: page).map { UnsafeRawPointer($0) }
     } else {
       source = origin.page(page)
@@ -270,12 +255,14 @@ final class LiveCopier: @unchecked Sendable {
         let pageAddress = address & ~4095
         guard let page = filePage(of: pageAddress) else { continue }
         if writeProtect {
-          try save(page)
+          // Only held pages are protected.
+          try save(page, held: true)
           try? uffd.writeProtect(start: pageAddress, length: 4096, protect: false, wake: true)
-        } else if let data = origin.page(page) {
-          _ = try? uffd.copy(to: pageAddress, from: data, length: 4096, wake: true)
         } else {
-          _ = try? uffd.zeroPage(at: pageAddress, length: 4096, wake: true)
+          // First touch: the origin's page, kept write-protected until the copier saved it
+          // (a zero page is copied rather than mapped: UFFDIO_ZEROPAGE cannot keep protection).
+          let data = origin.page(page) ?? UnsafeRawPointer(zeroPage)
+          _ = try? uffd.copy(to: pageAddress, from: data, length: 4096, wake: true, writeProtect: !saved.contains(page))
         }
       }
     }

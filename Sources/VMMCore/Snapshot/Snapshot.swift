@@ -130,7 +130,7 @@ extension VirtualMachine {
       do {
         origin = try ChainImage(chain: SnapshotChain.load(top: restoredFrom))
       } catch {
-        throw VMMError(.invalidSnapshot, error.message, cause: error.cause)
+        throw VMMError(error)
       }
     }
     // A diff layer records its parent's content digest; read it before pausing.
@@ -206,16 +206,7 @@ extension VirtualMachine {
         memoryLayer: diffIndex == nil ? .full : .diff, parentContentDigest: parentContentDigest,
         pageIndexFile: diffIndex == nil ? nil : PageIndex.fileName)
       try writeFile(staging + "/manifest.json", Array(manifest.jsonText().utf8))
-      do {
-        try FileSystem.syncDirectory(staging)
-        try FileSystem.rename(staging, to: directory, noReplace: true)
-        try FileSystem.syncDirectory(parent)
-      } catch {
-        if error.errno == .exists || error.errno == Errno(ENOTEMPTY) {
-          throw VMMError(.snapshotExists, "\(directory) appeared while the snapshot was written", cause: error)
-        }
-        throw VMMError(.io, "cannot move the snapshot into \(directory)", cause: error)
-      }
+      try publish(staging, as: directory)
       let finished = Clock.monotonicNanoseconds()
       return SnapshotResult(
         directory: directory, manifest: manifest, memoryDataBytes: memoryBytes, stateBytes: UInt64(stateBytes.count),
@@ -231,7 +222,7 @@ extension VirtualMachine {
     do {
       return try LayerDigest.compute(memoryPath: memoryPath, index: index)
     } catch {
-      throw VMMError(.io, error.message, cause: error.cause)
+      throw VMMError(error)
     }
   }
 
@@ -307,14 +298,19 @@ extension VirtualMachine {
     }
   }
 
-  private func writeFile(_ path: String, _ bytes: [UInt8]) throws(VMMError) {
+  func writeFile(_ path: String, _ bytes: [UInt8]) throws(VMMError) {
     do {
-      let fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
-      defer { fd.close() }
-      try fd.writeAll(bytes)
-      try fd.sync()
+      try SnapshotFiles.write(path, bytes)
     } catch {
-      throw VMMError(.io, "\(path): cannot write", cause: error)
+      throw VMMError(error)
+    }
+  }
+
+  func publish(_ staging: String, as directory: String) throws(VMMError) {
+    do {
+      try SnapshotFiles.publish(staging: staging, as: directory)
+    } catch {
+      throw VMMError(error)
     }
   }
 
@@ -485,7 +481,7 @@ public struct LoadedSnapshot: Sendable {
     do {
       return try SnapshotManifest.read(directory: directory)
     } catch {
-      throw VMMError(.invalidSnapshot, error.message, cause: error.cause)
+      throw VMMError(error)
     }
   }
 

@@ -6,6 +6,19 @@ import Syscalls
   import Glibc
 #endif
 
+extension VMMError {
+  /// The same failure in the VMM's terms (codes map one to one).
+  init(_ error: SnapshotStorageError) {
+    let code: Code =
+      switch error.code {
+      case .invalidSnapshot: .invalidSnapshot
+      case .snapshotExists: .snapshotExists
+      case .io: .io
+      }
+    self.init(code, error.message, cause: error.cause)
+  }
+}
+
 /// What a snapshot captures of guest memory.
 public enum SnapshotMode: Sendable, Equatable {
   /// Every page (zero pages stay holes).
@@ -26,6 +39,11 @@ enum DirtyPages {
   static let filePage: UInt64 = 1 << 61
 
   static func scan(_ memory: GuestMemory) throws(VMMError) -> PageIndex {
+    try scan(memory, pages: 0..<Int(memory.size / GuestMemory.pageSize))
+  }
+
+  /// The private pages among `pages` (file page numbers).
+  static func scan(_ memory: GuestMemory, pages wanted: Range<Int>) throws(VMMError) -> PageIndex {
     let pageSize = Int(GuestMemory.pageSize)
     var index = PageIndex(pageCount: Int(memory.size) / pageSize)
     let pagemap: FileDescriptor
@@ -40,14 +58,16 @@ enum DirtyPages {
     defer { entries.deallocate() }
     for region in memory.regions {
       let firstVirtualPage = Int(bitPattern: region.host) / pageSize
-      let regionPages = Int(region.size) / pageSize
       let firstFilePage = Int(region.fileOffset) / pageSize
-      var done = 0
-      while done < regionPages {
-        let count = min(chunk, regionPages - done)
+      let regionPages = firstFilePage..<(firstFilePage + Int(region.size) / pageSize)
+      let range = wanted.clamped(to: regionPages)
+      var done = range.lowerBound
+      while done < range.upperBound {
+        let count = min(chunk, range.upperBound - done)
         let bytes = UnsafeMutableRawBufferPointer(start: entries.baseAddress, count: count * 8)
         do {
-          let read = try pagemap.pread(into: bytes, at: Int64(firstVirtualPage + done) * 8)
+          let at = Int64(firstVirtualPage + done - firstFilePage) * 8
+          let read = try pagemap.pread(into: bytes, at: at)
           guard read == count * 8 else { throw SyscallError("pread", .invalid, detail: "short pagemap read") }
         } catch {
           throw VMMError(.io, "cannot read /proc/self/pagemap", cause: error)
@@ -55,7 +75,7 @@ enum DirtyPages {
         for i in 0..<count {
           let entry = entries[i]
           let privateCopy = (entry & present != 0 && entry & filePage == 0) || entry & swapped != 0
-          if privateCopy { index.insert(firstFilePage + done + i) }
+          if privateCopy { index.insert(done + i) }
         }
         done += count
       }

@@ -206,6 +206,10 @@ public final class VirtioBlock: MMIODevice, @unchecked Sendable {
   public func restoreState(_ bytes: [UInt8], source: String) throws(ProtocolError) {
     var r = ByteReader(bytes, source: source)
     let restored = try VirtioMMIOTransport.restore(from: &r, expectedDeviceID: Self.deviceID)
+    guard restored.queues.map(\.maxSize) == [Self.queueSize] else {
+      throw ProtocolError(.badValue, "\(source): \(restored.queues.count) virtqueues, expected 1")
+    }
+    try restored.checkRestoredQueues(memory: memory, source: source)
     lock.withLock { transport = restored }
   }
 }

@@ -133,6 +133,18 @@ public struct VirtioMMIOTransport: Equatable, Sendable {
     queues[q][keyPath: field] = (queues[q][keyPath: field] & 0xFFFF_FFFF) | (UInt64(high) << 32)
   }
 
+  /// A restored queue that is ready must pass the checks a live one passed when the driver set
+  /// it ready (size, rings inside guest RAM and aligned): vmstate.bin is input like any other.
+  public func checkRestoredQueues(memory: GuestMemory, source: String) throws(ProtocolError) {
+    for (index, queue) in queues.enumerated() where queue.ready {
+      do {
+        try queue.validate(memory: memory)
+      } catch {
+        throw ProtocolError(.badValue, "\(source): virtqueue \(index): \(error.message)")
+      }
+    }
+  }
+
   /// Marks the device broken so the driver resets it (virtio §2.1.2).
   public mutating func markNeedsReset() {
     status |= Status.needsReset

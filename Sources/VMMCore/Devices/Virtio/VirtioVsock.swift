@@ -544,6 +544,10 @@ public final class VirtioVsock: MMIODevice, PollSource, @unchecked Sendable {
   public func restoreState(_ bytes: [UInt8]) throws(ProtocolError) {
     var r = ByteReader(bytes, source: "vmstate.bin section VSCK")
     let restored = try VirtioMMIOTransport.restore(from: &r, expectedDeviceID: Self.deviceID)
+    guard restored.queues.map(\.maxSize) == [Self.queueSize, Self.queueSize, Self.queueSize] else {
+      throw ProtocolError(.badValue, "vmstate.bin section VSCK: \(restored.queues.count) virtqueues, expected 3")
+    }
+    try restored.checkRestoredQueues(memory: memory, source: "vmstate.bin section VSCK")
     let port = try r.u32()
     let count = try r.u32()
     guard count <= 4096 else { throw ProtocolError(.badValue, "vmstate.bin section VSCK: \(count) connections") }

@@ -161,6 +161,15 @@ public struct Virtqueue: Equatable, Sendable {
     q.usedRing = try r.u64()
     q.lastAvailable = try r.u16()
     q.nextUsed = try r.u16()
+    // A live queue only becomes ready after `validate`; a saved one must obey the same rule, or
+    // ring indexing (`% size`) would trap on a corrupt or hostile vmstate.bin.
+    guard q.maxSize > 0, q.maxSize & (q.maxSize - 1) == 0 else {
+      throw ProtocolError(.badValue, "\(r.source): virtqueue max size \(q.maxSize) is not a power of two")
+    }
+    if q.ready, q.size == 0 || q.size > q.maxSize || q.size & (q.size - 1) != 0 {
+      throw ProtocolError(
+        .badValue, "\(r.source): ready virtqueue of size \(q.size), expected a power of two up to \(q.maxSize)")
+    }
     return q
   }
 }

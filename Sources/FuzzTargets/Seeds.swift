@@ -1,0 +1,287 @@
+import Protocol
+import VMMCore
+
+/// The seed corpus of every target, generated from the real encoders so seeds stay valid as
+/// formats evolve: `forkd-fuzz seeds Fuzz/Corpus` writes `<target>/seed-NN`.
+public enum FuzzSeeds {
+  public static func all() -> [String: [[UInt8]]] {
+    [
+      "json": json, "agent": agent, "pager_handshake": pager, "control": control, "api_requests": api,
+      "manifest": manifest, "state_file": state, "page_index": pageIndex, "virtqueue": virtqueue,
+      "vsock": vsock, "block": block, "device_state": deviceState,
+    ]
+  }
+
+  static func utf8(_ s: String) -> [UInt8] { Array(s.utf8) }
+
+  static var json: [[UInt8]] {
+    [
+      #"{"a":[1,-2,3.5e10,true,false,null],"b":{"c":"\u00e9\ud83d\ude00\n"}}"#, "[]", "-0.0",
+      "18446744073709551616", #""\\\/\b\f\r\t""#, "[[[[[[[[[[[[]]]]]]]]]]]]",
+    ].map(utf8)
+  }
+
+  static var agent: [[UInt8]] {
+    let requests: [AgentRequest] = [
+      .ping, .echo([1, 2, 3]), .fill(pages: 16, seed: 7), .checksum(pages: 16), .counter(delta: -3),
+      .kvSet(key: utf8("k"), value: utf8("v")), .kvGet(key: utf8("k")), .exit(code: 3),
+      .exec(args: ["/bin/echo", "hi"], timeoutSeconds: 5), .console(utf8("hello")),
+    ]
+    var seeds = requests.enumerated().map { [UInt8(0)] + AgentCodec.encode($0.element, id: UInt32($0.offset)) }
+    let pong = AgentCodec.encode(
+      .pong(AgentPong(kind: 1, agentVersion: 2, requestsServed: 3, counter: 4)), to: .ping, id: 9)
+    let exec = AgentCodec.encode(
+      .exec(AgentExecResult(exitCode: 1, stdout: [65], stderr: [66], timedOut: false)),
+      to: .exec(args: [], timeoutSeconds: 1), id: 10)
+    let error = AgentCodec.encode(.error(AgentError(code: 2, message: "no")), to: .ping, id: 11)
+    seeds.append([3] + pong + exec + error)
+    return seeds
+  }
+
+  static var hello: PagerHello {
+    PagerHello(
+      vmPID: 42,
+      regions: [
+        PagerRegion(
+          guestPhysicalAddress: 0, hostVirtualAddress: 0x7f00_0000_0000, size: 64 << 20, fileOffset: 0, pageSize: 4096)
+      ],
+      memory: PagerMemorySource(
+        mode: .copy,
+        chain: [
+          PagerLayer(memory: "/s/a/memory.bin"), PagerLayer(memory: "/s/b/memory.bin", pageIndex: "/s/b/pages.idx"),
+        ]))
+  }
+
+  static var pager: [[UInt8]] {
+    [
+      PagerFrame.encode(hello.jsonValue),
+      PagerFrame.encode(
+        PagerHello(vmPID: 7, regions: hello.regions, memory: PagerMemorySource(mode: .minor, layers: ["/m"])).jsonValue),
+      PagerFrame.encode(PagerAck(ok: true, pagerPID: 5).jsonValue),
+      PagerFrame.encode(PagerAck(ok: false, pagerPID: 5, error: ControlErrorBody(code: "bad", message: "m")).jsonValue),
+    ]
+  }
+
+  static var control: [[UInt8]] {
+    let requests: [ControlRequest] = [
+      .status, .pause, .resume, .stop, .snapshot(directory: "/s/x", parentTag: "base"),
+      .snapshot(directory: "/s/y", parentTag: "base", diff: true),
+      .snapshot(directory: "/s/z", parentTag: nil, live: true, wait: false), .snapshotWait(directory: "/s/z"),
+      .attachPager(socket: "/r/pager.sock"),
+    ]
+    var seeds = requests.map { utf8(ControlCodec.encode($0)) }
+    seeds.append(utf8(ControlCodec.encode(.success(["pid": .integer(3)]))))
+    seeds.append(utf8(ControlCodec.encode(.failure(code: "bad_request", message: "x"))))
+    seeds.append(utf8(ControlCodec.encode(.status) + ControlCodec.encode(.pause) + "{\"op\":"))
+    return seeds
+  }
+
+  static var api: [[UInt8]] {
+    [
+      [0]
+        + utf8(
+          #"{"tag":"base","memory_mib":64,"warmup":[{"op":"fill","pages":8,"seed":1},{"op":"kv_set","key":"k","value":"v"},{"op":"counter","delta":3},{"op":"ping"}]}"#
+        ),
+      [1] + utf8(#"{"snapshot_tag":"base","n":3,"memory_limit_mib":64,"prewarm":true}"#),
+      [2] + utf8(#"{"args":["/bin/true","x"],"timeout_secs":10}"#),
+      [3] + utf8(#"{"tag":"b1","mode":"live","wait":false}"#),
+      [3] + utf8(#"{"diff":true}"#),
+      [4] + utf8(#"{"to":"flat"}"#),
+      [0] + utf8(#"{"tag":"../etc"}"#),
+    ]
+  }
+
+  static var manifest: [[UInt8]] {
+    let digest = "sha256:" + String(repeating: "ab", count: 32)
+    let full = SnapshotManifest(
+      memorySize: 64 << 20, vcpuCount: 1, guestKind: "test-guest", guestImageDigest: digest, createdAtUnix: 1,
+      stateDigest: digest, contentDigest: digest)
+    let diff = SnapshotManifest(
+      memorySize: 64 << 20, vcpuCount: 2, guestKind: "linux", guestImageDigest: digest, createdAtUnix: 2,
+      parentTag: "base", stateDigest: digest, contentDigest: digest, memoryLayer: .diff, parentContentDigest: digest,
+      pageIndexFile: "pages.idx")
+    return [utf8(full.jsonText()), utf8(diff.jsonText())]
+  }
+
+  static var state: [[UInt8]] {
+    var file = StateFile()
+    file.append(tag: StateSectionTag.vmConfig, [1, 2, 3, 4])
+    file.append(tag: StateSectionTag.vcpu, version: 2, [UInt8](repeating: 7, count: 40))
+    file.append(tag: StateSectionTag.uart, [])
+    return [StateFile().serialized(), file.serialized()]
+  }
+
+  static var pageIndex: [[UInt8]] {
+    var index = PageIndex(pageCount: 100)
+    for page in [0, 1, 63, 64, 99] { index.insert(page) }
+    return [[100, 0] + index.serialized(), [0, 0] + PageIndex(pageCount: 0).serialized()]
+  }
+
+  static var virtqueue: [[UInt8]] {
+    // size 8 at the fixed layout; descriptor 0 → 1 → 2 (readable, readable, writable); head 0 available.
+    var desc = ByteWriter()
+    for (i, (address, length, flags, next)) in [
+      (UInt64(0x8000), UInt32(44), Virtqueue.descriptorNext, UInt16(1)),
+      (0x9000, 100, Virtqueue.descriptorNext, 2), (0xA000, 4096, Virtqueue.descriptorWrite, 0),
+    ].enumerated() {
+      _ = i
+      desc.u64(address)
+      desc.u32(length)
+      desc.u16(flags)
+      desc.u16(next)
+    }
+    let avail: [UInt8] = [0, 0, 1, 0, 0, 0]
+    let looped: [UInt8] = [16, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0]
+    return [
+      [3, 0, 0, UInt8(desc.bytes.count)] + desc.bytes + [1, UInt8(avail.count)] + avail,
+      [3, 0, 0, 16] + looped.prefix(16) + [1, 6, 0, 0, 1, 0, 0, 0],
+    ]
+  }
+
+  /// Register-program builder for the device targets (opcodes of `DeviceTargets.runDevice`).
+  struct Program {
+    var bytes: [UInt8] = []
+    mutating func setup(sizeShift: UInt8) { bytes += [0, sizeShift] }
+    mutating func descriptor(
+      queue: UInt8, index: UInt8, dataOffset: UInt16, length: UInt16, flags: UInt16, next: UInt16
+    ) {
+      var w = ByteWriter()
+      w.u8(3)
+      w.u8(queue)
+      w.u8(index)
+      w.u8(0)
+      w.u16(dataOffset)
+      w.u16(length)
+      w.u16(flags)
+      w.u16(next)
+      bytes += w.bytes
+    }
+    mutating func available(queue: UInt8, head: UInt16) {
+      var w = ByteWriter()
+      w.u8(4)
+      w.u8(queue)
+      w.u16(head)
+      w.u8(1)
+      bytes += w.bytes
+    }
+    mutating func data(at offset: UInt16, _ data: [UInt8]) {
+      var w = ByteWriter()
+      w.u8(5)
+      w.u16(offset)
+      w.u8(UInt8(data.count))
+      w.bytes(data)
+      bytes += w.bytes
+    }
+    mutating func notify(_ queue: UInt8) { bytes += [6, queue] }
+    mutating func read(_ offset: UInt16) {
+      var w = ByteWriter()
+      w.u8(2)
+      w.u16(offset)
+      w.u8(4)
+      bytes += w.bytes
+    }
+  }
+
+  static func vsockHeader(op: UInt16, length: UInt32 = 0, sourcePort: UInt32 = 1024, destinationPort: UInt32 = 5000)
+    -> [UInt8]
+  {
+    var w = ByteWriter()
+    w.u64(3)
+    w.u64(2)
+    w.u32(sourcePort)
+    w.u32(destinationPort)
+    w.u32(length)
+    w.u16(1)
+    w.u16(op)
+    w.u32(0)
+    w.u32(65536)
+    w.u32(0)
+    return w.bytes
+  }
+
+  static var vsock: [[UInt8]] {
+    var seeds: [[UInt8]] = []
+    for op: UInt16 in [1, 5, 6, 7, 4, 3] {
+      var p = Program()
+      p.setup(sizeShift: 3)
+      p.read(0x000)
+      p.read(0x100)
+      // An RX buffer on queue 0, a TX packet on queue 1.
+      p.descriptor(queue: 0, index: 0, dataOffset: 0x1000, length: 256, flags: Virtqueue.descriptorWrite, next: 0)
+      p.available(queue: 0, head: 0)
+      p.data(at: 0, vsockHeader(op: op, length: op == 5 ? 4 : 0) + (op == 5 ? [1, 2, 3, 4] : []))
+      p.descriptor(queue: 1, index: 0, dataOffset: 0, length: op == 5 ? 48 : 44, flags: 0, next: 0)
+      p.available(queue: 1, head: 0)
+      p.notify(1)
+      p.notify(0)
+      seeds.append(p.bytes)
+    }
+    return seeds
+  }
+
+  static var block: [[UInt8]] {
+    var seeds: [[UInt8]] = []
+    for (type, sector, dataLength): (UInt32, UInt64, UInt16) in [
+      (0, 1, 512), (1, 2, 512), (4, 0, 0), (8, 0, 20), (0, 200, 512), (9, 0, 0),
+    ] {
+      var p = Program()
+      p.setup(sizeShift: 3)
+      p.read(0x100)
+      var header = ByteWriter()
+      header.u32(type)
+      header.u32(0)
+      header.u64(sector)
+      p.data(at: 0, header.bytes)
+      p.descriptor(queue: 0, index: 0, dataOffset: 0, length: 16, flags: Virtqueue.descriptorNext, next: 1)
+      let dataFlags = type == 1 ? Virtqueue.descriptorNext : Virtqueue.descriptorNext | Virtqueue.descriptorWrite
+      if dataLength > 0 {
+        p.descriptor(queue: 0, index: 1, dataOffset: 0x1000, length: dataLength, flags: dataFlags, next: 2)
+        p.descriptor(queue: 0, index: 2, dataOffset: 0x2000, length: 1, flags: Virtqueue.descriptorWrite, next: 0)
+      } else {
+        p.descriptor(queue: 0, index: 1, dataOffset: 0x2000, length: 1, flags: Virtqueue.descriptorWrite, next: 0)
+      }
+      p.available(queue: 0, head: 0)
+      p.notify(0)
+      seeds.append(p.bytes)
+    }
+    return seeds
+  }
+
+  /// A driven transport: status DRIVER_OK, queues of 8 at the runDevice layout, ready.
+  static func transportBytes(deviceID: UInt32, queues: Int) -> [UInt8] {
+    var t = VirtioMMIOTransport(deviceID: deviceID, deviceFeatures: 0, queueSizes: Array(repeating: 256, count: queues))
+    t.status = 15
+    t.driverFeatures = VirtioMMIOTransport.featureVersion1
+    for q in t.queues.indices {
+      t.queues[q].size = 8
+      t.queues[q].descriptorTable = 0x1000 + UInt64(q) * 0x4000
+      t.queues[q].availableRing = 0x2000 + UInt64(q) * 0x4000
+      t.queues[q].usedRing = 0x3000 + UInt64(q) * 0x4000
+      t.queues[q].ready = true
+    }
+    var w = ByteWriter()
+    t.save(into: &w)
+    return w.bytes
+  }
+
+  static var deviceState: [[UInt8]] {
+    var transport = transportBytes(deviceID: 19, queues: 3)
+    var vsock = transport
+    var w = ByteWriter()
+    w.u32(1 << 30)
+    w.u32(1)
+    w.u32(1024)
+    w.u32(1 << 30)
+    vsock += w.bytes
+    var disk = transportBytes(deviceID: 2, queues: 1)
+    var d = ByteWriter()
+    d.string("/var/lib/forkd/disk.img")
+    d.u64(1 << 20)
+    d.u32(2)
+    d.u64(0)
+    d.u64(5)
+    disk += d.bytes
+    transport.insert(0, at: 0)
+    return [transport, [1] + vsock, [2] + disk]
+  }
+}
