@@ -48,6 +48,8 @@ public enum AgentCodec {
       for a in args { w.string(a) }
     case .console(let text):
       w.bytes(text)
+    case .attack(let kind):
+      w.u32(kind)
     }
     return w.bytes
   }
@@ -69,7 +71,7 @@ public enum AgentCodec {
       w.u64(c)
     case .counter(let v):
       w.u64(v)
-    case .kvSet, .exiting, .consoleWritten:
+    case .kvSet, .exiting, .consoleWritten, .attacking:
       break
     case .kvGet(let found, let value):
       w.u8(found ? 1 : 0)
@@ -100,6 +102,7 @@ public enum AgentCodec {
     case 0x08: return "exit"
     case 0x09: return "exec"
     case 0x0a: return "console"
+    case 0x0b: return "attack"
     default: return nil
     }
   }
@@ -144,6 +147,8 @@ public enum AgentCodec {
       request = .exit(code: try r.u32())
     case 0x0a:
       request = .console(r.rest())
+    case 0x0b:
+      request = .attack(kind: try r.u32())
     case 0x09:
       let timeout = try r.u32()
       let argcOffset = r.offset
@@ -209,6 +214,8 @@ public enum AgentCodec {
       response = .exiting
     case .console:
       response = .consoleWritten
+    case .attack:
+      response = .attacking
     case .exec:
       let exitCode = try r.i32()
       let timedOut = try flag(&r, "timed_out")

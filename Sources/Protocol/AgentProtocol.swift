@@ -35,6 +35,8 @@ public enum AgentRequest: Equatable, Sendable {
   case exec(args: [String], timeoutSeconds: UInt32)
   /// Write one line to the guest console (≤ 256 bytes for the test guest).
   case console([UInt8])
+  /// Hostile mode (test guest): after answering, attack its own devices (`HostileAttack`).
+  case attack(kind: UInt32)
 
   /// The frame type byte.
   public var frameType: UInt8 {
@@ -49,6 +51,7 @@ public enum AgentRequest: Equatable, Sendable {
     case .exit: return 0x08
     case .exec: return 0x09
     case .console: return 0x0a
+    case .attack: return 0x0b
     }
   }
 }
@@ -66,6 +69,7 @@ public enum AgentResponse: Equatable, Sendable {
   case exiting
   case exec(AgentExecResult)
   case consoleWritten
+  case attacking
   case error(AgentError)
 
   /// The frame type byte: the request's type | 0x80, or 0xff for errors.
@@ -81,6 +85,7 @@ public enum AgentResponse: Equatable, Sendable {
     case .exiting: return 0x88
     case .exec: return 0x89
     case .consoleWritten: return 0x8a
+    case .attacking: return 0x8b
     case .error: return AgentProtocol.errorType
     }
   }
@@ -188,4 +193,16 @@ public struct AgentFrame: Equatable, Sendable {
     w.bytes(payload)
     return w.bytes
   }
+}
+
+/// What a hostile test guest does to its devices (guest/test-guest/vsock.c, `vsock_attack`).
+public enum HostileAttack: UInt32, CaseIterable, Sendable {
+  case descriptorOutsideRAM = 1
+  case descriptorLoop = 2
+  case hugeLength = 3
+  case badAvailEntry = 4
+  case availIndexJump = 5
+  case bogusPacket = 6
+  case mmioSweep = 7
+  case pioSweep = 8
 }

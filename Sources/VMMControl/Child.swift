@@ -65,9 +65,14 @@ public final class Child: @unchecked Sendable {
   public typealias OutputFactory = @Sendable (_ role: String) -> FileDescriptor?
 
   /// Restores a child from `snapshot` into `runDirectory` (created; removed again on failure).
+  ///
+  /// `sharedPager` (experimental, benchmarks and tests of the daemon-wide pager mode): with a
+  /// uffd or shmem backend, the child's VM connects to that already running shared pager instead
+  /// of getting its own. The child then owns no pager: whoever owns the shared pager applies the
+  /// policy for all of its children (`attachPager`).
   public static func restore(
     snapshot: String, runDirectory: String, backend: ChildBackend, timeoutMS: Int = 30_000,
-    outputs: OutputFactory? = nil
+    outputs: OutputFactory? = nil, sharedPager: PagerProcess? = nil
   ) throws(ControlError) -> Child {
     do {
       try FileSystem.makeDirectories(runDirectory)
@@ -87,15 +92,17 @@ public final class Child: @unchecked Sendable {
         }
       }
       let workingSet = snapshot + "/" + WorkingSet.fileName
-      let socket = runDirectory + "/pager-0.sock"
-      do {
-        pager = try PagerProcess.launch(
-          socket: socket, logPath: runDirectory + "/pager-0.log",
-          recordWorkingSet: record && !FileSystem.exists(workingSet) ? workingSet : nil,
-          prefetch: prefetch && FileSystem.exists(workingSet) ? workingSet : nil, output: outputs?("pager"))
-      } catch {
-        FileSystem.removeTree(runDirectory)
-        throw error
+      let socket = sharedPager?.socket ?? runDirectory + "/pager-0.sock"
+      if sharedPager == nil {
+        do {
+          pager = try PagerProcess.launch(
+            socket: socket, logPath: runDirectory + "/pager-0.log",
+            recordWorkingSet: record && !FileSystem.exists(workingSet) ? workingSet : nil,
+            prefetch: prefetch && FileSystem.exists(workingSet) ? workingSet : nil, output: outputs?("pager"))
+        } catch {
+          FileSystem.removeTree(runDirectory)
+          throw error
+        }
       }
       extra =
         [
@@ -168,6 +175,12 @@ public final class Child: @unchecked Sendable {
       pagerRestarts += 1
       return .restarted(oldPID: current.pid, newPID: next.pid, termination: termination)
     }
+  }
+
+  /// Hands the child's uffd to the pager listening on `socket` (a replacement shared pager); its
+  /// stalled faults are raised again for that pager.
+  public func attachPager(socket: String) throws(ControlError) {
+    try vmm.control().call(.attachPager(socket: socket))
   }
 
   /// Blocks until the pager or the VM ends (or `timeoutMS`); returns true if the pager ended.

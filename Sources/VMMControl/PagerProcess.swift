@@ -5,7 +5,8 @@ import Syscalls
   import Glibc
 #endif
 
-/// One running forkd-pager: the per-child userfaultfd page server.
+/// One running forkd-pager: the per-child userfaultfd page server, or (`shared: true`, the
+/// experimental daemon-wide mode) one pager serving every child restored against its socket.
 public final class PagerProcess: @unchecked Sendable {
   public let pid: pid_t
   public let socket: String
@@ -16,13 +17,16 @@ public final class PagerProcess: @unchecked Sendable {
   /// Starts forkd-pager listening on `socket` and waits until it is listening.
   public static func launch(
     socket: String, logPath: String, recordWorkingSet: String? = nil, prefetch: String? = nil,
-    handshakeTimeoutMS: Int = 5000, binary: String? = nil, timeoutMS: Int = 10_000, output: FileDescriptor? = nil
+    handshakeTimeoutMS: Int = 5000, binary: String? = nil, timeoutMS: Int = 10_000, output: FileDescriptor? = nil,
+    shared: Bool = false, extraArguments: [String] = []
   ) throws(ControlError) -> PagerProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-pager") }
     var arguments = [path, "--socket", socket, "--ready-fd", "3", "--handshake-timeout-ms", "\(handshakeTimeoutMS)"]
     if let recordWorkingSet { arguments += ["--record-working-set", recordWorkingSet] }
     if let prefetch { arguments += ["--prefetch", prefetch] }
+    if shared { arguments.append("--shared") }
+    arguments += extraArguments
     let pipe: (read: FileDescriptor, write: FileDescriptor)
     let log: FileDescriptor
     do {

@@ -35,6 +35,29 @@ struct FaultStats {
     serviceNanoseconds &+= ns
   }
 
+  static func upperBound(_ bucket: Int) -> UInt64 {
+    if bucket < fineBuckets { return UInt64(bucket + 1) * fineWidth }
+    return UInt64(fineBuckets) * fineWidth << UInt64(bucket - fineBuckets)
+  }
+
+  /// Adds another session's counters and histogram (a shared pager's totals).
+  mutating func merge(_ other: FaultStats) {
+    faults &+= other.faults
+    minorFaults &+= other.minorFaults
+    copies &+= other.copies
+    zeroPages &+= other.zeroPages
+    continues &+= other.continues
+    alreadyMapped &+= other.alreadyMapped
+    retriesAfterEvents &+= other.retriesAfterEvents
+    bytesCopied &+= other.bytesCopied
+    removeEvents &+= other.removeEvents
+    unmapEvents &+= other.unmapEvents
+    prefetchedPages &+= other.prefetchedPages
+    prefetchNanoseconds = max(prefetchNanoseconds, other.prefetchNanoseconds)
+    serviceNanoseconds &+= other.serviceNanoseconds
+    for index in histogram.indices { histogram[index] &+= other.histogram[index] }
+  }
+
   /// Upper bound (ns) of the bucket holding the p-th percentile.
   func percentile(_ p: Double) -> UInt64 {
     let total = histogram.reduce(UInt64(0)) { $0 + UInt64($1) }
@@ -43,10 +66,7 @@ struct FaultStats {
     var seen: UInt64 = 0
     for (bucket, count) in histogram.enumerated() {
       seen += UInt64(count)
-      if seen >= rank {
-        if bucket < Self.fineBuckets { return UInt64(bucket + 1) * Self.fineWidth }
-        return UInt64(Self.fineBuckets) * Self.fineWidth << UInt64(bucket - Self.fineBuckets)
-      }
+      if seen >= rank { return Self.upperBound(bucket) }
     }
     return 0
   }
@@ -70,6 +90,11 @@ struct FaultStats {
         "p50": .integer(Int64(percentile(0.50))), "p90": .integer(Int64(percentile(0.90))),
         "p99": .integer(Int64(percentile(0.99))),
       ]),
+      // The non-empty buckets as [upper bound ns, count], so an owner can merge several pagers.
+      "histogram": .array(
+        histogram.indices.filter { histogram[$0] > 0 }.map { bucket in
+          .array([.integer(Int64(Self.upperBound(bucket))), .integer(Int64(histogram[bucket]))])
+        }),
       // Capacity: faults one pager resolves per second of its own busy time.
       "faults_per_second": .double(
         serviceNanoseconds > 0 ? Double(histogramCount) * 1e9 / Double(serviceNanoseconds) : 0),

@@ -30,6 +30,23 @@ struct Session {
   let source: ChainImage
 }
 
+/// How a handshake checks its peer and finds the memory source. A per-child pager validates
+/// before its seccomp filter (readlink and SO_PEERCRED allowed, the image opened for this VM); a
+/// shared pager validates its later VMs under the filter: the uffd is probed with an allowed ioctl,
+/// and the image is the one opened for its first VM.
+struct HandshakePolicy {
+  /// Whether the filter is not installed yet (readlink of /proc/self/fd, SO_PEERCRED).
+  var unconfined = true
+  /// The memory source for a VM's layers.
+  var openImage: (PagerMemorySource) throws(PagerError) -> ChainImage = { source throws(PagerError) in
+    do throws(SnapshotStorageError) {
+      return try ChainImage(layers: source.chain.map { ChainImage.Layer(memory: $0.memory, pageIndex: $0.pageIndex) })
+    } catch {
+      throw PagerError(code: "invalid_source", message: error.description)
+    }
+  }
+}
+
 enum Handshake {
   /// Waits for the VM, receives the uffd and region table, validates them against the memory
   /// source, and acknowledges. Any failure is answered with an error frame before it is thrown.
@@ -39,27 +56,43 @@ enum Handshake {
     throws(PagerError) -> Session
   {
     let deadline = Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000
-    func remainingMS() -> Int32 {
-      let now = Clock.monotonicNanoseconds()
-      return now >= deadline ? 0 : Int32((deadline - now) / 1_000_000) + 1
-    }
     var connection: FileDescriptor? = nil
     while connection == nil {
-      guard remainingMS() > 0 else {
+      let remaining = remainingMS(until: deadline)
+      guard remaining > 0 else {
         throw PagerError(code: "timeout", message: "no VM connected within \(timeoutMS) ms")
       }
-      _ = try? Poll.wait([(listener, .readable)], timeoutMS: remainingMS())
+      _ = try? Poll.wait([(listener, .readable)], timeoutMS: remaining)
       connection = try? UnixSocket.accept(listener)
     }
-    let vm = connection!
+    return try complete(
+      on: connection!, deadline: deadline, timeoutMS: timeoutMS, policy: HandshakePolicy(), lockDown: lockDown)
+  }
+
+  static func remainingMS(until deadline: UInt64) -> Int32 {
+    let now = Clock.monotonicNanoseconds()
+    return now >= deadline ? 0 : Int32((deadline - now) / 1_000_000) + 1
+  }
+
+  /// The handshake on an accepted connection `vm`: receive, validate, `lockDown`, ack. The
+  /// connection is closed if it fails.
+  static func complete(
+    on vm: FileDescriptor, deadline: UInt64, timeoutMS: Int32, policy: HandshakePolicy,
+    lockDown: () throws(PagerError) -> Void
+  ) throws(PagerError) -> Session {
     do throws(PagerError) {
-      let session = try receive(on: vm, deadline: deadline, remainingMS: remainingMS, timeoutMS: timeoutMS)
-      try lockDown()
-      let ack = PagerAck(ok: true, pagerPID: getpid())
-      do {
-        try vm.writeAll(PagerFrame.encode(ack.jsonValue))
+      let session = try receive(on: vm, deadline: deadline, timeoutMS: timeoutMS, policy: policy)
+      do throws(PagerError) {
+        try lockDown()
+        let ack = PagerAck(ok: true, pagerPID: getpid())
+        do {
+          try vm.writeAll(PagerFrame.encode(ack.jsonValue))
+        } catch {
+          throw PagerError(code: "io", message: "cannot acknowledge the handshake: \(error)")
+        }
       } catch {
-        throw PagerError(code: "io", message: "cannot acknowledge the handshake: \(error)")
+        session.uffd.fd.close()
+        throw error
       }
       return session
     } catch {
@@ -72,8 +105,9 @@ enum Handshake {
   }
 
   private static func receive(
-    on vm: FileDescriptor, deadline: UInt64, remainingMS: () -> Int32, timeoutMS: Int32
+    on vm: FileDescriptor, deadline: UInt64, timeoutMS: Int32, policy: HandshakePolicy
   ) throws(PagerError) -> Session {
+    func remainingMS() -> Int32 { Handshake.remainingMS(until: deadline) }
     var bytes: [UInt8] = []
     var uffdFD: FileDescriptor? = nil
     var want = PagerHandshake.headerSize
@@ -123,7 +157,7 @@ enum Handshake {
     guard let uffdFD else {
       throw PagerError(code: "bad_handshake", message: "the handshake carried no userfaultfd (SCM_RIGHTS)")
     }
-    guard isUserfaultfd(uffdFD) else {
+    guard policy.unconfined ? isUserfaultfd(uffdFD) : probeUserfaultfd(uffdFD) else {
       throw PagerError(code: "bad_handshake", message: "the descriptor attached to the handshake is not a userfaultfd")
     }
     let hello: PagerHello
@@ -133,15 +167,10 @@ enum Handshake {
       throw PagerError(
         code: error.code == .unsupportedVersion ? "unsupported_version" : "bad_handshake", message: error.message)
     }
-    if let peer = try? UnixSocket.peerPID(vm), peer != hello.vmPID {
+    if policy.unconfined, let peer = try? UnixSocket.peerPID(vm), peer != hello.vmPID {
       throw PagerError(code: "bad_handshake", message: "vm_pid \(hello.vmPID) is not the connected process (\(peer))")
     }
-    let source: ChainImage
-    do {
-      source = try ChainImage(layers: hello.memory.chain.map { ChainImage.Layer(memory: $0.memory, pageIndex: $0.pageIndex) })
-    } catch {
-      throw PagerError(code: "invalid_source", message: error.description)
-    }
+    let source = try policy.openImage(hello.memory)
     for (index, region) in hello.regions.enumerated() where region.fileOffset + region.size > source.size {
       throw PagerError(
         code: "bad_handshake",
@@ -151,6 +180,17 @@ enum Handshake {
     }
     closeOnFailure = nil
     return Session(uffd: Userfault(fd: uffdFD), hello: hello, vmSocket: vm, source: source)
+  }
+
+  /// Under the filter (no readlink): UFFDIO_WAKE over zero bytes is EINVAL on a userfaultfd (an
+  /// empty range) and ENOTTY on anything else; it wakes nobody.
+  private static func probeUserfaultfd(_ fd: FileDescriptor) -> Bool {
+    do {
+      try Userfault(fd: fd).wake(start: 0, length: 0)
+      return true
+    } catch {
+      return error.errno.rawValue == EINVAL
+    }
   }
 
   /// A uffd shows as "anon_inode:[userfaultfd]" in /proc/self/fd.

@@ -5,12 +5,17 @@ struct Options {
   var recordPath: String?
   var prefetchPath: String?
   var handshakeTimeoutMS: Int32 = 5000
+  /// Experimental daemon-wide mode: one process serves every VM that connects to the socket.
+  var shared = false
 
   static let usage = """
     usage: forkd-pager --socket PATH [--ready-fd N] [--handshake-timeout-ms N]
-                       [--record-working-set PATH] [--prefetch PATH]
+                       [--record-working-set PATH] [--prefetch PATH] [--shared]
     Serves one child's guest memory through the userfaultfd its VM sends over PATH (SCM_RIGHTS).
     Further connections on PATH may send {"op":"stats"} or {"op":"save_working_set"} lines.
+    --shared (experimental): keep accepting VMs on PATH and serve all of them from one event
+    loop and one mapping of the first VM's snapshot (the others must name the same layers);
+    runs until signalled.
     """
 
   struct UsageError: Error, CustomStringConvertible { let description: String }
@@ -31,6 +36,7 @@ struct Options {
         readyFD = fd
       case "--record-working-set": recordPath = try value(flag)
       case "--prefetch": prefetchPath = try value(flag)
+      case "--shared": shared = true
       case "--handshake-timeout-ms":
         let text = try value(flag)
         guard let ms = Int32(text), ms > 0 else {
@@ -41,6 +47,9 @@ struct Options {
       }
     }
     guard let socket else { throw UsageError(description: "--socket is required") }
+    if shared && recordPath != nil {
+      throw UsageError(description: "--record-working-set records one VM's faults; it cannot be used with --shared")
+    }
     self.socket = socket
   }
 }

@@ -6,11 +6,11 @@ import Syscalls
   import Glibc
 #endif
 
-/// Serves one child's page faults until its VM goes away.
-final class PageServer {
-  private let session: Session
-  private let listener: FileDescriptor
-  private var clients: [FileDescriptor: LineDecoder] = [:]
+/// The fault-serving state of one VM's userfaultfd: its regions, the pages it has seen, its
+/// queued faults, its prefetch list and its stats. A per-child pager has one; a shared pager one
+/// per VM, all driven by the same `PageServer` loop.
+final class PagerSession {
+  let session: Session
   private(set) var stats = FaultStats()
 
   private struct Region {
@@ -31,14 +31,13 @@ final class PageServer {
   private var prefetchStarted: UInt64 = 0
   private var pendingFaults: [(address: UInt64, minor: Bool)] = []
   private let minorMode: Bool
-  private var vmGone = false
+  private(set) var vmGone = false
   /// The VM reads the uffd itself (a live snapshot): no fault is read or prefetched meanwhile.
-  private var suspended = false
+  private(set) var suspended = false
   private(set) var exitReason = ""
 
-  init(session: Session, listener: FileDescriptor, recorder: WorkingSetRecorder?, prefetch: [UInt64]) {
+  init(session: Session, recorder: WorkingSetRecorder?, prefetch: [UInt64]) {
     self.session = session
-    self.listener = listener
     self.recorder = recorder
     regions = session.hello.regions.map {
       Region(host: $0.hostVirtualAddress, size: $0.size, filePage: Int($0.fileOffset / 4096))
@@ -132,7 +131,7 @@ final class PageServer {
   }
 
   /// Reads every queued event; non-fault events are applied at once, faults are queued.
-  private func drainEvents() {
+  func drainEvents() {
     while true {
       let events: [Userfault.Event]?
       do {
@@ -175,7 +174,7 @@ final class PageServer {
     }
   }
 
-  private func servePending() {
+  func servePending() {
     var index = 0
     while index < pendingFaults.count {
       switch serveFault(pendingFaults[index].address, minor: pendingFaults[index].minor) {
@@ -196,7 +195,7 @@ final class PageServer {
 
   /// Copies the next batch of the recorded working set ahead of the guest (DONTWAKE), then one
   /// wake over every region so a vCPU that faulted on one of them meanwhile continues.
-  private func prefetchBatch(_ count: Int = 64) {
+  func prefetchBatch(_ count: Int = 64) {
     if prefetchStarted == 0 { prefetchStarted = Clock.monotonicNanoseconds() }
     var done = 0
     while done < count, let page = prefetch.popFirst() {
@@ -218,34 +217,29 @@ final class PageServer {
     if prefetch.isEmpty { stats.prefetchNanoseconds = Clock.monotonicNanoseconds() - prefetchStarted }
   }
 
-  /// The event loop: faults first, then prefetch work, then stats requests.
-  func run() {
-    while !vmGone {
-      var entries: [(FileDescriptor, Poll.Events)] = [
-        (session.uffd.fd, suspended ? [] : .readable), (session.vmSocket, .readable), (listener, .readable),
-      ]
-      for fd in clients.keys { entries.append((fd, .readable)) }
-      let busy = !suspended && (!pendingFaults.isEmpty || !prefetch.isEmpty)
-      guard let ready = try? Poll.wait(entries, timeoutMS: busy ? 0 : 1000) else { continue }
-      if !suspended && (!ready[0].isEmpty || !pendingFaults.isEmpty) {
-        drainEvents()
-        servePending()
-      }
-      if !ready[1].isEmpty { handleVMCommand() }
-      if !ready[2].isEmpty {
-        while let client = try? UnixSocket.accept(listener) { clients[client] = LineDecoder() }
-      }
-      for (i, entry) in entries.enumerated().dropFirst(3) where !ready[i].isEmpty {
-        serveClient(entry.0)
-      }
-      if !suspended && ready[0].isEmpty && pendingFaults.isEmpty && !prefetch.isEmpty { prefetchBatch() }
+  /// Whether the loop should poll without sleeping: faults read but not served, or prefetch left.
+  var busy: Bool { !vmGone && !suspended && (!pendingFaults.isEmpty || !prefetch.isEmpty) }
+  var hasPendingFaults: Bool { !pendingFaults.isEmpty }
+  var hasPrefetch: Bool { !prefetch.isEmpty }
+
+  /// One turn for this VM, given what poll said about its uffd and its VM socket.
+  func step(uffdReadable: Bool, vmReadable: Bool) {
+    if !suspended && (uffdReadable || !pendingFaults.isEmpty) {
+      drainEvents()
+      servePending()
     }
-    for fd in clients.keys { fd.close() }
-    clients.removeAll()
+    if vmReadable && !vmGone { handleVMCommand() }
+    if !vmGone && !suspended && !uffdReadable && pendingFaults.isEmpty && !prefetch.isEmpty { prefetchBatch() }
+  }
+
+  /// Closes this VM's descriptors (a shared pager outlives its VMs).
+  func close() {
+    session.uffd.fd.close()
+    session.vmSocket.close()
   }
 
   /// A byte from the VM: suspend/resume (live snapshots), or end of file when the VM is gone.
-  private func handleVMCommand() {
+  func handleVMCommand() {
     var byte: UInt8 = 0
     guard Glibc.read(session.vmSocket.rawValue, &byte, 1) == 1 else {
       vmGone = true
@@ -276,46 +270,6 @@ final class PageServer {
     return recorder.save(WorkingSet(pages: order))
   }
 
-  private func serveClient(_ fd: FileDescriptor) {
-    guard var decoder = clients[fd] else { return }
-    var buffer = [UInt8](repeating: 0, count: 1024)
-    let n = buffer.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
-    guard n > 0 else {
-      clients[fd] = nil
-      fd.close()
-      return
-    }
-    decoder.feed(buffer[0..<n])
-    while let line = try? decoder.next() {
-      let op = (try? JSONValue.parse(line, source: "pager request"))?["op"]?.stringValue
-      var reply: JSONValue
-      switch op {
-      case "stats":
-        reply = .object(["ok": .bool(true), "result": statsJSON()])
-      case "save_working_set":
-        if let pages = saveWorkingSet() {
-          reply = .object(["ok": .bool(true), "result": .object(["pages": .integer(Int64(pages))])])
-        } else {
-          reply = .object([
-            "ok": .bool(false),
-            "error": .object([
-              "code": .string("invalid_config"), "message": .string("this pager does not record a working set"),
-            ]),
-          ])
-        }
-      default:
-        reply = .object([
-          "ok": .bool(false),
-          "error": .object([
-            "code": .string("bad_request"), "message": .string("unknown op; expected stats or save_working_set"),
-          ]),
-        ])
-      }
-      try? fd.writeAll(Array((reply.serialized() + "\n").utf8))
-    }
-    clients[fd] = decoder
-  }
-
   func statsJSON() -> JSONValue {
     guard case .object(var o) = stats.json else { return stats.json }
     o["pid"] = .integer(Int64(getpid()))
@@ -324,6 +278,8 @@ final class PageServer {
     o["distinct_pages_faulted"] = .integer(Int64(distinctFaultedPages))
     return .object(o)
   }
+
+  var distinctPagesFaulted: Int { distinctFaultedPages }
 }
 
 /// Writes the working-set record beside the snapshot: into a file opened before the seccomp

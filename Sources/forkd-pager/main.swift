@@ -53,25 +53,50 @@ if let path = options.recordPath {
   do { recorder = try WorkingSetRecorder(path: path) } catch { writeLog("forkd-pager: not recording: \(error)") }
 }
 
-let session: Session
-do {
-  // The seccomp allow-list goes on right after the handshake is validated, before the ack and
-  // before any guest-driven fault is served.
-  session = try Handshake.accept(on: listener, timeoutMS: options.handshakeTimeoutMS) { () throws(PagerError) in
-    do {
-      try CompiledFilter.pager.install()
-    } catch {
-      throw PagerError(code: "sandbox", message: "cannot install the seccomp filter: \(error)")
-    }
+// The seccomp allow-list goes on right after the (first) handshake is validated, before the ack
+// and before any guest-driven fault is served.
+nonisolated(unsafe) var sandboxed = false
+func lockDown() throws(PagerError) {
+  do {
+    try CompiledFilter.pager.install()
+    sandboxed = true
+  } catch {
+    throw PagerError(code: "sandbox", message: "cannot install the seccomp filter: \(error)")
   }
-} catch {
-  _ = try? FileSystem.unlink(options.socket)
-  fail(error.description)
 }
 
-let server = PageServer(session: session, listener: listener, recorder: recorder, prefetch: prefetchPages)
+let session: Session
+if options.shared {
+  // A shared pager waits for its first VM as long as it takes; a refused VM does not end it
+  // unless the refusal came after the filter (later VMs are validated under it).
+  var first: Session? = nil
+  while first == nil {
+    do {
+      first = try Handshake.accept(on: listener, timeoutMS: options.handshakeTimeoutMS, lockDown: lockDown)
+    } catch {
+      if error.code != "timeout" { writeLog("forkd-pager: refused a VM: \(error)") }
+      if sandboxed { fail("the first VM's handshake failed after the filter: \(error)") }
+    }
+  }
+  session = first!
+} else {
+  do {
+    session = try Handshake.accept(on: listener, timeoutMS: options.handshakeTimeoutMS, lockDown: lockDown)
+  } catch {
+    _ = try? FileSystem.unlink(options.socket)
+    fail(error.description)
+  }
+}
+
+let first = PagerSession(session: session, recorder: recorder, prefetch: prefetchPages)
+let server = PageServer(
+  first: first, listener: listener,
+  shared: options.shared
+    ? PageServer.Shared(
+      handshakeTimeoutMS: options.handshakeTimeoutMS, prefetch: prefetchPages, image: session.source,
+      source: session.hello.memory) : nil)
 server.run()
-if let pages = server.saveWorkingSet() { writeLog("forkd-pager: recorded a working set of \(pages) pages") }
+if let pages = first.saveWorkingSet() { writeLog("forkd-pager: recorded a working set of \(pages) pages") }
 writeLog("forkd-pager: stats \(server.statsJSON().serialized())")
 writeLog("forkd-pager: exiting: \(server.exitReason)")
 listener.close()

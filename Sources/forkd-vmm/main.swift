@@ -83,6 +83,51 @@ sigaddset(&stopSignals, SIGINT)
 pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
 
 var timings = RestoreTimings()
+
+// The pager: the VM keeps the uffd; the pager gets a copy over its socket. It is attached as
+// soon as guest memory exists, before restoring state touches any page (VirtualMachine.restore).
+var pager: PagerLink? = nil
+var pagerNanoseconds: UInt64 = 0
+var sandboxNanoseconds: UInt64 = 0
+/// The VM, for the pager's lost-connection handler (the pager is attached before the VM exists),
+/// and the link made while restoring.
+final class PagerSlot: @unchecked Sendable {
+  weak var machine: VirtualMachine?
+  var link: PagerLink?
+  var attachNanoseconds: UInt64 = 0
+}
+let pagerOwner = PagerSlot()
+
+func attachPager(_ memory: GuestMemory) throws(VMMError) {
+  let source: PagerMemorySource
+  switch memory.backend {
+  case .userfault:
+    // A diff snapshot's pager serves its whole chain, each page from the topmost layer holding it.
+    let chain: SnapshotChain
+    do {
+      chain = try SnapshotChain.load(top: options.snapshot!)
+    } catch {
+      throw VMMError(.invalidSnapshot, error.message, cause: error.cause)
+    }
+    source = PagerMemorySource(
+      mode: .copy, chain: chain.layers.map { PagerLayer(memory: $0.memoryPath, pageIndex: $0.pageIndexPath) })
+  case .shmemMinor(let path): source = PagerMemorySource(mode: .minor, layers: [path])
+  default: return
+  }
+  let policy = options.pagerPolicy
+  let link = try PagerLink(memory: memory, source: source, policy: policy) { reason in
+    guard let machine = pagerOwner.machine else { return }
+    if policy == .fail {
+      machine.terminate(.pagerLost(reason))
+    } else {
+      logger.warning("\(reason); waiting for attach_pager (faulting vCPUs stall until then)")
+    }
+  }
+  let t0 = Clock.monotonicNanoseconds()
+  try link.attach(socketPath: options.pagerSocket!)
+  pagerOwner.attachNanoseconds = Clock.monotonicNanoseconds() - t0
+  pagerOwner.link = link
+}
 let machine: VirtualMachine
 do {
   switch options.mode {
@@ -128,56 +173,22 @@ do {
       vsockSocketPath: options.vsockSocket!, consoleSink: consoleSink)
     machine = try VirtualMachine.boot(config: config, image: image, imageSource: imagePath, logger: logger)
   case .restore:
+    // The pager owns guest memory before any state is restored (see VirtualMachine.restore).
     machine = try VirtualMachine.restore(
       from: options.snapshot!, backend: options.backend, shmemImage: options.shmemImage,
       vsockSocketPath: options.vsockSocket!, diskBasePath: options.disk,
-      consoleSink: consoleSink, logger: logger, timings: &timings)
+      consoleSink: consoleSink, logger: logger, timings: &timings,
+      memoryReady: { memory throws(VMMError) in try attachPager(memory) })
   }
 } catch let error as VMMError {
   fail(1, error.description, readyFD: options.readyFD)
 } catch {
   fail(1, "\(error)", readyFD: options.readyFD)
 }
+pagerOwner.machine = machine
+pager = pagerOwner.link
+pagerNanoseconds = pagerOwner.attachNanoseconds
 
-// The pager: the VM keeps the uffd; the pager gets a copy over its socket before the VM runs.
-var pager: PagerLink? = nil
-var pagerNanoseconds: UInt64 = 0
-var sandboxNanoseconds: UInt64 = 0
-var pagerSource: PagerMemorySource?
-switch machine.memory.backend {
-case .userfault:
-  // A diff snapshot's pager serves its whole chain, each page from the topmost layer holding it.
-  do {
-    let chain = try SnapshotChain.load(top: options.snapshot!)
-    pagerSource = PagerMemorySource(
-      mode: .copy, chain: chain.layers.map { PagerLayer(memory: $0.memoryPath, pageIndex: $0.pageIndexPath) })
-  } catch {
-    fail(1, error.description, readyFD: options.readyFD)
-  }
-case .shmemMinor(let path): pagerSource = PagerMemorySource(mode: .minor, layers: [path])
-default: pagerSource = nil
-}
-if let pagerSource {
-  let policy = options.pagerPolicy
-  do {
-    let link = try PagerLink(memory: machine.memory, source: pagerSource, policy: policy) {
-      [weak machine] reason in
-      guard let machine else { return }
-      if policy == .fail {
-        machine.terminate(.pagerLost(reason))
-      } else {
-        logger.warning("\(reason); waiting for attach_pager (faulting vCPUs stall until then)")
-      }
-    }
-    let t0 = Clock.monotonicNanoseconds()
-    try link.attach(socketPath: options.pagerSocket!)
-    pagerNanoseconds = Clock.monotonicNanoseconds() - t0
-    pager = link
-  } catch {
-    machine.close()
-    fail(1, error.description, readyFD: options.readyFD)
-  }
-}
 
 // Control plane on its own thread: it must answer (e.g. attach_pager) even while the data plane
 // is stalled on a page fault that only a new pager can resolve.

@@ -42,6 +42,9 @@ struct BackendBench: ParsableCommand {
     var faultsPerSecond: Double
     var faultsPerChild: Double
     var pssPerChildMiB: Double
+    /// Restoring all `children` one after another until each answered ping (the fan-out).
+    var spawnAllMS: Double
+    var idlePSSPerChildMiB: Double
   }
 
   func run() throws {
@@ -87,8 +90,10 @@ struct BackendBench: ParsableCommand {
           kids.append(
             try Child.restore(snapshot: snapshot, runDirectory: scratch.path + "/w\(run)-\(index)", backend: backend))
         }
-        _ = launchStart
         let agents = try kids.map { try $0.vmm.agent() }
+        for agent in agents { _ = try agent.ping() }
+        let spawnAllMS = ms(Clock.monotonicNanoseconds() - launchStart)
+        let idlePSS = kids.map { Double($0.proportionalSetSizeKiB()) / 1024 }
         let t0 = Clock.monotonicNanoseconds()
         let pending = try agents.map { try $0.send(.checksum(pages: pages)) }
         for (agent, request) in zip(agents, pending) { _ = try agent.receive(request, timeoutMS: 600_000) }
@@ -110,7 +115,8 @@ struct BackendBench: ParsableCommand {
           Row(
             backend: backend.name, cache: cold ? "cold" : "warm", restore: Summary(restoreMS), workloadMS: workloadMS,
             serviceP50: Summary(p50s).p50, serviceP99: Summary(p99s).p50, faultsPerSecond: Summary(rates).p50,
-            faultsPerChild: Summary(faults).p50, pssPerChildMiB: Summary(pss).p50))
+            faultsPerChild: Summary(faults).p50, pssPerChildMiB: Summary(pss).p50, spawnAllMS: spawnAllMS,
+            idlePSSPerChildMiB: Summary(idlePSS).p50))
       }
     }
     print(json ? renderJSON(rows) : renderTable(rows))
@@ -127,8 +133,8 @@ struct BackendBench: ParsableCommand {
   private func renderTable(_ rows: [Row]) -> String {
     var lines = [
       "backends bench: \(memoryMib) MiB guest, \(pages) data pages, \(iterations) restores, \(children) children for the workload",
-      "| backend | cache | restore→first reply p50 / p90 ms | workload (\(children)× checksum of \(pages) pages) ms | faults per child | fault service p50 / p99 µs | faults/s per pager | PSS per child MiB |",
-      "|---|---|---|---|---|---|---|---|",
+      "| backend | cache | restore→first reply p50 / p90 ms | workload (\(children)× checksum of \(pages) pages) ms | faults per child | fault service p50 / p99 µs | faults/s per pager | PSS per child MiB | spawn \(children) + ping ms | idle PSS per child MiB |",
+      "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows {
       let pager = r.faultsPerChild > 0
@@ -137,7 +143,7 @@ struct BackendBench: ParsableCommand {
           + (pager
             ? "\(Int(r.faultsPerChild)) | \(format(r.serviceP50)) / \(format(r.serviceP99)) | \(Int(r.faultsPerSecond))"
             : "– | – | –")
-          + " | \(format(r.pssPerChildMiB)) |")
+          + " | \(format(r.pssPerChildMiB)) | \(format(r.spawnAllMS, decimals: 1)) | \(format(r.idlePSSPerChildMiB)) |")
     }
     return lines.joined(separator: "\n")
   }
@@ -151,6 +157,7 @@ struct BackendBench: ParsableCommand {
           "workload_ms": .double(r.workloadMS), "faults_per_child": .double(r.faultsPerChild),
           "fault_service_us": .object(["p50": .double(r.serviceP50), "p99": .double(r.serviceP99)]),
           "faults_per_second": .double(r.faultsPerSecond), "pss_per_child_mib": .double(r.pssPerChildMiB),
+          "spawn_all_ms": .double(r.spawnAllMS), "idle_pss_per_child_mib": .double(r.idlePSSPerChildMiB),
         ])
       }
     ).serialized(pretty: true)

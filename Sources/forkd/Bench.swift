@@ -10,7 +10,9 @@ import VMMControl
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmarks (results go to stdout as a table, or JSON with --json).",
-    subcommands: [RestoreBench.self, BackendBench.self, SpawnBench.self, BranchBench.self, LoadBench.self])
+    subcommands: [
+      RestoreBench.self, BackendBench.self, SpawnBench.self, BranchBench.self, LoadBench.self, PagerTopologyBench.self,
+    ])
 }
 
 /// Restore-to-first-agent-reply for one child at a time, split into its phases.

@@ -8,7 +8,7 @@ struct AgentProtocolTests {
     .counter(delta: -5), .counter(delta: .max), .kvSet(key: Array("k".utf8), value: Array("value".utf8)),
     .kvSet(key: [], value: []), .kvGet(key: Array("k".utf8)), .exit(code: 3),
     .exec(args: ["/bin/echo", "hé llo", ""], timeoutSeconds: 30), .exec(args: [], timeoutSeconds: 0),
-    .console(Array("a console line".utf8)), .console([]),
+    .console(Array("a console line".utf8)), .console([]), .attack(kind: 7),
   ]
 
   static func answer(_ r: AgentRequest) -> AgentResponse {
@@ -23,6 +23,7 @@ struct AgentProtocolTests {
     case .exit: return .exiting
     case .exec: return .exec(AgentExecResult(exitCode: -1, stdout: Array("out".utf8), stderr: [], timedOut: true))
     case .console: return .consoleWritten
+    case .attack: return .attacking
     }
   }
 
@@ -78,7 +79,7 @@ struct AgentProtocolTests {
   }
 
   @Test func typeBytes() {
-    #expect(Self.requests.map(\.frameType) == [1, 2, 2, 3, 4, 5, 5, 6, 6, 7, 8, 9, 9, 10, 10])
+    #expect(Self.requests.map(\.frameType) == [1, 2, 2, 3, 4, 5, 5, 6, 6, 7, 8, 9, 9, 10, 10, 11])
     for r in Self.requests {
       #expect(Self.answer(r).frameType == r.frameType | 0x80)
     }

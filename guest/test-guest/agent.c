@@ -19,6 +19,7 @@ enum {
   T_EXIT = 8,
   T_EXEC = 9,
   T_CONSOLE = 10,
+  T_ATTACK = 11, /* hostile mode: the guest attacks its own devices (Tests: HostileGuestTests) */
 };
 
 enum {
@@ -220,6 +221,10 @@ static void handle(struct conn *c, const u8 *f, u32 plen) {
     if (plen > 256) FAIL(E_TOO_LARGE, "console: at most 256 bytes");
     for (u32 i = 0; i < plen; i++) outb(PORT_COM1, p[i] == '\n' ? ' ' : p[i]);
     outb(PORT_COM1, '\n');
+    break;
+  case T_ATTACK:
+    if (plen != 4 || ld32(p) == 0 || ld32(p) > 255) FAIL(E_BAD_ARGUMENT, "attack: payload is u32 kind 1...255");
+    c->attack_pending = (u8)ld32(p);
     break;
   default:
     FAIL(E_UNKNOWN_TYPE, "unknown request type");

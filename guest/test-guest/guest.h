@@ -94,6 +94,7 @@ struct conn {
   u8 credit_req_sent; /* one CREDIT_REQUEST per stall */
   u8 exit_pending;    /* power off once the parked/outgoing reply has left */
   u8 exit_code;
+  u8 attack_pending;  /* hostile mode: attack a device once the reply has left (kind) */
   u8 pending_id;
   u32 pending_len;
   u32 peer_buf_alloc; /* host's receive window, from every packet it sends */
@@ -112,6 +113,7 @@ u8 *reply_begin(u32 *id);
 void reply_end(struct conn *c, u32 id, u32 len);
 void conn_abort(struct conn *c);
 void vsock_flush_tx(void);
+void vsock_attack(u32 kind);
 
 /* ---- agent.c ---- */
 

@@ -185,6 +185,12 @@ static void send_rw(struct conn *c, u32 id, u32 len) {
     vsock_flush_tx();
     power_off(c->exit_code);
   }
+  if (c->attack_pending) {
+    u32 kind = c->attack_pending;
+    c->attack_pending = 0;
+    vsock_flush_tx();
+    vsock_attack(kind);
+  }
 }
 
 /* Agent replies: the caller writes at most VSOCK_BUF_LEN - VSOCK_HDR_LEN bytes of payload. */
@@ -356,4 +362,90 @@ void vsock_poll(void) {
     vq_kick(&evq);
     vq_kick(&txq);
   }
+}
+
+/* ---- hostile mode ---- */
+
+/*
+ * The guest is untrusted: these attacks let tests prove the VMM survives a guest that lies to
+ * its devices. Each is done once, after the reply that announced it has left. The device may
+ * stop working afterwards (that is allowed); the VMM must not crash, hang or touch memory
+ * outside the guest, and other VMs must not notice.
+ */
+enum {
+  ATTACK_DESC_OUTSIDE_RAM = 1, /* a tx descriptor pointing far beyond guest memory */
+  ATTACK_DESC_LOOP = 2,        /* a descriptor chained to itself */
+  ATTACK_HUGE_LENGTH = 3,      /* a 4 GiB descriptor length */
+  ATTACK_BAD_AVAIL_ENTRY = 4,  /* an avail ring entry naming a descriptor beyond the queue */
+  ATTACK_AVAIL_IDX_JUMP = 5,   /* avail.idx moved 1000 entries ahead of the ring */
+  ATTACK_BOGUS_PACKET = 6,     /* a vsock header with unknown type/op, a lying length and credit */
+  ATTACK_MMIO_SWEEP = 7,       /* every register of the device window written with all ones */
+  ATTACK_PIO_SWEEP = 8,        /* every I/O port but COM1 and the power ports written */
+};
+
+void vsock_attack(u32 kind) {
+  u32 id;
+  switch (kind) {
+  case ATTACK_DESC_OUTSIDE_RAM:
+    id = tx_alloc();
+    txq.r.desc[id].addr = 0x00007ff000000000ull;
+    txq.r.desc[id].len = 4096;
+    txq.r.desc[id].flags = 0;
+    vq_add(&txq, (u16)id);
+    vq_kick(&txq);
+    break;
+  case ATTACK_DESC_LOOP:
+    id = tx_alloc();
+    txq.r.desc[id].len = VSOCK_HDR_LEN;
+    txq.r.desc[id].flags = 1; /* NEXT */
+    txq.r.desc[id].next = (u16)id;
+    vq_add(&txq, (u16)id);
+    vq_kick(&txq);
+    break;
+  case ATTACK_HUGE_LENGTH:
+    id = tx_alloc();
+    txq.r.desc[id].len = 0xfffffff0u;
+    vq_add(&txq, (u16)id);
+    vq_kick(&txq);
+    break;
+  case ATTACK_BAD_AVAIL_ENTRY:
+    vq_add(&txq, 0xfff0);
+    vq_kick(&txq);
+    break;
+  case ATTACK_AVAIL_IDX_JUMP:
+    txq.avail_idx += 1000;
+    vq_kick(&txq);
+    break;
+  case ATTACK_BOGUS_PACKET: {
+    id = tx_alloc();
+    struct vsock_hdr *h = (struct vsock_hdr *)tx_buf[id];
+    put_hdr(tx_buf[id], 2, 1234, 0xee, 0xffffff00u, 0);
+    h->type = 0x55;
+    h->buf_alloc = 0xffffffffu;
+    h->fwd_cnt = 0xffffffffu;
+    h->src_cid = 0xffffffffffffffffull;
+    tx_submit(id, VSOCK_HDR_LEN + 64);
+    vq_kick(&txq);
+    break;
+  }
+  case ATTACK_MMIO_SWEEP:
+    for (u32 off = 0; off < 0x200; off += 4) {
+      (void)mmio_read(mmio_base + off);
+      mmio_write(mmio_base + off, 0xffffffffu);
+    }
+    /* and the next (unused) device slot */
+    for (u32 off = 0; off < 0x200; off += 4) mmio_write(mmio_base + 0x1000 + off, 0xffffffffu);
+    break;
+  case ATTACK_PIO_SWEEP:
+    for (u32 port = 0; port < 0x10000; port++) {
+      if ((port >= PORT_COM1 && port < PORT_COM1 + 8) || (port >= 0x600 && port < 0x610) || port == 0x64 ||
+          port == 0xcf9)
+        continue;
+      outb((u16)port, 0xff);
+    }
+    break;
+  default:
+    break;
+  }
+  console_write("hostile: attack done\n");
 }

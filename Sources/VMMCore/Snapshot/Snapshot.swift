@@ -316,12 +316,16 @@ extension VirtualMachine {
 
   // MARK: Restore
 
-  /// Rebuilds a VM from a snapshot directory with the File backend (memory.bin mapped
-  /// MAP_PRIVATE). The VM is ready to `start()`; nothing of it runs yet.
+  /// Rebuilds a VM from a snapshot directory. The VM is ready to `start()`; nothing of it runs yet.
+  /// `memoryReady` runs once guest memory exists and before any vCPU or device state is set:
+  /// restoring state makes KVM and devices touch guest pages (kvmclock, steal time, rings), and
+  /// with the uffd backend those pages must already be the pager's — an unregistered anonymous
+  /// page touched there would be a zero page the pager's copy can no longer replace.
   public static func restore(
     from directory: String, backend: RestoreBackend = .file, shmemImage: String? = nil, vsockSocketPath: String,
     diskBasePath: String? = nil, consoleSink: @escaping @Sendable (String) -> Void, logger: Logger,
-    timings: UnsafeMutablePointer<RestoreTimings>? = nil
+    timings: UnsafeMutablePointer<RestoreTimings>? = nil,
+    memoryReady: ((GuestMemory) throws(VMMError) -> Void)? = nil
   ) throws(VMMError) -> VirtualMachine {
     let t0 = Clock.monotonicNanoseconds()
     let loaded = try LoadedSnapshot(directory: directory)
@@ -344,6 +348,7 @@ extension VirtualMachine {
       memoryBackend = .shmemMinor(path: shmemImage)
     }
     let memory = try GuestMemory.create(size: manifest.memorySize, backend: memoryBackend)
+    try memoryReady?(memory)
     let t1 = Clock.monotonicNanoseconds()
 
     let storedConfig: StoredVMConfig
