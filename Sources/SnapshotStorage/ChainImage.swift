@@ -56,7 +56,9 @@ public final class ChainImage: @unchecked Sendable {
         }
         dataSets.append(words)
       } catch {
-        for (base, size) in mapped where base != nil { MemoryMapping.unmap(UnsafeMutableRawPointer(mutating: base!), size: size) }
+        for (base, size) in mapped where base != nil {
+          MemoryMapping.unmap(UnsafeMutableRawPointer(mutating: base!), size: size)
+        }
         throw SnapshotStorageError(.invalidSnapshot, "\(layer.memory): cannot map the memory layer", cause: error)
       }
     }

@@ -43,7 +43,8 @@ public enum SnapshotCompaction {
       let manifest = SnapshotManifest(
         memorySize: top.manifest.memorySize, vcpuCount: top.manifest.vcpuCount, guestKind: top.manifest.guestKind,
         guestImageDigest: top.manifest.guestImageDigest, createdAtUnix: Clock.unixSeconds(), parentTag: nil,
-        stateDigest: top.manifest.stateDigest, contentDigest: try LayerDigest.compute(memoryPath: memoryPath, index: nil))
+        stateDigest: top.manifest.stateDigest,
+        contentDigest: try LayerDigest.compute(memoryPath: memoryPath, index: nil))
       try SnapshotFiles.write(staging + "/manifest.json", Array(manifest.jsonText().utf8))
       try SnapshotFiles.publish(staging: staging, as: directory)
       return Result(manifest: manifest, dataBytes: dataBytes, nanoseconds: Clock.monotonicNanoseconds() - started)

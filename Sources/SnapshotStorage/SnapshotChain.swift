@@ -26,7 +26,8 @@ public struct SnapshotChain: Sendable {
       guard manifest.memoryLayer == .diff else { break }
       guard chain.count <= PagerHandshake.maxLayers else {
         throw SnapshotStorageError(
-          .invalidSnapshot, "\(directory): the diff chain is deeper than \(PagerHandshake.maxLayers) layers; compact it")
+          .invalidSnapshot, "\(directory): the diff chain is deeper than \(PagerHandshake.maxLayers) layers; compact it"
+        )
       }
       let parentTag = manifest.parentTag!
       let parent = parentDirectory(of: current) + "/" + parentTag
@@ -47,7 +48,8 @@ public struct SnapshotChain: Sendable {
       guard parentManifest.memorySize == manifest.memorySize else {
         throw SnapshotStorageError(
           .invalidSnapshot,
-          "\(current): memory_size \(manifest.memorySize) differs from its parent \(parentTag)'s \(parentManifest.memorySize)")
+          "\(current): memory_size \(manifest.memorySize) differs from its parent \(parentTag)'s \(parentManifest.memorySize)"
+        )
       }
       current = parent
     }

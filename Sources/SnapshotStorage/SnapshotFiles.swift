@@ -27,7 +27,8 @@ public enum SnapshotFiles {
       try FileSystem.syncDirectory(parentDirectory(of: directory))
     } catch {
       if error.errno == .exists || error.errno == Errno(ENOTEMPTY) {
-        throw SnapshotStorageError(.snapshotExists, "\(directory) appeared while the snapshot was written", cause: error)
+        throw SnapshotStorageError(
+          .snapshotExists, "\(directory) appeared while the snapshot was written", cause: error)
       }
       throw SnapshotStorageError(.io, "cannot move the snapshot into \(directory)", cause: error)
     }

@@ -1,5 +1,5 @@
-import SystemdSupport
 import Syscalls
+import SystemdSupport
 
 #if canImport(Glibc)
   import Glibc
@@ -26,7 +26,9 @@ enum CgroupLimit {
   static let hierarchy: Hierarchy? = locate(own: ProcessCgroups.current())
 
   static func locate(own: ProcessCgroups?, mount: String = "/sys/fs/cgroup") -> Hierarchy? {
-    let controllers = (try? FileSystem.readFile(mount + "/cgroup.controllers")).map { String(decoding: $0, as: UTF8.self) }
+    let controllers = (try? FileSystem.readFile(mount + "/cgroup.controllers")).map {
+      String(decoding: $0, as: UTF8.self)
+    }
     if let controllers, controllers.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("memory") {
       return .v2(join(mount, own?.unified ?? "/", "forkd-sandboxes"))
     }

@@ -291,12 +291,17 @@ public final class SandboxManager: @unchecked Sendable {
           metrics.snapshotsTotal.record(snapshots.count())
           log.info(
             "live branch written",
-            metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "total_ms": "\(Double(done["total_us"]?.int64Value ?? 0) / 1000)"])
+            metadata: [
+              "forkd_sandbox_id": "\(id)", "tag": "\(tag)",
+              "total_ms": "\(Double(done["total_us"]?.int64Value ?? 0) / 1000)",
+            ])
         } catch {
-          log.error("live branch failed", metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "error": "\(error)"])
+          log.error(
+            "live branch failed", metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "error": "\(error)"])
         }
       }
-      var info = SnapshotInfo(tag: tag, dir: directory, createdAtUnix: Clock.unixSeconds(), parentTag: source.snapshotTag)
+      var info = SnapshotInfo(
+        tag: tag, dir: directory, createdAtUnix: Clock.unixSeconds(), parentTag: source.snapshotTag)
       info.branchedFrom = id
       info.pauseMS = pauseMS
       info.status = "writing"

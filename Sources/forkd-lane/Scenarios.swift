@@ -182,12 +182,15 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
       try restoreChild(s.children, "uffd", .uffd())
     }
   case .optional:
-    report.optionalStep("linux: child \(s.children) (uffd, forkd-pager) restored, answers exec, sees the parent's file") {
+    report.optionalStep("linux: child \(s.children) (uffd, forkd-pager) restored, answers exec, sees the parent's file")
+    {
       try restoreChild(s.children, "uffd", .uffd(), agentTimeoutMS: 30_000)
     }
   }
   if s.shmem {
-    report.optionalStep("linux: child \(s.children + 1) (shmem, forkd-pager) restored, answers exec, sees the parent's file") {
+    report.optionalStep(
+      "linux: child \(s.children + 1) (shmem, forkd-pager) restored, answers exec, sees the parent's file"
+    ) {
       try restoreChild(s.children + 1, "shmem", .shmem(), agentTimeoutMS: 30_000)
     }
   }

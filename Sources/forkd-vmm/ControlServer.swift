@@ -18,7 +18,8 @@ final class ControlServer: PollSource {
   /// Live snapshots answered before their copy finished (`wait: false`), by directory.
   private var liveJobs: [String: LiveSnapshotJob] = [:]
   /// Test seam: slows the live copier (microseconds per 64 pages), from FORKD_TEST_LIVE_COPY_DELAY_US.
-  private let liveCopyDelay: UInt32 = getenv("FORKD_TEST_LIVE_COPY_DELAY_US").flatMap { UInt32(String(cString: $0)) } ?? 0
+  private let liveCopyDelay: UInt32 =
+    getenv("FORKD_TEST_LIVE_COPY_DELAY_US").flatMap { UInt32(String(cString: $0)) } ?? 0
   /// Set by `stop`: the process exits after answering.
   private(set) var stopRequested = false
 
@@ -168,7 +169,8 @@ final class ControlServer: PollSource {
       var mode = SnapshotMode.full
       if diff {
         guard let restoredFrom else {
-          return .failure(code: "invalid_config", message: "a diff snapshot needs a VM restored from a snapshot; this one was booted")
+          return .failure(
+            code: "invalid_config", message: "a diff snapshot needs a VM restored from a snapshot; this one was booted")
         }
         mode = .diff(parentDirectory: restoredFrom)
       }

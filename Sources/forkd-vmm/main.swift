@@ -189,7 +189,6 @@ pagerOwner.machine = machine
 pager = pagerOwner.link
 pagerNanoseconds = pagerOwner.attachNanoseconds
 
-
 // Control plane on its own thread: it must answer (e.g. attach_pager) even while the data plane
 // is stalled on a page fault that only a new pager can resolve.
 let controlLoop: EventLoop

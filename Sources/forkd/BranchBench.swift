@@ -147,7 +147,9 @@ struct BranchBench: ParsableCommand {
         ]).serialized(pretty: true))
       return
     }
-    print("branch pause window (source paused), \(iterations) branches each, \(pages) pages filled, 64 rewritten per branch")
+    print(
+      "branch pause window (source paused), \(iterations) branches each, \(pages) pages filled, 64 rewritten per branch"
+    )
     print("| guest MiB | source backend | mode | pause p50 ms | pause p90 ms | branch total p50 ms | layer pages |")
     print("|---|---|---|---|---|---|---|")
     for r in pauseRows {

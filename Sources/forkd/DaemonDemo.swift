@@ -31,7 +31,8 @@ extension Demo {
     // 1. The warmed parent: boot the test guest, run the warm-up steps, snapshot it.
     t0 = Clock.monotonicNanoseconds()
     let warmup: [WarmupStep] = [
-      .fill(pages: pages, seed: seed), .counter(delta: counter), .kvSet(key: "greeting", value: "hello from the parent"),
+      .fill(pages: pages, seed: seed), .counter(delta: counter),
+      .kvSet(key: "greeting", value: "hello from the parent"),
     ]
     _ = try daemon.expect(
       201, "POST", "/v1/snapshots",
@@ -53,7 +54,9 @@ extension Demo {
     let spawnMS = ms(Clock.monotonicNanoseconds() - t0)
     let entries = spawned.json?.arrayValue ?? []
     let ids = entries.compactMap { $0["id"]?.stringValue }
-    guard ids.count == childCount else { throw ValidationError("spawn returned \(ids.count) of \(childCount) children") }
+    guard ids.count == childCount else {
+      throw ValidationError("spawn returned \(ids.count) of \(childCount) children")
+    }
     print("spawn     \(childCount) children in \(format(spawnMS)) ms (POST /v1/sandboxes, n=\(childCount))")
 
     let pongs = PongTable(count: ids.count)
@@ -63,7 +66,8 @@ extension Demo {
       guard response.status == 200, let body = response.json else {
         throw ValidationError("\(ids[index]): \(response.status) \(response.text)")
       }
-      pongs.set(index, counter: body["counter"]?.int64Value ?? -1, rttMS: Double(body["rtt_us"]?.int64Value ?? 0) / 1000)
+      pongs.set(
+        index, counter: body["counter"]?.int64Value ?? -1, rttMS: Double(body["rtt_us"]?.int64Value ?? 0) / 1000)
     }
     let allAnsweredMS = ms(Clock.monotonicNanoseconds() - t0)
     let rtt = Summary(pongs.rtts)

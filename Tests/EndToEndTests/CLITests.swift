@@ -22,7 +22,8 @@ func forkdCLI(_ arguments: [String], scratch: Scratch) throws -> (status: ChildP
 
 @Suite("forkd CLI against a running supervisor", .serialized)
 struct CLITests {
-  @Test("forkd demo: the daemon flow spawns, pings and cleans up; --direct checksums every child", arguments: [false, true])
+  @Test(
+    "forkd demo: the daemon flow spawns, pings and cleans up; --direct checksums every child", arguments: [false, true])
   func demo(direct: Bool) throws {
     let scratch = try Scratch("demo")
     let (status, out) = try forkdCLI(

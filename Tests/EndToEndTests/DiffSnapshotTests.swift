@@ -19,7 +19,8 @@ struct DiffSnapshotTests {
 
   /// What the agent reports about memory: checksum of all filled pages, the counter and a key.
   static func observe(_ agent: AgentClient, pages: UInt64) throws -> Observed {
-    Observed(checksum: try agent.checksum(pages: pages), counter: try agent.counter(add: 0), note: try agent.get("note"))
+    Observed(
+      checksum: try agent.checksum(pages: pages), counter: try agent.counter(add: 0), note: try agent.get("note"))
   }
 
   /// Restores `snapshot`, changes `pages` pages, the counter and a key, and takes a diff layer
@@ -42,7 +43,9 @@ struct DiffSnapshotTests {
     return (before, result)
   }
 
-  @Test("a 3-deep chain: each layer holds only its changes; the head restores with the uffd backend to exactly the paused state")
+  @Test(
+    "a 3-deep chain: each layer holds only its changes; the head restores with the uffd backend to exactly the paused state"
+  )
   func chain() throws {
     let scratch = try Scratch("diff")
     let parent = try WarmParent(in: scratch, pages: 256, memoryMiB: 32)
@@ -99,7 +102,8 @@ struct DiffSnapshotTests {
     edited.contentDigest = "sha256:" + String(repeating: "00", count: 32)
     try FileSystem.writeAtomically(manifestPath, Array(edited.jsonText().utf8))
     let broken = #expect(throws: ControlError.self) {
-      try Child.restore(snapshot: root + "/layer3", runDirectory: scratch.path + "/broken", backend: .uffd(policy: .fail))
+      try Child.restore(
+        snapshot: root + "/layer3", runDirectory: scratch.path + "/broken", backend: .uffd(policy: .fail))
     }
     #expect(broken?.description.contains("parent_content_digest") == true, "\(String(describing: broken))")
   }

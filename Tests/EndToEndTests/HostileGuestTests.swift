@@ -12,7 +12,9 @@ import VMMControl
 /// sweeps). The VMM must neither crash nor hang, and a sibling VM must not notice.
 @Suite("Hostile guest", .serialized)
 struct HostileGuestTests {
-  @Test("every attack: the VMM survives (no signal, control still answers), the sibling keeps working", arguments: HostileAttack.allCases)
+  @Test(
+    "every attack: the VMM survives (no signal, control still answers), the sibling keeps working",
+    arguments: HostileAttack.allCases)
   func attack(_ kind: HostileAttack) throws {
     let scratch = try Scratch("hostile-\(kind.rawValue)")
     let sibling = try VMMProcess.launch(

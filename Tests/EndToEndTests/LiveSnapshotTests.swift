@@ -53,7 +53,8 @@ struct LiveSnapshotTests {
     #expect(pauseUS < (finished["total_us"]?.int64Value ?? 0))
 
     for (index, backend) in [ChildBackend.uffd(policy: .fail), .file].enumerated() {
-      let child = try Child.restore(snapshot: root + "/live", runDirectory: scratch.path + "/c\(index)", backend: backend)
+      let child = try Child.restore(
+        snapshot: root + "/live", runDirectory: scratch.path + "/c\(index)", backend: backend)
       defer { child.stop() }
       #expect(try DiffSnapshotTests.observe(child.vmm.agent(), pages: parent.pages) == before, "\(backend.name) child")
     }

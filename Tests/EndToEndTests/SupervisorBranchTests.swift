@@ -84,7 +84,9 @@ struct SupervisorBranchTests {
     #expect(liveFork.status == 400 && liveFork.text.contains("live_fork"), "\(liveFork.text)")
   }
 
-  @Test("branch mode live: wait true is ready at once; wait false answers while copying; a source killed mid-copy leaves no tag")
+  @Test(
+    "branch mode live: wait true is ready at once; wait false answers while copying; a source killed mid-copy leaves no tag"
+  )
   func liveBranches() throws {
     // The copier is slowed down (5 ms per 64 pages) so the no-wait branch is still writing.
     setenv("FORKD_TEST_LIVE_COPY_DELAY_US", "5000", 1)

@@ -184,8 +184,10 @@ extension AgentExecResult {
 }
 
 /// A frame with any header fields, for malformed-input tests.
-func rawFrame(magic: UInt32 = AgentProtocol.magic, version: UInt8 = 1, type: UInt8, id: UInt32, length: UInt32? = nil,
-  payload: [UInt8] = []) -> [UInt8] {
+func rawFrame(
+  magic: UInt32 = AgentProtocol.magic, version: UInt8 = 1, type: UInt8, id: UInt32, length: UInt32? = nil,
+  payload: [UInt8] = []
+) -> [UInt8] {
   var w = ByteWriter()
   w.u32(magic)
   w.u8(version)

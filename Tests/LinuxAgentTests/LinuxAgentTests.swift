@@ -40,7 +40,8 @@ struct LinuxAgentTests {
     #expect(try b.call(.kvGet(key: Array("missing".utf8))) == .kvGet(found: false, value: []))
     let longKey = [UInt8](repeating: 0x61, count: 33)
     #expect(try a.call(.kvSet(key: longKey, value: [])).agentErrorCode == AgentError.tooLarge)
-    #expect(try a.call(.kvSet(key: [1], value: [UInt8](repeating: 0, count: 257))).agentErrorCode == AgentError.tooLarge)
+    #expect(
+      try a.call(.kvSet(key: [1], value: [UInt8](repeating: 0, count: 257))).agentErrorCode == AgentError.tooLarge)
     for i in 0..<15 { _ = try a.call(.kvSet(key: Array("key\(i)".utf8), value: [])) }
     #expect(try a.call(.kvSet(key: Array("one-too-many".utf8), value: [])).agentErrorCode == AgentError.tooLarge)
   }

@@ -41,7 +41,9 @@ struct NestedLaneTests {
     let output = String(decoding: (try? FileSystem.readFile(logPath)) ?? [], as: UTF8.self)
     let laneLines = output.split(separator: "\n").filter { $0.hasPrefix("LANE") || $0.hasPrefix("nested-lane:") }
     print(laneLines.joined(separator: "\n"))
-    #expect(termination == .exited(0), "the lane failed (\(termination.map { "\($0)" } ?? "killed")): \(laneLines.suffix(12).joined(separator: " | "))")
+    #expect(
+      termination == .exited(0),
+      "the lane failed (\(termination.map { "\($0)" } ?? "killed")): \(laneLines.suffix(12).joined(separator: " | "))")
     #expect(laneLines.contains { $0.hasPrefix("LANE SUMMARY test-guest") && $0.contains("failed=0") })
     #expect(laneLines.contains { $0.hasPrefix("LANE SUMMARY linux") && $0.contains("failed=0") })
     #expect(laneLines.contains { $0.hasPrefix("LANE PASS linux: exec uname -r is the Debian kernel") })

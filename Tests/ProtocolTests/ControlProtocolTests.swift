@@ -20,7 +20,8 @@ struct ControlProtocolTests {
     for r: ControlRequest in [
       .status, .pause, .resume, .stop, .snapshot(directory: "/var/lib/forkd/snap 1\n", parentTag: "base_1"),
       .snapshot(directory: "rel", parentTag: nil), .snapshot(directory: "/d", parentTag: "p", diff: true),
-      .snapshot(directory: "/l", parentTag: "p", live: true), .snapshot(directory: "/l", parentTag: nil, live: true, wait: false),
+      .snapshot(directory: "/l", parentTag: "p", live: true),
+      .snapshot(directory: "/l", parentTag: nil, live: true, wait: false),
       .snapshotWait(directory: "/l"),
     ] {
       let text = ControlCodec.encode(r)
@@ -56,7 +57,8 @@ struct ControlProtocolTests {
     #expect(e?.code == .unknownType)
     #expect(
       e?.message
-        == "control request: unknown op \"explode\" (expected status, pause, resume, snapshot, snapshot_wait, stop or attach_pager)")
+        == "control request: unknown op \"explode\" (expected status, pause, resume, snapshot, snapshot_wait, stop or attach_pager)"
+    )
   }
 
   @Test func malformedRequests() {

@@ -24,7 +24,9 @@ struct LinuxStateTests {
     let chips = (0..<3).map { [UInt8](repeating: UInt8($0), count: size) }
     let record = StoredIrqchips(chips: chips)
     #expect(try StoredIrqchips(record.bytes, source: "t") == record)
-    #expect(throws: ProtocolError.self) { try StoredIrqchips(StoredIrqchips(chips: Array(chips.prefix(2))).bytes, source: "t") }
+    #expect(throws: ProtocolError.self) {
+      try StoredIrqchips(StoredIrqchips(chips: Array(chips.prefix(2))).bytes, source: "t")
+    }
     #expect(throws: ProtocolError.self) {
       try StoredIrqchips(StoredIrqchips(chips: [[1], [2], [3]]).bytes, source: "t")
     }

@@ -71,7 +71,7 @@ struct UARTInterruptTests {
 
   @Test("loopback mode reflects MCR outputs in MSR (Linux's 8250 probe)")
   func loopback() {
-    let uart = UART16550(sink: { _ in }, interruptLine: { })
+    let uart = UART16550(sink: { _ in }, interruptLine: {})
     uart.portWrite(offset: 4, size: 1, value: 0x1A)  // LOOP | OUT2 | RTS
     #expect(uart.portRead(offset: 6, size: 1) & 0xF0 == 0x90)
     uart.portWrite(offset: 4, size: 1, value: 0x0B)

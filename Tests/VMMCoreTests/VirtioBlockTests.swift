@@ -2,11 +2,11 @@ import Protocol
 import Syscalls
 import Testing
 
+@testable import VMMCore
+
 #if canImport(Glibc)
   import Glibc
 #endif
-
-@testable import VMMCore
 
 /// A base image in a temporary file: sector n starts with the byte n.
 func makeBaseImage(sectors: Int) throws -> String {

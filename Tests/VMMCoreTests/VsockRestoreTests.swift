@@ -2,11 +2,11 @@ import Protocol
 import Syscalls
 import Testing
 
+@testable import VMMCore
+
 #if canImport(Glibc)
   import Glibc
 #endif
-
-@testable import VMMCore
 
 /// Drives a vsock device through its MMIO registers as a virtio driver would: three queues in
 /// guest memory, features negotiated, DRIVER_OK.

@@ -42,7 +42,8 @@ extension VirtualMachine {
     // Everything that can be checked without KVM first, so bad input is reported on any host.
     let kernel = try LinuxKernel(parsing: source.kernel, source: source.kernelSource)
     let devices = virtioDevices(hasDisk: config.disk != nil)
-    let commandLine = source.commandLineDevices
+    let commandLine =
+      source.commandLineDevices
       ? LinuxLayout.commandLine(source.commandLine, declaring: devices) : source.commandLine
     let commandLineBytes = Array(commandLine.utf8)
     guard commandLineBytes.count <= kernel.maxCommandLineLength,

@@ -182,7 +182,8 @@ public final class PagerLink: PollSource, @unchecked Sendable {
     }
     var command = PagerHandshake.suspendCommand
     guard Glibc.write(fd.rawValue, &command, 1) == 1 else {
-      throw VMMError(.guestMemory, "cannot ask the pager (pid \(pagerPID)) to suspend", cause: SyscallError("write", .current))
+      throw VMMError(
+        .guestMemory, "cannot ask the pager (pid \(pagerPID)) to suspend", cause: SyscallError("write", .current))
     }
     let deadline = Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000
     while true {
@@ -195,7 +196,9 @@ public final class PagerLink: PollSource, @unchecked Sendable {
       var byte: UInt8 = 0
       let n = Glibc.read(fd.rawValue, &byte, 1)
       if n == 1 && byte == PagerHandshake.suspendCommand { return }
-      if n <= 0 { throw VMMError(.guestMemory, "the pager (pid \(pagerPID)) closed its connection instead of suspending") }
+      if n <= 0 {
+        throw VMMError(.guestMemory, "the pager (pid \(pagerPID)) closed its connection instead of suspending")
+      }
     }
   }
 

@@ -140,7 +140,8 @@ extension VirtualMachine {
       guard let digest = parentManifest.contentDigest else {
         throw VMMError(
           .invalidSnapshot,
-          "\(parentDirectory)/manifest.json has no content_digest (written by an older forkd): take a full snapshot instead")
+          "\(parentDirectory)/manifest.json has no content_digest (written by an older forkd): take a full snapshot instead"
+        )
       }
       parentContentDigest = digest
     }
@@ -369,7 +370,8 @@ extension VirtualMachine {
         guard section.version == VirtioBlock.stateVersion else {
           throw ProtocolError(
             .unsupportedVersion,
-            "\(loaded.stateSource): virtio-blk state version \(section.version), this forkd reads \(VirtioBlock.stateVersion)")
+            "\(loaded.stateSource): virtio-blk state version \(section.version), this forkd reads \(VirtioBlock.stateVersion)"
+          )
         }
         saved = try VirtioBlock.savedDisk(section.bytes, source: "\(loaded.stateSource) section VBLK")
       } catch {
@@ -400,7 +402,8 @@ extension VirtualMachine {
     guard hasIrqchip == (manifest.guestKind == linuxGuestKind) else {
       throw VMMError(
         .invalidSnapshot,
-        "\(loaded.stateSource): guest kind \(manifest.guestKind) but the VM config says in-kernel irqchip = \(hasIrqchip)")
+        "\(loaded.stateSource): guest kind \(manifest.guestKind) but the VM config says in-kernel irqchip = \(hasIrqchip)"
+      )
     }
     let kvm = try KVMSystem()
     let machine = try VirtualMachine(
