@@ -54,54 +54,22 @@ public enum SnapshotCompaction {
     }
   }
 
-  /// The base's data ranges, then each layer's pages over them (zero pages of a layer are
-  /// written as zeros: they hide what the layers below hold).
+  /// Every page with data, taken from the layer that owns it (ChainImage resolves the chain);
+  /// zero pages stay holes.
   private static func writeFlatMemory(_ chain: SnapshotChain, to path: String) throws(SnapshotStorageError) -> UInt64 {
-    let size = chain.layers[0].manifest.memorySize
-    let pages = Int(size / 4096)
-    var owner = [UInt8](repeating: 0, count: pages)
-    for (depth, layer) in chain.layers.enumerated().dropFirst() {
-      let indexPath = layer.pageIndexPath!
-      do {
-        let index = try PageIndex.parse(FileSystem.readFile(indexPath), source: indexPath, expectedPages: pages)
-        for page in index.pages { owner[page] = UInt8(depth) }
-      } catch {
-        throw SnapshotStorageError(.invalidSnapshot, "\(indexPath): \(error)")
-      }
-    }
+    let image = try ChainImage(chain: chain)
     do {
       let out = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
       defer { out.close() }
-      try out.truncate(to: Int64(size))
-      var sources: [FileDescriptor] = []
-      defer { sources.forEach { $0.close() } }
-      for layer in chain.layers { sources.append(try FileDescriptor.open(layer.memoryPath, .readOnly)) }
-      let page = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
-      defer { page.deallocate() }
+      try out.truncate(to: Int64(image.size))
       var written: UInt64 = 0
-      // Pages the base owns: copy only its data (holes stay holes).
-      var offset: Int64 = 0
-      let base = sources[0]
-      while offset < Int64(size), let dataStart = try base.seek(data: offset) {
-        let dataEnd = try base.seek(hole: dataStart) ?? Int64(size)
-        for p in Int(dataStart / 4096)..<min(pages, Int((dataEnd + 4095) / 4096)) where owner[p] == 0 {
-          guard try base.pread(into: page, at: Int64(p) * 4096) == 4096 else { continue }
-          try out.pwriteAll(UnsafeRawBufferPointer(page), at: Int64(p) * 4096)
-          written += 4096
-        }
-        offset = dataEnd
-      }
-      for p in 0..<pages where owner[p] != 0 {
-        guard try sources[Int(owner[p])].pread(into: page, at: Int64(p) * 4096) == 4096 else {
-          throw SyscallError("pread", .invalid, detail: "\(chain.layers[Int(owner[p])].memoryPath) page \(p) short")
-        }
-        try out.pwriteAll(UnsafeRawBufferPointer(page), at: Int64(p) * 4096)
+      for page in 0..<image.pageCount {
+        guard let data = image.page(page) else { continue }
+        try out.pwriteAll(UnsafeRawBufferPointer(start: data, count: 4096), at: Int64(page) * 4096)
         written += 4096
       }
       try out.sync()
       return written
-    } catch let error as SnapshotStorageError {
-      throw error
     } catch {
       throw SnapshotStorageError(.io, "\(path): cannot write the flattened memory", cause: error)
     }

@@ -75,7 +75,8 @@ extension SnapshotManifest {
   }
 }
 
-func parentDirectory(of path: String) -> String {
+/// The directory containing `path` ("/" for a top-level entry, "." for a bare name).
+public func parentDirectory(of path: String) -> String {
   guard let slash = path.lastIndex(of: "/") else { return "." }
   return slash == path.startIndex ? "/" : String(path[..<slash])
 }

@@ -218,6 +218,18 @@ public final class VMMProcess: @unchecked Sendable {
 }
 
 /// The last lines of a log file, for error messages.
+/// Processes whose command line mentions `path` (every forkd-vmm and forkd-pager names its run
+/// directory): how demos and tests check that nothing was left running.
+public func processes(mentioning path: String) -> [pid_t] {
+  var found: [pid_t] = []
+  for name in (try? FileSystem.listDirectory("/proc")) ?? [] {
+    guard let pid = pid_t(name), pid != getpid() else { continue }
+    guard let bytes = try? FileSystem.readFile("/proc/\(name)/cmdline"), !bytes.isEmpty else { continue }
+    if String(decoding: bytes.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(path) { found.append(pid) }
+  }
+  return found
+}
+
 public func lastLines(of path: String, count: Int = 5) -> String {
   guard let bytes = try? FileSystem.readFile(path, limit: 1 << 20) else { return "(no log)" }
   let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")

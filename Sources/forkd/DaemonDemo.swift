@@ -141,17 +141,6 @@ final class PongTable: @unchecked Sendable {
   var rtts: [Double] { lock.withLock { rttValues } }
 }
 
-/// PIDs whose command line mentions `path` (the demo's children all name their run directory).
-func processes(mentioning path: String) -> [Int32] {
-  var found: [Int32] = []
-  for name in (try? FileSystem.listDirectory("/proc")) ?? [] {
-    guard let pid = Int32(name), pid != getpid() else { continue }
-    guard let bytes = try? FileSystem.readFile("/proc/\(name)/cmdline"), !bytes.isEmpty else { continue }
-    if String(decoding: bytes.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(path) { found.append(pid) }
-  }
-  return found
-}
-
 extension String {
   fileprivate func padding(toLength width: Int) -> String {
     count >= width ? self : self + String(repeating: " ", count: width - count)

@@ -80,13 +80,3 @@ final class TestSupervisor {
   }
 }
 
-/// Processes whose command line mentions `path` (a test's scratch directory).
-func processes(mentioning path: String) -> [pid_t] {
-  var found: [pid_t] = []
-  for name in (try? FileSystem.listDirectory("/proc")) ?? [] {
-    guard let pid = pid_t(name), pid != getpid() else { continue }
-    guard let bytes = try? FileSystem.readFile("/proc/\(name)/cmdline") else { continue }
-    if String(decoding: bytes.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(path) { found.append(pid) }
-  }
-  return found
-}

@@ -94,7 +94,7 @@ struct SupervisorLifecycleTests {
     // Started means cleaned: every old process is gone (reaped by init once killed).
     var alive = pids
     for _ in 0..<250 where !alive.isEmpty {
-      alive = alive.filter { kill($0, 0) == 0 && !isZombie($0) }
+      alive = alive.filter { kill($0, 0) == 0 && !isZombieProcess($0) }
       if !alive.isEmpty { Clock.sleep(milliseconds: 20) }
     }
     #expect(alive.isEmpty, "left running: \(alive)")
@@ -106,13 +106,6 @@ struct SupervisorLifecycleTests {
     // The snapshots survive a crash, and the new supervisor spawns from them.
     #expect(try second.unix.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"base"}"#).status == 201)
   }
-}
-
-private func isZombie(_ pid: pid_t) -> Bool {
-  guard let bytes = try? FileSystem.readFile("/proc/\(pid)/stat") else { return true }
-  let text = String(decoding: bytes, as: UTF8.self)
-  guard let close = text.lastIndex(of: ")") else { return false }
-  return text[text.index(after: close)...].dropFirst().first == "Z"
 }
 
 extension String {

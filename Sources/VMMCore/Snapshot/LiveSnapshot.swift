@@ -64,6 +64,8 @@ extension VirtualMachine {
     } catch {
       throw VMMError(error)
     }
+    // Opened before the pause: the copier reads it per chunk while the guest runs.
+    let pagemap = try Pagemap()
     let staging = "\(directory).staging-\(getpid())-\(started)"
     do {
       try FileSystem.makeDirectory(staging, mode: 0o700)
@@ -107,7 +109,7 @@ extension VirtualMachine {
       throw error
     }
     let copier = LiveCopier(
-      machine: self, pager: pager, origin: origin, file: memoryFile,
+      machine: self, pager: pager, origin: origin, file: memoryFile, pagemap: pagemap,
       delayMicroseconds: copyDelayMicroseconds)
     let pauseNanoseconds = Clock.monotonicNanoseconds() - pausedAt
     let job = LiveSnapshotJob(directory: directory, pauseNanoseconds: pauseNanoseconds)
@@ -172,6 +174,7 @@ final class LiveCopier: @unchecked Sendable {
   private let pager: PagerLink
   private let origin: ChainImage
   private let file: FileDescriptor
+  private let pagemap: Pagemap
   private let pageCount: Int
   private let zeroPage: UnsafeMutableRawPointer
   private let delayMicroseconds: UInt32
@@ -179,8 +182,10 @@ final class LiveCopier: @unchecked Sendable {
   private var dataBytes: UInt64 = 0
 
   init(
-    machine: VirtualMachine, pager: PagerLink, origin: ChainImage, file: FileDescriptor, delayMicroseconds: UInt32
+    machine: VirtualMachine, pager: PagerLink, origin: ChainImage, file: FileDescriptor, pagemap: Pagemap,
+    delayMicroseconds: UInt32
   ) {
+    self.pagemap = pagemap
     self.machine = machine
     self.pager = pager
     self.origin = origin
@@ -201,8 +206,9 @@ final class LiveCopier: @unchecked Sendable {
       while next < pageCount {
         try serveEvents()
         let end = min(next + chunk, pageCount)
-        let held = try DirtyPages.scan(machine.memory, pages: next..<end)
-        for page in next..<end { try save(page, held: held.contains(page)) }
+        var held = [Bool](repeating: false, count: end - next)
+        try pagemap.forEachPrivatePage(of: machine.memory, in: next..<end) { held[$0 - next] = true }
+        for page in next..<end { try save(page, held: held[page - next]) }
         // Saved: the guest may write these pages freely from now on.
         if let host = machine.memory.hostAddress(ofFilePage: next) {
           try? pager.uffd.writeProtect(
@@ -228,7 +234,7 @@ final class LiveCopier: @unchecked Sendable {
     } else {
       source = origin.page(page)
     }
-    guard let source, !isZero(source) else { return }
+    guard let source, !isZeroPage(source) else { return }
     do {
       try file.pwriteAll(UnsafeRawBufferPointer(start: source, count: 4096), at: Int64(page) * 4096)
     } catch {
@@ -276,11 +282,5 @@ final class LiveCopier: @unchecked Sendable {
       }
     }
     return nil
-  }
-
-  private func isZero(_ page: UnsafeRawPointer) -> Bool {
-    let words = page.assumingMemoryBound(to: UInt64.self)
-    for i in 0..<512 where words[i] != 0 { return false }
-    return true
   }
 }

@@ -526,11 +526,6 @@ private func sized(_ bytes: [UInt8], _ expected: Int, _ name: String, _ source: 
   }
 }
 
-func parentDirectory(of path: String) -> String {
-  guard let slash = path.lastIndex(of: "/") else { return "." }
-  return slash == path.startIndex ? "/" : String(path[..<slash])
-}
-
 func lastPathComponent(_ path: String) -> String {
   String(path.split(separator: "/").last ?? Substring(path))
 }

@@ -34,53 +34,64 @@ public enum SnapshotMode: Sendable, Equatable {
 /// memory filled by a pager every touched page is private, so the set also holds pages that
 /// were only read (a superset: correct, and still proportional to what the child touched).
 enum DirtyPages {
+  /// Every private page of guest memory (one pass over the pagemap).
+  static func scan(_ memory: GuestMemory) throws(VMMError) -> PageIndex {
+    var index = PageIndex(pageCount: Int(memory.size / GuestMemory.pageSize))
+    try Pagemap().forEachPrivatePage(of: memory, in: 0..<index.pageCount) { index.insert($0) }
+    return index
+  }
+}
+
+/// /proc/self/pagemap, opened once and read in chunks (a live copy asks per 64 pages).
+final class Pagemap {
   static let present: UInt64 = 1 << 63
   static let swapped: UInt64 = 1 << 62
   static let filePage: UInt64 = 1 << 61
+  private static let chunk = 8192
 
-  static func scan(_ memory: GuestMemory) throws(VMMError) -> PageIndex {
-    try scan(memory, pages: 0..<Int(memory.size / GuestMemory.pageSize))
-  }
+  private let fd: FileDescriptor
+  private let entries = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: Pagemap.chunk)
 
-  /// The private pages among `pages` (file page numbers).
-  static func scan(_ memory: GuestMemory, pages wanted: Range<Int>) throws(VMMError) -> PageIndex {
-    let pageSize = Int(GuestMemory.pageSize)
-    var index = PageIndex(pageCount: Int(memory.size) / pageSize)
-    let pagemap: FileDescriptor
+  init() throws(VMMError) {
     do {
-      pagemap = try FileDescriptor.open("/proc/self/pagemap", .readOnly)
+      fd = try FileDescriptor.open("/proc/self/pagemap", .readOnly)
     } catch {
+      entries.deallocate()
       throw VMMError(.io, "cannot read /proc/self/pagemap to find the pages this VM changed", cause: error)
     }
-    defer { pagemap.close() }
-    let chunk = 8192
-    let entries = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: chunk)
-    defer { entries.deallocate() }
+  }
+
+  deinit {
+    fd.close()
+    entries.deallocate()
+  }
+
+  /// Calls `body` with the file page number of every private page among `wanted`.
+  func forEachPrivatePage(of memory: GuestMemory, in wanted: Range<Int>, _ body: (Int) -> Void) throws(VMMError) {
+    let pageSize = Int(GuestMemory.pageSize)
     for region in memory.regions {
       let firstVirtualPage = Int(bitPattern: region.host) / pageSize
       let firstFilePage = Int(region.fileOffset) / pageSize
-      let regionPages = firstFilePage..<(firstFilePage + Int(region.size) / pageSize)
-      let range = wanted.clamped(to: regionPages)
+      let range = wanted.clamped(to: firstFilePage..<(firstFilePage + Int(region.size) / pageSize))
       var done = range.lowerBound
       while done < range.upperBound {
-        let count = min(chunk, range.upperBound - done)
+        let count = min(Pagemap.chunk, range.upperBound - done)
         let bytes = UnsafeMutableRawBufferPointer(start: entries.baseAddress, count: count * 8)
         do {
-          let at = Int64(firstVirtualPage + done - firstFilePage) * 8
-          let read = try pagemap.pread(into: bytes, at: at)
+          let read = try fd.pread(into: bytes, at: Int64(firstVirtualPage + done - firstFilePage) * 8)
           guard read == count * 8 else { throw SyscallError("pread", .invalid, detail: "short pagemap read") }
         } catch {
           throw VMMError(.io, "cannot read /proc/self/pagemap", cause: error)
         }
         for i in 0..<count {
           let entry = entries[i]
-          let privateCopy = (entry & present != 0 && entry & filePage == 0) || entry & swapped != 0
-          if privateCopy { index.insert(done + i) }
+          let privateCopy =
+            (entry & Pagemap.present != 0 && entry & Pagemap.filePage == 0) || entry & Pagemap.swapped != 0
+          if privateCopy { body(done + i) }
         }
         done += count
       }
     }
-    return index
   }
 }
 
@@ -161,7 +172,7 @@ extension GuestMemory {
   }
 }
 
-private func isZeroPage(_ page: UnsafeRawPointer) -> Bool {
+func isZeroPage(_ page: UnsafeRawPointer) -> Bool {
   let words = page.assumingMemoryBound(to: UInt64.self)
   for i in 0..<512 where words[i] != 0 { return false }
   return true
