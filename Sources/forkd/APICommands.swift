@@ -29,8 +29,13 @@ struct ConnectionOptions: ParsableArguments {
   }
 
   /// Sends a request; a failure prints the API's message and exits with a code that means it.
-  func call(_ method: String, _ path: String, body: JSONValue? = nil) throws -> APIClient.Response {
+  /// `progress`: a label shown with the elapsed time on a terminal while the request runs.
+  func call(_ method: String, _ path: String, body: JSONValue? = nil, progress: String? = nil) throws
+    -> APIClient.Response
+  {
     let response: APIClient.Response
+    let indicator = progress.flatMap { json ? nil : ProgressLine(label: $0) }
+    defer { indicator?.finish() }
     do {
       response = try client().request(method, path, body: body)
     } catch let error as APIClient.ClientError {
@@ -75,9 +80,7 @@ enum CLIExit {
   }
 }
 
-func printError(_ message: String) {
-  try? FileDescriptor(rawValue: 2).writeAll(Array("forkd: \(message)\n".utf8))
-}
+func printError(_ message: String) { writeStderr("forkd: \(message)\n") }
 
 func table(_ rows: [[String]], header: [String]) -> String {
   let all = [header] + rows
@@ -112,8 +115,8 @@ struct Spawn: ParsableCommand {
     var body: [String: JSONValue] = ["snapshot_tag": .string(tag), "n": .integer(Int64(n))]
     if let memoryLimitMib { body["memory_limit_mib"] = .integer(Int64(memoryLimitMib)) }
     let started = Clock.monotonicNanoseconds()
-    if !connection.json { printError("spawning \(n) from \(tag)…") }
-    let response = try connection.call("POST", "/v1/sandboxes", body: .object(body))
+    let response = try connection.call(
+      "POST", "/v1/sandboxes", body: .object(body), progress: "spawning \(n) from \(tag)")
     let elapsed = ms(Clock.monotonicNanoseconds() - started)
     connection.emit(response) { value in
       let rows = (value.arrayValue ?? []).map {
@@ -205,7 +208,10 @@ struct Branch: ParsableCommand {
     var body: [String: JSONValue] = ["mode": .string(mode)]
     if let tag { body["tag"] = .string(tag) }
     if noWait { body["wait"] = .bool(false) }
-    connection.emit(try connection.call("POST", "/v1/sandboxes/\(id)/branch", body: .object(body))) { value in
+    connection.emit(
+      try connection.call(
+        "POST", "/v1/sandboxes/\(id)/branch", body: .object(body), progress: "branching \(id) (\(mode))")
+    ) { value in
       "branched \(id) into \(string(value["tag"])) [\(string(value["status"]))] (source paused \(string(value["pause_ms"])) ms"
         + (value["diff_logical_bytes"] != nil ? ", \(string(value["diff_logical_bytes"])) bytes in the layer)" : ")")
     }
@@ -227,7 +233,8 @@ struct SnapshotCommand: ParsableCommand {
     @OptionGroup var connection: ConnectionOptions
 
     func run() throws {
-      let response = try connection.call("POST", "/v1/snapshots/\(tag)/compact", body: .object(["to": .string(to)]))
+      let response = try connection.call(
+        "POST", "/v1/snapshots/\(tag)/compact", body: .object(["to": .string(to)]), progress: "compacting \(tag)")
       connection.emit(response) { value in
         "compacted \(tag) into \(string(value["tag"])) (\(string(value["memory_physical_bytes"])) bytes of data)"
       }
@@ -248,7 +255,8 @@ struct SnapshotCommand: ParsableCommand {
       if fillPages > 0 {
         body["warmup"] = .array([.object(["op": .string("fill"), "pages": .integer(Int64(fillPages))])])
       }
-      connection.emit(try connection.call("POST", "/v1/snapshots", body: .object(body))) { value in
+      connection.emit(try connection.call("POST", "/v1/snapshots", body: .object(body), progress: "creating \(tag)")) {
+        value in
         "created \(string(value["tag"])) in \(string(value["dir"]))"
       }
     }
@@ -306,4 +314,38 @@ struct SnapshotCommand: ParsableCommand {
       if !connection.json { print("deleted \(tag)") }
     }
   }
+}
+
+/// A one-line progress indicator on stderr for a request that may take seconds (spawning many
+/// children, creating or branching a snapshot): the label and the elapsed time, redrawn every
+/// 100 ms, erased when done. Only on a terminal, so scripts and logs see nothing of it.
+final class ProgressLine: @unchecked Sendable {
+  private let lock = ConditionLock()
+  private var done = false
+  private var thread: OSThread?
+
+  init?(label: String) {
+    guard isatty(2) == 1 else { return nil }
+    let started = Clock.monotonicNanoseconds()
+    thread = try? OSThread.start(name: "progress") { [self] in
+      let frames = Array("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+      var frame = 0
+      while !lock.withLock({ done }) {
+        let seconds = Double(Clock.monotonicNanoseconds() - started) / 1e9
+        writeStderr("\r\(frames[frame % frames.count]) \(label)… \(format(seconds, decimals: 1)) s")
+        frame += 1
+        Clock.sleep(milliseconds: 100)
+      }
+      writeStderr("\r\u{1B}[K")
+    }
+  }
+
+  func finish() {
+    lock.withLock { done = true }
+    thread?.join()
+  }
+}
+
+func writeStderr(_ text: String) {
+  try? FileDescriptor(rawValue: 2).writeAll(Array(text.utf8))
 }
