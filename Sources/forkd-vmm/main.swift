@@ -219,8 +219,11 @@ machine.onExit { _ in
   controlLoop.wake()
 }
 
+// Joined before the server is closed: the control thread may still be answering (the stop
+// request itself) when the VM ends, and closing its sockets under it crashed the process.
+var controlThread: OSThread?
 do {
-  _ = try OSThread.start(name: "control") {
+  controlThread = try OSThread.start(name: "control") {
     controlLoop.run(timeoutMS: 1000) { machine.exit != nil }
     if case .pagerLost(let reason) = machine.exit {
       // vCPUs and the data plane may be stalled in faults no pager will ever serve: do not wait
@@ -268,6 +271,7 @@ if let readyFD = options.readyFD {
 
 loop.run(timeoutMS: 1000) { machine.exit != nil }
 machine.join()
+controlThread?.join()
 server.close()
 machine.close()
 let ending = machine.exit ?? .stopped
