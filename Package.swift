@@ -6,7 +6,10 @@ import PackageDescription
 /// (Swift runtime, libstdc++ and glibc) so exec runs no dynamic loader at all. Spawn + exit of
 /// forkd-pager on this host: 6.5 ms with -static-stdlib (ld.so still loads libc, libstdc++,
 /// libm), 2.1 ms fully static.
-let perChildLinking: [LinkerSetting] = [.unsafeFlags(["-static-executable"])]
+/// Sanitizer runtimes (ASan, TSan) cannot be linked into a static executable: scripts/sanitize
+/// sets FORKD_DYNAMIC_PER_CHILD=1 to link the per-child binaries dynamically for those runs.
+let perChildLinking: [LinkerSetting] =
+  Context.environment["FORKD_DYNAMIC_PER_CHILD"] == nil ? [.unsafeFlags(["-static-executable"])] : []
 
 let package = Package(
   name: "forkd",

@@ -14,3 +14,16 @@ int cseccomp_load_program(const void *instructions, size_t count) {
   if (rc < 0) return -errno;
   return rc > 0 ? -ESRCH : 0;
 }
+
+#ifndef __has_feature
+#define __has_feature(x) 0
+#endif
+
+int cseccomp_sanitizer_runtime(void) {
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || defined(__SANITIZE_ADDRESS__) || \
+    defined(__SANITIZE_THREAD__)
+  return 1;
+#else
+  return 0;
+#endif
+}

@@ -74,6 +74,15 @@ extension SyscallGroup {
     "vcpu threads", "vCPU kicks (SIGUSR1 via tgkill), the signals thread's sigwait, thread names",
     ["tgkill", "rt_sigtimedwait", "prctl"])
 
+  /// Only in ASan/TSan builds (scripts/sanitize): what those runtimes call on their own, e.g. when a
+  /// thread starts (its stack bounds via sched_getaffinity) or a report is printed. Shipped builds
+  /// never load a filter with this group (CompiledFilter.forRole).
+  public static let sanitizerRuntime = SyscallGroup(
+    "sanitizer runtime",
+    "ASan/TSan runtimes in sanitizer test builds only: thread stack bounds, resource limits, "
+      + "reading /proc/self/exe and maps for a report",
+    ["sched_getaffinity", "prlimit64", "getrlimit", "readlink", "readlinkat", "openat", "pread64", "getdents64"])
+
   public static let descriptorsForDevices = SyscallGroup(
     "new descriptors", "wake-ups and memory for devices and the pager link",
     ["pipe2", "eventfd2", "memfd_create", "userfaultfd"])
@@ -123,10 +132,21 @@ extension SeccompPolicy {
     name: "pager", allowedSyscalls: pagerGroups.flatMap(\.syscalls),
     allowedIoctls: userfaultfdIoctls + terminalIoctls)
 
+  /// The pager's policy plus the sanitizer runtime's calls, for ASan/TSan test builds only.
+  public static let pagerUnderSanitizer = SeccompPolicy(
+    name: "pager-sanitized", allowedSyscalls: (pagerGroups + [.sanitizerRuntime]).flatMap(\.syscalls),
+    allowedIoctls: userfaultfdIoctls + terminalIoctls)
+
   /// forkd-vmm after its setup: vCPU threads, event loop, snapshots. Threads are created before the
   /// filter, so clone/clone3 (and fork, vfork, execve) stay forbidden; socket() only for AF_UNIX.
   public static let vmm = SeccompPolicy(
     name: "vmm", allowedSyscalls: vmmGroups.flatMap(\.syscalls),
+    allowedIoctls: kvmIoctls + userfaultfdIoctls + terminalIoctls,
+    argumentRules: [ArgumentRule("socket", argument: 0, .equal(UInt64(AF_UNIX)))])
+
+  /// The VMM's policy plus the sanitizer runtime's calls, for ASan/TSan test builds only.
+  public static let vmmUnderSanitizer = SeccompPolicy(
+    name: "vmm-sanitized", allowedSyscalls: (vmmGroups + [.sanitizerRuntime]).flatMap(\.syscalls),
     allowedIoctls: kvmIoctls + userfaultfdIoctls + terminalIoctls,
     argumentRules: [ArgumentRule("socket", argument: 0, .equal(UInt64(AF_UNIX)))])
 }

@@ -36,3 +36,17 @@ public struct CompiledFilter: Sendable {
     guard rc == 0 else { throw LoadError(filter: name, errno: -rc) }
   }
 }
+
+extension CompiledFilter {
+  /// The filter a per-child process of this build installs for `role` ("pager" or "vmm"): the
+  /// shipped one, or in an ASan/TSan build the same list plus the sanitizer runtime's own calls.
+  public static func forRole(_ role: Role) -> CompiledFilter {
+    let sanitized = cseccomp_sanitizer_runtime() != 0
+    switch role {
+    case .pager: return sanitized ? .pagerUnderSanitizer : .pager
+    case .vmm: return sanitized ? .vmmUnderSanitizer : .vmm
+    }
+  }
+
+  public enum Role: Sendable { case pager, vmm }
+}

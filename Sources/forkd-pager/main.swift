@@ -58,7 +58,7 @@ if let path = options.recordPath {
 nonisolated(unsafe) var sandboxed = false
 func lockDown() throws(PagerError) {
   do {
-    try CompiledFilter.pager.install()
+    try CompiledFilter.forRole(.pager).install()
     sandboxed = true
   } catch {
     throw PagerError(code: "sandbox", message: "cannot install the seccomp filter: \(error)")

@@ -249,7 +249,7 @@ do {
   let sandboxStart = Clock.monotonicNanoseconds()
   defer { sandboxNanoseconds = Clock.monotonicNanoseconds() - sandboxStart }
   do {
-    try CompiledFilter.vmm.install()
+    try CompiledFilter.forRole(.vmm).install()
   } catch {
     machine.stop()
     throw error

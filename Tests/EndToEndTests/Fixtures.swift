@@ -51,6 +51,29 @@ struct WarmParent {
 func processExists(_ pid: pid_t) -> Bool { kill(pid, 0) == 0 }
 
 /// Fields of /proc/<pid>/smaps_rollup in KiB.
+/// True when this test binary runs under ASan or TSan (scripts/sanitize): their runtimes keep freed
+/// memory in quarantine and add shadow memory, so memory bounds are widened by the caller.
+let sanitizerRuntimeLinked = ["__asan_init", "__tsan_init"].contains { (symbol: String) in dlsym(nil, symbol) != nil }
+
+/// The smaps counters (KiB) summed over the mappings of `pid` whose path ends with `suffix`: the
+/// guest memory alone, without the process's heap (or a sanitizer's shadow memory).
+func smapsOfMapping(_ pid: pid_t, pathSuffix suffix: String) throws -> [String: UInt64] {
+  let text = String(decoding: try FileSystem.readFile("/proc/\(pid)/smaps", limit: 64 << 20), as: UTF8.self)
+  var result: [String: UInt64] = [:]
+  var inside = false
+  for line in text.split(separator: "\n") {
+    let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+    guard let first = parts.first else { continue }
+    if first.contains("-") && !first.hasSuffix(":") {
+      // A mapping's header: "start-end perms offset dev inode [path]".
+      inside = parts.count >= 6 && parts[5...].joined(separator: " ").hasSuffix(suffix)
+    } else if inside, parts.count >= 2, first.hasSuffix(":"), let value = UInt64(parts[1]) {
+      result[String(first.dropLast()), default: 0] += value
+    }
+  }
+  return result
+}
+
 func smapsRollup(_ pid: pid_t) throws -> [String: UInt64] {
   let text = String(decoding: try FileSystem.readFile("/proc/\(pid)/smaps_rollup"), as: UTF8.self)
   var result: [String: UInt64] = [:]

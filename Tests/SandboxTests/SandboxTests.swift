@@ -238,5 +238,24 @@ struct CompiledFilterTests {
     #expect(try Sandbox.compile(.vmm) == CompiledFilter.vmm.program)
     #expect(CompiledFilter.pager.instructionCount > 20)
     #expect(CompiledFilter.pager.program.count % 8 == 0)
+    #expect(try Sandbox.compile(.pagerUnderSanitizer) == CompiledFilter.pagerUnderSanitizer.program)
+    #expect(try Sandbox.compile(.vmmUnderSanitizer) == CompiledFilter.vmmUnderSanitizer.program)
+  }
+
+  @Test("a per-child process loads the shipped filter unless a sanitizer runtime is linked in")
+  func roleFilterFollowsTheBuild() {
+    // Told apart independently of the C shim: the ASan/TSan runtimes export their init symbols.
+    let sanitized = ["__asan_init", "__tsan_init"].contains { (symbol: String) in dlsym(nil, symbol) != nil }
+    #expect(CompiledFilter.forRole(.pager).name == (sanitized ? "pagerUnderSanitizer" : "pager"))
+    #expect(CompiledFilter.forRole(.vmm).name == (sanitized ? "vmmUnderSanitizer" : "vmm"))
+  }
+
+  @Test("the sanitizer variants add exactly the sanitizer runtime's group")
+  func sanitizerVariantsAddOneGroup() {
+    let extra = Set(SyscallGroup.sanitizerRuntime.syscalls)
+    #expect(Set(SeccompPolicy.pagerUnderSanitizer.allowedSyscalls) == Set(SeccompPolicy.pager.allowedSyscalls).union(extra))
+    #expect(Set(SeccompPolicy.vmmUnderSanitizer.allowedSyscalls) == Set(SeccompPolicy.vmm.allowedSyscalls).union(extra))
+    #expect(SeccompPolicy.pagerUnderSanitizer.allowedIoctls == SeccompPolicy.pager.allowedIoctls)
+    #expect(SeccompPolicy.vmmUnderSanitizer.argumentRules == SeccompPolicy.vmm.argumentRules)
   }
 }

@@ -31,12 +31,16 @@ struct SupervisorUnderSystemdTests {
     let socket = directory.path + "/forkd.sock"
     let log = try FileDescriptor.open(directory.path + "/log", [.writeOnly, .create])
     let environment = SystemdEnvironment.forChild(ChildProcess.currentEnvironment()) + ["NOTIFY_SOCKET=" + notify.path]
+    // systemd-socket-activate passes only the variables named with -E: a sanitizer run's options too.
+    let sanitizerOptions: [String] = ["ASAN_OPTIONS", "TSAN_OPTIONS"].filter { (name: String) in getenv(name) != nil }
+    let passed: [String] = (["NOTIFY_SOCKET"] + sanitizerOptions).flatMap { (name: String) in ["-E", name] }
+    let supervisor: [String] = [
+      try ForkdBinaries.path(of: "forkd-supervisor"), "--state-dir", directory.path + "/state", "--run-dir",
+      directory.path + "/run", "--socket", directory.path + "/unused.sock",
+    ]
     let pid = try ChildProcess.spawn(
-      path: activate,
-      arguments: [
-        activate, "-l", socket, "-E", "NOTIFY_SOCKET", try ForkdBinaries.path(of: "forkd-supervisor"), "--state-dir",
-        directory.path + "/state", "--run-dir", directory.path + "/run", "--socket", directory.path + "/unused.sock",
-      ], environment: environment, stdoutFD: log, stderrFD: log)
+      path: activate, arguments: [activate, "-l", socket] + passed + supervisor, environment: environment,
+      stdoutFD: log, stderrFD: log)
     log.close()
     defer { _ = ChildProcess.waitOrKill(pid, timeoutMS: 100) }
     let client = APIClient(endpoint: .unix(socket))

@@ -7,3 +7,7 @@
 /// each) with SECCOMP_FILTER_FLAG_TSYNC. Returns 0, a negative errno, or -ESRCH when a thread
 /// could not be synchronised.
 int cseccomp_load_program(const void *instructions, size_t count);
+
+/// 1 when this code was compiled with AddressSanitizer or ThreadSanitizer (scripts/sanitize),
+/// whose runtimes make system calls the shipped role filters do not allow.
+int cseccomp_sanitizer_runtime(void);
