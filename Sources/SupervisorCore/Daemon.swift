@@ -112,14 +112,18 @@ public enum Daemon {
     } else {
       watchdogThread = nil
     }
-    _ = watchdogThread
 
+    // The signal thread is joined once it has resumed the drain (a finished, unjoined thread
+    // is a leak ThreadSanitizer reports); the watchdog runs until the process exits: detached.
+    watchdogThread?.detach()
+    let signalThread = SignalThreadBox()
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-      _ = try? OSThread.start(name: "signals") {
+      signalThread.thread = try? OSThread.start(name: "signals") {
         while (try? Poll.wait([(stopSignal.fd, .readable)], timeoutMS: -1))?.first?.isEmpty ?? true {}
         continuation.resume()
       }
     }
+    signalThread.thread?.join()
     logger.info("stop signal: draining")
     hooks.stopping()
     hooks.status("stopping \(supervisor.sandboxes.activeCount()) sandboxes")
@@ -128,6 +132,11 @@ public enum Daemon {
     if listen.activated.isEmpty, let path = listen.unixSocket { _ = try? FileSystem.unlink(path) }
     logger.info("stopped")
   }
+}
+
+/// Carries the signal thread's handle out of the continuation's closure.
+private final class SignalThreadBox: @unchecked Sendable {
+  var thread: OSThread?
 }
 
 func parentDirectory(_ path: String) -> String {

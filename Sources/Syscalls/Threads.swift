@@ -77,6 +77,9 @@ public final class OSThread: @unchecked Sendable {
 
   public func join() { pthread_join(handle, nil) }
 
+  /// For a thread that runs until the process exits: its resources are released without a join.
+  public func detach() { pthread_detach(handle) }
+
   /// Interrupts a blocking system call on this thread (it returns EINTR).
   public func kick(signal: Int32) { _ = cuffd_thread_kick(handle, signal) }
 
