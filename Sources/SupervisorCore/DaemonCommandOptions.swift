@@ -27,8 +27,12 @@ public struct DaemonCommandOptions: ParsableArguments {
   @Option(help: "File holding the bearer token TCP clients must send (or set FORKD_TOKEN).")
   public var tokenFile: String?
 
-  @Option(help: "Memory backend of children: file, uffd or shmem.")
-  public var backend: String = "uffd"
+  @Option(
+    help: """
+      Memory backend of children: auto (file for flat snapshots, a per-child uffd pager for diff \
+      chains and live_fork spawns), file, uffd or shmem.
+      """)
+  public var backend: String = "auto"
 
   @Option(help: "What to do when a child's pager dies: restart or fail.")
   public var pagerPolicy: String = "restart"
@@ -40,8 +44,8 @@ public struct DaemonCommandOptions: ParsableArguments {
   public var logLevel: String = "info"
 
   public mutating func validate() throws {
-    guard ["file", "uffd", "shmem"].contains(backend) else {
-      throw ValidationError("--backend \(backend): file, uffd or shmem")
+    guard ["auto", "file", "uffd", "shmem"].contains(backend) else {
+      throw ValidationError("--backend \(backend): auto, file, uffd or shmem")
     }
     guard PagerPolicy(rawValue: pagerPolicy) != nil else {
       throw ValidationError("--pager-policy \(pagerPolicy): restart or fail")
@@ -59,11 +63,12 @@ public struct DaemonCommandOptions: ParsableArguments {
       token = String(decoding: bytes, as: UTF8.self).trimmingWhitespace()
     }
     let policy = PagerPolicy(rawValue: pagerPolicy) ?? .restart
-    let childBackend: ChildBackend =
+    let childBackend: BackendChoice =
       switch backend {
-      case "file": .file
-      case "shmem": .shmem(policy: policy)
-      default: .uffd(policy: policy)
+      case "file": .always(.file)
+      case "shmem": .always(.shmem(policy: policy))
+      case "uffd": .always(.uffd(policy: policy))
+      default: .auto(pagerPolicy: policy)
       }
     return SupervisorConfig(
       stateDirectory: stateDir, runDirectory: runDir, backend: childBackend,

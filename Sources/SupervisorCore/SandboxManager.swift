@@ -97,15 +97,16 @@ public final class SandboxManager: @unchecked Sendable {
 
   public func spawn(_ request: SpawnRequest) throws(APIError) -> [SandboxInfo] {
     try store.checkRestorable(request.snapshotTag)
-    if request.liveFork && !config.backend.servesChains {
+    let chain = try store.chain(request.snapshotTag)
+    let backend = config.backend.backend(chainDepth: chain.depth, liveFork: request.liveFork)
+    if request.liveFork && !backend.servesChains {
       throw .badRequest(
-        "live_fork: live branches need pager-backed children, and this supervisor's backend is \(config.backend.name) (run it with --backend uffd)"
+        "live_fork: live branches need pager-backed children, and this supervisor's backend is \(backend.name) (run it with --backend auto or uffd)"
       )
     }
-    let chain = try store.chain(request.snapshotTag)
-    if chain.depth > 0, !config.backend.servesChains {
+    if chain.depth > 0, !backend.servesChains {
       throw .conflict(
-        "snapshot \(request.snapshotTag) is a diff layer (chain depth \(chain.depth)); this supervisor's backend \(config.backend.name) maps one flat memory.bin: compact it (POST /v1/snapshots/\(request.snapshotTag)/compact) or run the supervisor with --backend uffd"
+        "snapshot \(request.snapshotTag) is a diff layer (chain depth \(chain.depth)); this supervisor's backend \(backend.name) maps one flat memory.bin: compact it (POST /v1/snapshots/\(request.snapshotTag)/compact) or run the supervisor with --backend auto or uffd"
       )
     }
     let snapshot = store.path(request.snapshotTag)
@@ -124,7 +125,7 @@ public final class SandboxManager: @unchecked Sendable {
           let logs = self.logs
           let tag = request.snapshotTag
           let child = try Child.restore(
-            snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: config.backend,
+            snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: backend,
             outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) })
           let sandbox = Sandbox(
             id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB)
@@ -240,7 +241,8 @@ public final class SandboxManager: @unchecked Sendable {
     let source = try sandbox(id)
     if request.mode == .live && !source.child.backend.servesChains {
       throw .badRequest(
-        "branch mode live needs a pager-backed sandbox (backend uffd); \(id) uses \(source.child.backend.name)")
+        "branch mode live needs a pager-backed sandbox (backend uffd); \(id) uses \(source.child.backend.name): spawn it with live_fork: true"
+      )
     }
     let tag = request.tag ?? "branch-\(id)-\(Clock.unixSeconds())-\(randomHex(4))"
     try lock.withLock { () throws(APIError) in

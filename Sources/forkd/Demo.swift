@@ -30,7 +30,7 @@ struct Demo: ParsableCommand {
 
   @Option(
     help:
-      "How children get their memory: uffd (a forkd-pager per child; the daemon's default), file (MAP_PRIVATE; the --direct default) or shmem (minor faults)."
+      "How children get their memory: auto (the daemon's default: file for flat snapshots, a forkd-pager per child for chains and live_fork), file (MAP_PRIVATE; the --direct default), uffd (a forkd-pager per child) or shmem (minor faults)."
   )
   var backend: String?
 
@@ -40,7 +40,7 @@ struct Demo: ParsableCommand {
   @Flag(help: "Keep the work directory (snapshot, logs) instead of removing it at the end.")
   var keep = false
 
-  var backendName: String { backend ?? (direct ? "file" : "uffd") }
+  var backendName: String { backend ?? (direct ? "file" : "auto") }
   var childCount: Int { children ?? (direct ? 10 : 100) }
 
   var childBackend: ChildBackend? {
@@ -53,7 +53,12 @@ struct Demo: ParsableCommand {
   }
 
   func validate() throws {
-    guard childBackend != nil else { throw ValidationError("--backend \(backendName): expected file, uffd or shmem") }
+    if backendName == "auto" && direct {
+      throw ValidationError("--backend auto is the daemon's per-spawn choice; --direct needs file, uffd or shmem")
+    }
+    guard childBackend != nil || backendName == "auto" else {
+      throw ValidationError("--backend \(backendName): expected auto, file, uffd or shmem")
+    }
     guard (1...1000).contains(childCount) else {
       throw ValidationError("--children \(childCount): must be 1...1000")
     }

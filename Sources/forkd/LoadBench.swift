@@ -20,7 +20,7 @@ struct LoadBench: ParsableCommand {
   @Option(help: "Spawn/delete cycles (one child each).") var cycles: Int = 1000
   @Option(help: "Concurrent API clients over loopback TCP.") var clients: Int = 200
   @Option(help: "Requests per client.") var requestsPerClient: Int = 20
-  @Option(help: "Backend of the supervisor: file, uffd or shmem.") var backend: String = "uffd"
+  @Option(help: "Backend of the supervisor: auto (its default), file, uffd or shmem.") var backend: String = "auto"
   @Option(help: "Guest memory in MiB.") var memoryMib: Int = 16
   @Option(help: "Allowed growth of the supervisor's open descriptors.") var fdBound: Int = 8
   @Option(help: "Allowed growth of the supervisor's RSS in MiB.") var rssBoundMib: Double = 64

@@ -16,7 +16,7 @@ struct SpawnBench: ParsableCommand {
 
   @Option(parsing: .upToNextOption, help: "Fan-out sizes.") var sizes: [Int] = [1, 10, 100]
   @Option(help: "Rounds per size.") var rounds: Int = 3
-  @Option(help: "Backend of the supervisor: file, uffd or shmem.") var backend: String = "uffd"
+  @Option(help: "Backend of the supervisor: auto (its default), file, uffd or shmem.") var backend: String = "auto"
   @Option(help: "Guest memory in MiB.") var memoryMib: Int = 32
   @Option(help: "Directory for the supervisor's state and run directories.") var workDir: String?
   @Flag(help: "Print JSON.") var json = false

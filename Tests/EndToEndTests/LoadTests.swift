@@ -23,7 +23,7 @@ struct LoadTests {
       path: forkd,
       arguments: [
         forkd, "bench", "load", "--cycles", "100", "--clients", "50", "--requests-per-client", "8", "--fd-bound", "4",
-        "--rss-bound-mib", "\(rssBoundMiB)", "--work-dir", scratch.path, "--json",
+        "--rss-bound-mib", "\(rssBoundMiB)", "--backend", "uffd", "--work-dir", scratch.path, "--json",
       ], stdoutFD: writeEnd, stderrFD: log)
     writeEnd.close()
     log.close()

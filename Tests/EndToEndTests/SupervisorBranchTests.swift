@@ -84,6 +84,39 @@ struct SupervisorBranchTests {
     #expect(liveFork.status == 400 && liveFork.text.contains("live_fork"), "\(liveFork.text)")
   }
 
+  @Test("backend auto: file children for a flat snapshot, a pager for live_fork and for a diff chain")
+  func autoBackend() throws {
+    let sup = try TestSupervisor("auto", backend: "auto")
+    defer { sup.stop() }
+    let api = sup.unix
+    #expect(
+      try api.request(
+        "POST", "/v1/snapshots",
+        body: #"{"tag":"base","memory_mib":32,"warmup":[{"op":"fill","pages":16,"seed":3},{"op":"counter","delta":4}]}"#
+      ).status == 201)
+    func spawn(_ body: String) throws -> (id: String, backend: String?, pager: Int64?) {
+      let r = try api.request("POST", "/v1/sandboxes", body: body)
+      #expect(r.status == 201, "\(r.text)")
+      let info = try #require(r.json?.arrayValue?.first)
+      return (try #require(info["id"]?.stringValue), info["backend"]?.stringValue, info["pager_pid"]?.int64Value)
+    }
+    let flat = try spawn(#"{"snapshot_tag":"base"}"#)
+    #expect(flat.backend == "file" && flat.pager == nil, "a flat snapshot needs no pager")
+    let live = try api.request("POST", "/v1/sandboxes/\(flat.id)/branch", body: #"{"mode":"live"}"#)
+    #expect(live.status == 400 && live.text.contains("live_fork: true"), "the way out is named: \(live.text)")
+
+    let forkable = try spawn(#"{"snapshot_tag":"base","live_fork":true}"#)
+    #expect(forkable.backend == "uffd" && forkable.pager != nil, "live_fork gets a pager")
+    let branched = try api.request(
+      "POST", "/v1/sandboxes/\(forkable.id)/branch", body: #"{"tag":"layer","mode":"diff"}"#)
+    #expect(branched.status == 201, "\(branched.text)")
+    let head = try spawn(#"{"snapshot_tag":"layer"}"#)
+    #expect(head.backend == "uffd" && head.pager != nil, "a diff chain is served by a pager")
+    for id in [flat.id, forkable.id, head.id] {
+      #expect(try api.request("POST", "/v1/sandboxes/\(id)/ping").json?["counter"] == .integer(4))
+    }
+  }
+
   @Test(
     "branch mode live: wait true is ready at once; wait false answers while copying; a source killed mid-copy leaves no tag"
   )
