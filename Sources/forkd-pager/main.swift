@@ -17,6 +17,13 @@ do {
   writeLog("forkd-pager: \(error)\n\(Options.usage)")
   exit(2)
 }
+do {
+  try KillPoint.arm(role: .pager)
+} catch {
+  writeLog("forkd-pager: \(error)")
+  exit(2)
+}
+KillPoint.reached("started")
 
 func fail(_ message: String) -> Never {
   writeLog("forkd-pager: error: \(message)")

@@ -43,6 +43,13 @@ do {
   writeStderr("forkd-vmm: \(error)\n\(Options.usage)\n")
   exit(2)
 }
+do {
+  try KillPoint.arm(role: .vmm)
+} catch {
+  writeStderr("forkd-vmm: \(error)\n")
+  exit(2)
+}
+KillPoint.reached("started")
 
 LoggingSystem.bootstrap { label in
   var handler = StreamLogHandler.standardError(label: label)
@@ -127,6 +134,7 @@ func attachPager(_ memory: GuestMemory) throws(VMMError) {
   try link.attach(socketPath: options.pagerSocket!)
   pagerOwner.attachNanoseconds = Clock.monotonicNanoseconds() - t0
   pagerOwner.link = link
+  KillPoint.reached("acked")
 }
 let machine: VirtualMachine
 do {
@@ -260,6 +268,7 @@ do {
   fail(1, "\(error)", readyFD: options.readyFD)
 }
 
+KillPoint.reached("restored")
 if let readyFD = options.readyFD {
   let readyAt = Clock.monotonicNanoseconds()
   let line =
