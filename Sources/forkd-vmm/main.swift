@@ -82,6 +82,10 @@ let consoleSink: @Sendable (String) -> Void = { line in
   baseConsoleSink(line)
 }
 
+// A peer that went away (a control client, a dead pager told to resume) must be a failed write
+// (EPIPE), not the end of the VM.
+signal(SIGPIPE, SIG_IGN)
+
 // SIGTERM/SIGINT stop the VM cleanly: they are blocked in every thread and taken by sigwait.
 var stopSignals = sigset_t()
 sigemptyset(&stopSignals)
