@@ -119,11 +119,14 @@ public final class Child: @unchecked Sendable {
     } catch {
       var failure = error
       if let pager {
-        // A pager that died first is the cause: say so (the VM only saw its connection close, or
-        // was stopped because its restore would have waited for a page forever).
-        if pager.hasExited, let termination = pager.termination {
+        // A pager killed by a signal is the cause: say so (the VM only saw its connection close,
+        // or was stopped because its restore would have waited for a page forever). A pager that
+        // exited by itself did so because its VM went away (status 0) or refused it (status 1,
+        // which the VM reports itself).
+        if case .signaled = pager.exited(withinMS: 200) {
           failure = ControlError(
-            .launch, "forkd-pager (pid \(pager.pid)) \(termination) before forkd-vmm was ready: \(error.message)",
+            .launch,
+            "forkd-pager (pid \(pager.pid)) \(pager.termination!) before forkd-vmm was ready: \(error.message)",
             cause: error.cause)
         }
         pager.signal(SIGKILL)
