@@ -127,15 +127,27 @@ public final class VMMProcess: @unchecked Sendable {
         pipe.read, deadline: spawnedAt + UInt64(timeoutMS) * 1_000_000, what: "forkd-vmm to become ready",
         { $0.contains(UInt8(ascii: "\n")) }, buffer: &line, abortWhenReadable: dependsOn)
     } catch {
-      // Timed out, or what it depends on is gone: it will not get ready, end it now.
+      // Timed out, or what it depends on is gone: it will not get ready, end it now. A VM that
+      // dies takes its pager with it, and the pager may end before the VM's pipe reads EOF (its
+      // uffd closes with the VM's memory, before the VM's descriptors): if the VM ended too, by
+      // itself, that is its own end, not the pager's.
+      var ownEnd: ChildProcess.Termination? = nil
+      if dependsOn != nil && error.code == .connection {
+        let until = Clock.monotonicNanoseconds() + 100_000_000
+        while ownEnd == nil && Clock.monotonicNanoseconds() < until {
+          ownEnd = (try? ChildProcess.wait(pid, block: false)) ?? nil
+          if ownEnd == nil { Clock.sleep(milliseconds: 2) }
+        }
+      }
       let dependencyEnded = dependsOn.map { (try? Poll.wait([($0.fd, .readable)], timeoutMS: 0))?[0].isEmpty == false }
-      let termination = ChildProcess.waitOrKill(
-        pid, timeoutMS: error.code == .timeout || dependencyEnded == true ? 0 : 2000)
+      let termination =
+        ownEnd
+        ?? ChildProcess.waitOrKill(pid, timeoutMS: error.code == .timeout || dependencyEnded == true ? 0 : 2000)
       let detail = lastLines(of: runDirectory + "/vmm.log")
       FileSystem.removeTree(runDirectory)
       throw ControlError(
         .notReady, "forkd-vmm did not become ready (\(termination.map { "\($0)" } ?? "killed")): \(detail)",
-        cause: error)
+        cause: ownEnd == nil ? error : nil)
     }
     let observedAt = Clock.monotonicNanoseconds()
     let text = String(decoding: line.prefix(while: { $0 != UInt8(ascii: "\n") }), as: UTF8.self)
