@@ -261,7 +261,7 @@ public final class SandboxManager: @unchecked Sendable {
     try store.reserve(tag, existsStatus: 409)
     defer { if !handedOff { store.release(tag) } }
     let directory = store.path(tag)
-    let result: [String: JSONValue]
+    var result: [String: JSONValue] = [:]
     do {
       result = try source.child.vmm.control().call(
         .snapshot(
@@ -269,7 +269,20 @@ public final class SandboxManager: @unchecked Sendable {
           live: request.mode == .live, wait: request.wait),
         timeoutMS: 600_000)
     } catch {
-      throw .internalError("branch of \(id) failed: \(error)")
+      // The source died mid-branch: name it, remove what it was writing. The rename is the
+      // commit point: a snapshot renamed into place before it died is complete and stays.
+      let vmm = source.child.vmm
+      guard error.code != .remote, let termination = vmm.exited(withinMS: 2000) else {
+        throw .internalError("branch of \(id) failed: \(error)")
+      }
+      store.removeStaging(of: tag)
+      guard store.exists(tag) else {
+        throw .internalError(
+          "branch of \(id) failed: its forkd-vmm (pid \(vmm.pid)) \(termination) during the snapshot: \(error)")
+      }
+      logger.warning(
+        "forkd-vmm \(termination) after the branch was renamed into place: the snapshot is complete",
+        metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)"])
     }
     source.lock.withLock {
       source.branchCount += 1
@@ -298,8 +311,15 @@ public final class SandboxManager: @unchecked Sendable {
               "total_ms": "\(Double(done["total_us"]?.int64Value ?? 0) / 1000)",
             ])
         } catch {
+          // A source that died mid-copy leaves its staging directory: nobody else will remove it.
+          let termination = (error as? ControlError)?.code == .remote ? nil : vmm.exited(withinMS: 2000)
+          if termination != nil { snapshots.removeStaging(of: tag) }
           log.error(
-            "live branch failed", metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)", "error": "\(error)"])
+            "live branch failed",
+            metadata: [
+              "forkd_sandbox_id": "\(id)", "tag": "\(tag)", "error": "\(error)",
+              "vmm": "\(termination.map { "\($0)" } ?? "running")",
+            ])
         }
       }
       var info = SnapshotInfo(
@@ -408,16 +428,28 @@ public final class SandboxManager: @unchecked Sendable {
           sandbox.state = "exited"
           sandbox.exitReason = "memory pager \(termination); VM stopped (\(vmm.map { "\($0)" } ?? "killed"))"
         }
+        sandbox.dropAgent()
+        CgroupLimit.remove(id: sandbox.id)
         log.error("pager \(termination): policy fail, sandbox stopped")
         metrics.sandboxesActive.record(activeCount())
       }
     } catch {
+      // The pager may have ended because its VM died (its connection closed first): then that
+      // is the VM's end, and the restart could not reach it.
+      if sandbox.child.vmm.exited(withinMS: 2000) != nil {
+        handleVMExit(sandbox)
+        monitorWake.signal()
+        return
+      }
       log.error("pager restart failed: \(error)")
       sandbox.lock.withLock {
         sandbox.state = "exited"
         sandbox.exitReason = "memory pager died and could not be restarted: \(error)"
       }
+      sandbox.dropAgent()
       sandbox.child.stop()
+      CgroupLimit.remove(id: sandbox.id)
+      metrics.sandboxesActive.record(activeCount())
     }
     monitorWake.signal()
   }

@@ -55,7 +55,21 @@ struct SnapshotCreator {
       }
       try parent.control().call(.snapshot(directory: store.path(request.tag), parentTag: nil), timeoutMS: 120_000)
     } catch {
-      throw .internalError("warming or snapshotting the parent of \(request.tag) failed: \(error)")
+      // The parent died: name it and remove what it was writing. The rename is the commit point:
+      // a snapshot renamed into place before it died is complete and stays.
+      guard (error as? ControlError)?.code != .remote, let termination = parent.exited(withinMS: 2000) else {
+        throw .internalError("warming or snapshotting the parent of \(request.tag) failed: \(error)")
+      }
+      let log = lastLines(of: parent.vmmLog, count: 3)
+      store.removeStaging(of: request.tag)
+      guard store.exists(request.tag) else {
+        throw .internalError(
+          "warming or snapshotting the parent of \(request.tag) failed: its forkd-vmm (pid \(parent.pid)) \(termination): \(error) (log: \(log))"
+        )
+      }
+      logger.warning(
+        "the parent's forkd-vmm \(termination) after the snapshot was renamed into place: the snapshot is complete",
+        metadata: ["forkd_snapshot_tag": "\(request.tag)", "log": "\(log)"])
     }
     logger.info("snapshot created", metadata: ["forkd_snapshot_tag": "\(request.tag)", "from": "\(source)"])
     return try store.info(request.tag)

@@ -38,6 +38,14 @@ public final class SnapshotStore: @unchecked Sendable {
     }
   }
 
+  /// Removes the staging directories of `tag` (`<tag>.staging-*`) a writer that died left behind.
+  /// Only while the tag is reserved and its writer is known to be gone.
+  public func removeStaging(of tag: String) {
+    for name in (try? FileSystem.listDirectory(directory)) ?? [] where name.hasPrefix(tag + ".staging-") {
+      FileSystem.removeTree(directory + "/" + name)
+    }
+  }
+
   public func release(_ tag: String) {
     lock.withLock { _ = inFlight.remove(tag) }
   }

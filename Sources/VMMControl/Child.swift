@@ -115,14 +115,25 @@ public final class Child: @unchecked Sendable {
     do {
       vmm = try VMMProcess.launch(
         .restore(snapshot: snapshot), runDirectory: runDirectory, extraArguments: extra, timeoutMS: timeoutMS,
-        output: outputs?("vmm"))
+        output: outputs?("vmm"), dependsOn: pager.map { ($0.pidFD, "forkd-pager (pid \($0.pid))") })
     } catch {
+      var failure = error
       if let pager {
+        // A pager killed by a signal is the cause: say so (the VM only saw its connection close,
+        // or was stopped because its restore would have waited for a page forever). A pager that
+        // exited by itself did so because its VM went away (status 0) or refused it (status 1,
+        // which the VM reports itself).
+        if case .signaled = pager.exited(withinMS: 200) {
+          failure = ControlError(
+            .launch,
+            "forkd-pager (pid \(pager.pid)) \(pager.termination!) before forkd-vmm was ready: \(error.message)",
+            cause: error.cause)
+        }
         pager.signal(SIGKILL)
         pager.wait()
       }
       FileSystem.removeTree(runDirectory)
-      throw error
+      throw failure
     }
     return Child(
       vmm: vmm, backend: backend, runDirectory: runDirectory, snapshot: snapshot, pager: pager, outputs: outputs)

@@ -20,8 +20,11 @@ public struct ControlError: Error, Sendable, CustomStringConvertible {
 }
 
 /// Reads from `fd` until `isComplete(buffer)` or the deadline; nil on EOF before completion.
+/// `abortWhenReadable` (e.g. the pidfd of a process the wait depends on) ends the wait with
+/// `.connection` "… ended while waiting for …" as soon as it becomes readable.
 func readUntil(
-  _ fd: FileDescriptor, deadline: UInt64, what: String, _ isComplete: ([UInt8]) -> Bool, buffer: inout [UInt8]
+  _ fd: FileDescriptor, deadline: UInt64, what: String, _ isComplete: ([UInt8]) -> Bool, buffer: inout [UInt8],
+  abortWhenReadable watched: (fd: FileDescriptor, name: String)? = nil
 ) throws(ControlError) {
   var chunk = [UInt8](repeating: 0, count: 4096)
   while !isComplete(buffer) {
@@ -29,7 +32,11 @@ func readUntil(
     guard now < deadline else { throw ControlError(.timeout, "timed out waiting for \(what)") }
     let remainingMS = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
     do {
-      let ready = try Poll.wait([(fd, .readable)], timeoutMS: remainingMS)
+      let ready = try Poll.wait(
+        [(fd, .readable)] + (watched.map { [($0.fd, .readable)] } ?? []), timeoutMS: remainingMS)
+      if ready[0].isEmpty, let watched, !ready[1].isEmpty {
+        throw ControlError(.connection, "\(watched.name) ended while waiting for \(what)")
+      }
       if ready[0].isEmpty { continue }
       let n = try chunk.withUnsafeMutableBytes { (buffer) throws(SyscallError) -> Int in try fd.read(into: buffer) }
       if n == 0 { throw ControlError(.connection, "connection closed while waiting for \(what)") }

@@ -54,13 +54,19 @@ public final class PagerProcess: @unchecked Sendable {
         pipe.read, deadline: Clock.monotonicNanoseconds() + UInt64(timeoutMS) * 1_000_000,
         what: "forkd-pager to listen", { $0.contains(UInt8(ascii: "\n")) }, buffer: &line)
     } catch {
-      ChildProcess.waitOrKill(pid, timeoutMS: 1000)
+      let termination = ChildProcess.waitOrKill(pid, timeoutMS: 1000)
       _ = try? FileSystem.unlink(socket)
-      throw ControlError(.notReady, "forkd-pager did not start: \(lastLines(of: logPath))", cause: error)
+      throw ControlError(
+        .notReady,
+        "forkd-pager (pid \(pid)) did not start (\(termination.map { "\($0)" } ?? "killed")): \(lastLines(of: logPath))",
+        cause: error)
     }
     guard line.starts(with: Array("READY".utf8)) else {
-      ChildProcess.waitOrKill(pid, timeoutMS: 1000)
-      throw ControlError(.launch, "forkd-pager failed: \(String(decoding: line, as: UTF8.self))")
+      let termination = ChildProcess.waitOrKill(pid, timeoutMS: 1000)
+      throw ControlError(
+        .launch,
+        "forkd-pager (pid \(pid)) failed (\(termination.map { "\($0)" } ?? "killed")): \(String(decoding: line, as: UTF8.self))"
+      )
     }
     let pidFD: FileDescriptor
     do {
@@ -116,6 +122,16 @@ public final class PagerProcess: @unchecked Sendable {
 
   public var termination: ChildProcess.Termination? {
     _ = reaper.hasExited
+    return reaper.termination
+  }
+
+  /// Waits up to `timeoutMS` for the process to end by itself, without killing it; nil if it runs on.
+  public func exited(withinMS timeoutMS: Int) -> ChildProcess.Termination? {
+    let deadline = Clock.monotonicNanoseconds() + UInt64(max(timeoutMS, 0)) * 1_000_000
+    while !reaper.hasExited {
+      guard Clock.monotonicNanoseconds() < deadline else { return nil }
+      Clock.sleep(milliseconds: 5)
+    }
     return reaper.termination
   }
 

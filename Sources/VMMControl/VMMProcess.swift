@@ -60,9 +60,12 @@ public final class VMMProcess: @unchecked Sendable {
 
   /// Starts forkd-vmm in `runDirectory` (created, and removed again if launching fails) and
   /// waits until it reports READY or fails.
+  /// `dependsOn` (the pidfd of the child's pager, and its name): if that process ends before
+  /// READY, forkd-vmm is killed at once instead of waiting out `timeoutMS` (a VM whose pager died
+  /// mid-restore sleeps in a page fault nobody will serve).
   public static func launch(
     _ mode: Mode, runDirectory: String, binary: String? = nil, extraArguments: [String] = [], timeoutMS: Int = 30_000,
-    output: FileDescriptor? = nil
+    output: FileDescriptor? = nil, dependsOn: (fd: FileDescriptor, name: String)? = nil
   ) throws(ControlError) -> VMMProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-vmm") }
@@ -122,14 +125,29 @@ public final class VMMProcess: @unchecked Sendable {
     do throws(ControlError) {
       try readUntil(
         pipe.read, deadline: spawnedAt + UInt64(timeoutMS) * 1_000_000, what: "forkd-vmm to become ready",
-        { $0.contains(UInt8(ascii: "\n")) }, buffer: &line)
+        { $0.contains(UInt8(ascii: "\n")) }, buffer: &line, abortWhenReadable: dependsOn)
     } catch {
-      let termination = ChildProcess.waitOrKill(pid, timeoutMS: error.code == .timeout ? 0 : 2000)
+      // Timed out, or what it depends on is gone: it will not get ready, end it now. A VM that
+      // dies takes its pager with it, and the pager may end before the VM's pipe reads EOF (its
+      // uffd closes with the VM's memory, before the VM's descriptors): if the VM ended too, by
+      // itself, that is its own end, not the pager's.
+      var ownEnd: ChildProcess.Termination? = nil
+      if dependsOn != nil && error.code == .connection {
+        let until = Clock.monotonicNanoseconds() + 100_000_000
+        while ownEnd == nil && Clock.monotonicNanoseconds() < until {
+          ownEnd = (try? ChildProcess.wait(pid, block: false)) ?? nil
+          if ownEnd == nil { Clock.sleep(milliseconds: 2) }
+        }
+      }
+      let dependencyEnded = dependsOn.map { (try? Poll.wait([($0.fd, .readable)], timeoutMS: 0))?[0].isEmpty == false }
+      let termination =
+        ownEnd
+        ?? ChildProcess.waitOrKill(pid, timeoutMS: error.code == .timeout || dependencyEnded == true ? 0 : 2000)
       let detail = lastLines(of: runDirectory + "/vmm.log")
       FileSystem.removeTree(runDirectory)
       throw ControlError(
         .notReady, "forkd-vmm did not become ready (\(termination.map { "\($0)" } ?? "killed")): \(detail)",
-        cause: error)
+        cause: ownEnd == nil ? error : nil)
     }
     let observedAt = Clock.monotonicNanoseconds()
     let text = String(decoding: line.prefix(while: { $0 != UInt8(ascii: "\n") }), as: UTF8.self)
@@ -194,6 +212,16 @@ public final class VMMProcess: @unchecked Sendable {
   public func wait(timeoutMS: Int = 10_000) -> ChildProcess.Termination? {
     reaper.waitOrKill(timeoutMS: timeoutMS)
     releasePidFD()
+    return reaper.termination
+  }
+
+  /// Waits up to `timeoutMS` for the process to end by itself, without killing it; nil if it runs on.
+  public func exited(withinMS timeoutMS: Int) -> ChildProcess.Termination? {
+    let deadline = Clock.monotonicNanoseconds() + UInt64(max(timeoutMS, 0)) * 1_000_000
+    while !reaper.hasExited {
+      guard Clock.monotonicNanoseconds() < deadline else { return nil }
+      Clock.sleep(milliseconds: 5)
+    }
     return reaper.termination
   }
 

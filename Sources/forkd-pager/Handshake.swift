@@ -65,6 +65,7 @@ enum Handshake {
       _ = try? Poll.wait([(listener, .readable)], timeoutMS: remaining)
       connection = try? UnixSocket.accept(listener)
     }
+    KillPoint.reached("connected")
     return try complete(
       on: connection!, deadline: deadline, timeoutMS: timeoutMS, policy: HandshakePolicy(), lockDown: lockDown)
   }
@@ -82,6 +83,7 @@ enum Handshake {
   ) throws(PagerError) -> Session {
     do throws(PagerError) {
       let session = try receive(on: vm, deadline: deadline, timeoutMS: timeoutMS, policy: policy)
+      KillPoint.reached("received-uffd")
       do throws(PagerError) {
         try lockDown()
         let ack = PagerAck(ok: true, pagerPID: getpid())
@@ -90,6 +92,7 @@ enum Handshake {
         } catch {
           throw PagerError(code: "io", message: "cannot acknowledge the handshake: \(error)")
         }
+        KillPoint.reached("acked")
       } catch {
         session.uffd.fd.close()
         throw error

@@ -150,6 +150,7 @@ final class PagerSession {
       for event in events {
         switch event {
         case .pageFault(let address, _, _, let minor, _):
+          if stats.faults == 0 { KillPoint.reached("first-fault") }
           stats.faults += 1
           if minor { stats.minorFaults += 1 }
           pendingFaults.append((address, minor))
@@ -258,6 +259,7 @@ final class PagerSession {
       suspended = true
       var ack = PagerHandshake.suspendCommand
       _ = Glibc.write(session.vmSocket.rawValue, &ack, 1)
+      KillPoint.reached("suspended")
     case PagerHandshake.resumeCommand:
       suspended = false
     default:

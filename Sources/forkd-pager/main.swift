@@ -17,6 +17,13 @@ do {
   writeLog("forkd-pager: \(error)\n\(Options.usage)")
   exit(2)
 }
+do {
+  try KillPoint.arm(role: .pager)
+} catch {
+  writeLog("forkd-pager: \(error)")
+  exit(2)
+}
+KillPoint.reached("started")
 
 func fail(_ message: String) -> Never {
   writeLog("forkd-pager: error: \(message)")
@@ -83,7 +90,9 @@ if options.shared {
   do {
     session = try Handshake.accept(on: listener, timeoutMS: options.handshakeTimeoutMS, lockDown: lockDown)
   } catch {
-    _ = try? FileSystem.unlink(options.socket)
+    // Under the filter (the handshake failed after it, e.g. the VM died before the ack) unlink is
+    // not allowed: the owner removes the run directory with the socket.
+    if !sandboxed { _ = try? FileSystem.unlink(options.socket) }
     fail(error.description)
   }
 }

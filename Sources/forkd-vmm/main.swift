@@ -43,6 +43,13 @@ do {
   writeStderr("forkd-vmm: \(error)\n\(Options.usage)\n")
   exit(2)
 }
+do {
+  try KillPoint.arm(role: .vmm)
+} catch {
+  writeStderr("forkd-vmm: \(error)\n")
+  exit(2)
+}
+KillPoint.reached("started")
 
 LoggingSystem.bootstrap { label in
   var handler = StreamLogHandler.standardError(label: label)
@@ -74,6 +81,10 @@ let consoleSink: @Sendable (String) -> Void = { line in
   panicWatch.observe(line)
   baseConsoleSink(line)
 }
+
+// A peer that went away (a control client, a dead pager told to resume) must be a failed write
+// (EPIPE), not the end of the VM.
+signal(SIGPIPE, SIG_IGN)
 
 // SIGTERM/SIGINT stop the VM cleanly: they are blocked in every thread and taken by sigwait.
 var stopSignals = sigset_t()
@@ -127,6 +138,7 @@ func attachPager(_ memory: GuestMemory) throws(VMMError) {
   try link.attach(socketPath: options.pagerSocket!)
   pagerOwner.attachNanoseconds = Clock.monotonicNanoseconds() - t0
   pagerOwner.link = link
+  KillPoint.reached("acked")
 }
 let machine: VirtualMachine
 do {
@@ -260,6 +272,7 @@ do {
   fail(1, "\(error)", readyFD: options.readyFD)
 }
 
+KillPoint.reached("restored")
 if let readyFD = options.readyFD {
   let readyAt = Clock.monotonicNanoseconds()
   let line =

@@ -95,6 +95,7 @@ public final class PagerLink: PollSource, @unchecked Sendable {
       } catch {
         throw VMMError(.guestMemory, "cannot send the handshake to the pager at \(path)", cause: error)
       }
+      KillPoint.reached("handshake-sent")
       let ack = try readAck(fd, timeoutMS: timeoutMS, path: path)
       guard ack.ok else {
         throw VMMError(

@@ -108,6 +108,7 @@ extension VirtualMachine {
       FileSystem.removeTree(staging)
       throw error
     }
+    KillPoint.reached("snapshot-staging")
     let copier = LiveCopier(
       machine: self, pager: pager, origin: origin, file: memoryFile, pagemap: pagemap,
       delayMicroseconds: copyDelayMicroseconds)
@@ -214,6 +215,7 @@ final class LiveCopier: @unchecked Sendable {
           try? pager.uffd.writeProtect(
             start: UInt64(UInt(bitPattern: host)), length: UInt64(end - next) * 4096, protect: false, wake: true)
         }
+        if next == 0 { KillPoint.reached("live-copy") }
         next = end
         if delayMicroseconds > 0 { usleep(delayMicroseconds) }
       }

@@ -184,6 +184,7 @@ extension VirtualMachine {
         memoryBytes = try writeDiffMemory(index, to: memoryPath)
         diffIndex = index
       }
+      KillPoint.reached("snapshot-staging")
       // Memory (now in the page cache) and device state are captured: the guest may run while
       // the files reach the disk.
       if !wasPaused {
@@ -308,11 +309,13 @@ extension VirtualMachine {
   }
 
   func publish(_ staging: String, as directory: String) throws(VMMError) {
+    KillPoint.reached("snapshot-before-rename")
     do {
       try SnapshotFiles.publish(staging: staging, as: directory)
     } catch {
       throw VMMError(error)
     }
+    KillPoint.reached("snapshot-published")
   }
 
   // MARK: Restore
