@@ -1,4 +1,5 @@
 import Protocol
+import Synchronization
 import Syscalls
 
 #if canImport(Glibc)
@@ -53,8 +54,11 @@ public final class Child: @unchecked Sendable {
   public let backend: ChildBackend
   public let runDirectory: String
   public let snapshot: String
-  public private(set) var pager: PagerProcess?
-  public private(set) var pagerRestarts = 0
+  /// The current pager and how often it was replaced: read by API requests on other threads while
+  /// the monitor replaces the pager, so they have their own leaf lock (never held across calls).
+  private let published = Mutex<(pager: PagerProcess?, restarts: Int)>((nil, 0))
+  public var pager: PagerProcess? { published.withLock { $0.pager } }
+  public var pagerRestarts: Int { published.withLock { $0.restarts } }
   private var pagerGeneration = 0
   private var stopping = false
   private let lock = ConditionLock()
@@ -150,7 +154,7 @@ public final class Child: @unchecked Sendable {
     self.backend = backend
     self.runDirectory = runDirectory
     self.snapshot = snapshot
-    self.pager = pager
+    published.withLock { $0.pager = pager }
   }
 
   public enum PagerEvent: Equatable, Sendable {
@@ -173,7 +177,7 @@ public final class Child: @unchecked Sendable {
     case .fail:
       // The VM sees its pager connection close and stops with exit status 5.
       let vmmEnd = vmm.wait(timeoutMS: 10_000)
-      pager = nil
+      published.withLock { $0.pager = nil }
       FileSystem.removeTree(runDirectory)
       return .failed(termination: termination, vmm: vmmEnd)
     case .restart:
@@ -182,8 +186,10 @@ public final class Child: @unchecked Sendable {
       let next = try PagerProcess.launch(
         socket: socket, logPath: runDirectory + "/pager-\(pagerGeneration).log", output: outputs?("pager"))
       try vmm.control().call(.attachPager(socket: socket))
-      pager = next
-      pagerRestarts += 1
+      published.withLock {
+        $0.pager = next
+        $0.restarts += 1
+      }
       return .restarted(oldPID: current.pid, newPID: next.pid, termination: termination)
     }
   }
@@ -210,7 +216,7 @@ public final class Child: @unchecked Sendable {
     lock.withLock {
       if let pager {
         pager.wait(timeoutMS: timeoutMS)
-        self.pager = nil
+        published.withLock { $0.pager = nil }
       }
     }
     FileSystem.removeTree(runDirectory)
