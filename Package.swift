@@ -64,7 +64,8 @@ let package = Package(
     .executableTarget(
       name: "forkd-vmm",
       dependencies: [
-        "VMMCore", "SnapshotStorage", "TestGuestImage", "SeccompFilters", .product(name: "Logging", package: "swift-log"),
+        "VMMCore", "SnapshotStorage", "TestGuestImage", "SeccompFilters",
+        .product(name: "Logging", package: "swift-log"),
       ],
       linkerSettings: perChildLinking
     ),
@@ -124,7 +125,8 @@ let package = Package(
     ),
 
     // The scenario the nested-SVM lane runs inside its L1 VM (scripts/nested-lane, docs/nested-lane.md).
-    .executableTarget(name: "forkd-lane", dependencies: ["VMMControl", "Protocol", "Syscalls"], linkerSettings: perChildLinking),
+    .executableTarget(
+      name: "forkd-lane", dependencies: ["VMMControl", "Protocol", "Syscalls"], linkerSettings: perChildLinking),
 
     // Fuzz targets of every parser of untrusted bytes (docs/hardening.md): replayed from
     // Fuzz/Corpus by FuzzRegressionTests, run under libFuzzer by scripts/fuzz (which builds
@@ -139,7 +141,10 @@ let package = Package(
     .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),
     .testTarget(
       name: "SystemdTests",
-      dependencies: ["SystemdSupport", "CSystemd", "Syscalls", "ForkdClient", "VMMControl", "Protocol", .product(name: "Logging", package: "swift-log")]),
+      dependencies: [
+        "SystemdSupport", "CSystemd", "Syscalls", "ForkdClient", "VMMControl", "Protocol",
+        .product(name: "Logging", package: "swift-log"),
+      ]),
     .testTarget(name: "SyscallsTests", dependencies: ["Syscalls", "CUffd"]),
     // The Linux guest agent (guest/linux-agent, built by its script) over its Unix-socket seam.
     .testTarget(name: "LinuxAgentTests", dependencies: ["Protocol", "Syscalls"]),

@@ -253,7 +253,8 @@ struct CompiledFilterTests {
   @Test("the sanitizer variants add exactly the sanitizer runtime's group")
   func sanitizerVariantsAddOneGroup() {
     let extra = Set(SyscallGroup.sanitizerRuntime.syscalls)
-    #expect(Set(SeccompPolicy.pagerUnderSanitizer.allowedSyscalls) == Set(SeccompPolicy.pager.allowedSyscalls).union(extra))
+    #expect(
+      Set(SeccompPolicy.pagerUnderSanitizer.allowedSyscalls) == Set(SeccompPolicy.pager.allowedSyscalls).union(extra))
     #expect(Set(SeccompPolicy.vmmUnderSanitizer.allowedSyscalls) == Set(SeccompPolicy.vmm.allowedSyscalls).union(extra))
     #expect(SeccompPolicy.pagerUnderSanitizer.allowedIoctls == SeccompPolicy.pager.allowedIoctls)
     #expect(SeccompPolicy.vmmUnderSanitizer.argumentRules == SeccompPolicy.vmm.argumentRules)
