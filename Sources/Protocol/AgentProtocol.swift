@@ -205,4 +205,8 @@ public enum HostileAttack: UInt32, CaseIterable, Sendable {
   case bogusPacket = 6
   case mmioSweep = 7
   case pioSweep = 8
+  /// `avail.idx` moved one entry back: across the u16 wrap, the device sees 65535 new entries.
+  case availIndexBackward = 9
+  /// A descriptor whose address plus length wraps around 2^64 (back into guest RAM, unchecked).
+  case wrappingAddress = 10
 }

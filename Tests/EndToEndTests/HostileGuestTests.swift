@@ -53,7 +53,9 @@ struct HostileGuestTests {
       // The device says what the guest did wrong (and refuses to go on) rather than guessing.
       let expected: String? =
         switch kind {
-        case .descriptorOutsideRAM, .descriptorLoop, .hugeLength, .badAvailEntry, .availIndexJump: "device needs reset"
+        case .descriptorOutsideRAM, .descriptorLoop, .hugeLength, .badAvailEntry, .availIndexJump,
+          .availIndexBackward, .wrappingAddress:
+          "device needs reset"
         case .bogusPacket: "dropped"
         case .mmioSweep, .pioSweep: nil
         }

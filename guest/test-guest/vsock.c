@@ -381,6 +381,8 @@ enum {
   ATTACK_BOGUS_PACKET = 6,     /* a vsock header with unknown type/op, a lying length and credit */
   ATTACK_MMIO_SWEEP = 7,       /* every register of the device window written with all ones */
   ATTACK_PIO_SWEEP = 8,        /* every I/O port but COM1 and the power ports written */
+  ATTACK_AVAIL_IDX_BACK = 9,   /* avail.idx one entry back: 65535 "new" entries across the wrap */
+  ATTACK_WRAPPING_ADDR = 10,   /* a descriptor whose addr + len wraps around 2^64 into RAM */
 };
 
 void vsock_attack(u32 kind) {
@@ -414,6 +416,18 @@ void vsock_attack(u32 kind) {
     break;
   case ATTACK_AVAIL_IDX_JUMP:
     txq.avail_idx += 1000;
+    vq_kick(&txq);
+    break;
+  case ATTACK_AVAIL_IDX_BACK:
+    txq.avail_idx -= 1;
+    vq_kick(&txq);
+    break;
+  case ATTACK_WRAPPING_ADDR:
+    id = tx_alloc();
+    txq.r.desc[id].addr = 0xfffffffffffff000ull;
+    txq.r.desc[id].len = 0x2000; /* ends at 0x1000 if the sum is not checked */
+    txq.r.desc[id].flags = 0;
+    vq_add(&txq, (u16)id);
     vq_kick(&txq);
     break;
   case ATTACK_BOGUS_PACKET: {
