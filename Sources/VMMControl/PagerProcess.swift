@@ -127,12 +127,7 @@ public final class PagerProcess: @unchecked Sendable {
 
   /// Waits up to `timeoutMS` for the process to end by itself, without killing it; nil if it runs on.
   public func exited(withinMS timeoutMS: Int) -> ChildProcess.Termination? {
-    let deadline = Clock.monotonicNanoseconds() + UInt64(max(timeoutMS, 0)) * 1_000_000
-    while !reaper.hasExited {
-      guard Clock.monotonicNanoseconds() < deadline else { return nil }
-      Clock.sleep(milliseconds: 5)
-    }
-    return reaper.termination
+    reaper.exited(withinMS: timeoutMS)
   }
 
   public func signal(_ signal: Int32) { _ = kill(pid, signal) }

@@ -30,6 +30,16 @@ final class Reaper: @unchecked Sendable {
     return killIfRunning()
   }
 
+  /// Waits up to `timeoutMS` for the process to end by itself, without killing it; nil if it runs on.
+  func exited(withinMS timeoutMS: Int) -> ChildProcess.Termination? {
+    let deadline = Clock.monotonicNanoseconds() + UInt64(max(timeoutMS, 0)) * 1_000_000
+    while true {
+      if let t = poll() { return t }
+      guard Clock.monotonicNanoseconds() < deadline else { return nil }
+      Clock.sleep(milliseconds: 5)
+    }
+  }
+
   /// SIGKILLs and reaps a process nobody waited for (an owner going away).
   @discardableResult
   func killIfRunning() -> ChildProcess.Termination? {
