@@ -272,11 +272,10 @@ public final class SandboxManager: @unchecked Sendable {
       // The source died mid-branch: name it, remove what it was writing. The rename is the
       // commit point: a snapshot renamed into place before it died is complete and stays.
       let vmm = source.child.vmm
-      guard error.code != .remote, let termination = vmm.exited(withinMS: 2000) else {
+      guard let termination = vmm.ended(after: error) else {
         throw .internalError("branch of \(id) failed: \(error)")
       }
-      store.removeStaging(of: tag)
-      guard store.exists(tag) else {
+      guard store.settleAfterWriterDied(tag) else {
         throw .internalError(
           "branch of \(id) failed: its forkd-vmm (pid \(vmm.pid)) \(termination) during the snapshot: \(error)")
       }
@@ -312,7 +311,7 @@ public final class SandboxManager: @unchecked Sendable {
             ])
         } catch {
           // A source that died mid-copy leaves its staging directory: nobody else will remove it.
-          let termination = (error as? ControlError)?.code == .remote ? nil : vmm.exited(withinMS: 2000)
+          let termination = vmm.ended(after: error)
           if termination != nil { snapshots.removeStaging(of: tag) }
           log.error(
             "live branch failed",

@@ -57,12 +57,11 @@ struct SnapshotCreator {
     } catch {
       // The parent died: name it and remove what it was writing. The rename is the commit point:
       // a snapshot renamed into place before it died is complete and stays.
-      guard (error as? ControlError)?.code != .remote, let termination = parent.exited(withinMS: 2000) else {
+      guard let termination = parent.ended(after: error) else {
         throw .internalError("warming or snapshotting the parent of \(request.tag) failed: \(error)")
       }
       let log = lastLines(of: parent.vmmLog, count: 3)
-      store.removeStaging(of: request.tag)
-      guard store.exists(request.tag) else {
+      guard store.settleAfterWriterDied(request.tag) else {
         throw .internalError(
           "warming or snapshotting the parent of \(request.tag) failed: its forkd-vmm (pid \(parent.pid)) \(termination): \(error) (log: \(log))"
         )

@@ -46,6 +46,13 @@ public final class SnapshotStore: @unchecked Sendable {
     }
   }
 
+  /// After the writer of reserved `tag` died: removes what it left in staging and tells whether
+  /// it had already renamed the snapshot into place (the commit point: then it is complete).
+  public func settleAfterWriterDied(_ tag: String) -> Bool {
+    removeStaging(of: tag)
+    return exists(tag)
+  }
+
   public func release(_ tag: String) {
     lock.withLock { _ = inFlight.remove(tag) }
   }

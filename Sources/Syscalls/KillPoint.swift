@@ -44,8 +44,7 @@ public enum KillPoint {
   }
 
   private static let armed = Atomic<Bool>(false)
-  private static let stage = Mutex<String?>(nil)
-  private static let label = Mutex<String>("")
+  private static let target = Mutex<(role: Role, stage: String)?>(nil)
 
   /// Reads `FORKD_TEST_KILL_AT` for a process of `role`. The whole value is checked whatever its
   /// role (forkd-vmm rejects a misspelt pager stage too); only a value naming `role` arms.
@@ -74,13 +73,9 @@ public enum KillPoint {
       )
     }
     guard wanted == role else { return }
-    stage.withLock { $0 = parts[1] }
-    label.withLock { $0 = "forkd-\(role.rawValue)" }
+    target.withLock { $0 = (role, parts[1]) }
     armed.store(true, ordering: .releasing)
   }
-
-  /// The stage this process is armed for (nil: none).
-  public static var armedStage: String? { stage.withLock { $0 } }
 
   /// Kills the process with SIGKILL if it is armed for `stage`; otherwise returns at once.
   @inline(__always)
@@ -90,8 +85,8 @@ public enum KillPoint {
   }
 
   private static func kill(at reachedStage: String) {
-    guard stage.withLock({ $0 }) == reachedStage else { return }
-    let line = Array("\(label.withLock { $0 }): test seam FORKD_TEST_KILL_AT: SIGKILL at \(reachedStage)\n".utf8)
+    guard let (role, stage) = target.withLock({ $0 }), stage == reachedStage else { return }
+    let line = Array("forkd-\(role.rawValue): test seam FORKD_TEST_KILL_AT: SIGKILL at \(reachedStage)\n".utf8)
     _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     raise(SIGKILL)
   }

@@ -131,18 +131,11 @@ public final class VMMProcess: @unchecked Sendable {
       // dies takes its pager with it, and the pager may end before the VM's pipe reads EOF (its
       // uffd closes with the VM's memory, before the VM's descriptors): if the VM ended too, by
       // itself, that is its own end, not the pager's.
-      var ownEnd: ChildProcess.Termination? = nil
-      if dependsOn != nil && error.code == .connection {
-        let until = Clock.monotonicNanoseconds() + 100_000_000
-        while ownEnd == nil && Clock.monotonicNanoseconds() < until {
-          ownEnd = (try? ChildProcess.wait(pid, block: false)) ?? nil
-          if ownEnd == nil { Clock.sleep(milliseconds: 2) }
-        }
-      }
+      let reaper = Reaper(pid: pid)
+      let ownEnd = dependsOn != nil && error.code == .connection ? reaper.exited(withinMS: 100) : nil
       let dependencyEnded = dependsOn.map { (try? Poll.wait([($0.fd, .readable)], timeoutMS: 0))?[0].isEmpty == false }
       let termination =
-        ownEnd
-        ?? ChildProcess.waitOrKill(pid, timeoutMS: error.code == .timeout || dependencyEnded == true ? 0 : 2000)
+        ownEnd ?? reaper.waitOrKill(timeoutMS: error.code == .timeout || dependencyEnded == true ? 0 : 2000)
       let detail = lastLines(of: runDirectory + "/vmm.log")
       FileSystem.removeTree(runDirectory)
       throw ControlError(
@@ -218,6 +211,13 @@ public final class VMMProcess: @unchecked Sendable {
   /// Waits up to `timeoutMS` for the process to end by itself, without killing it; nil if it runs on.
   public func exited(withinMS timeoutMS: Int) -> ChildProcess.Termination? {
     reaper.exited(withinMS: timeoutMS)
+  }
+
+  /// After a failed control call: how forkd-vmm ended, if it died (reaped within `graceMS`); nil if
+  /// it refused the request itself (a remote error) or still runs.
+  public func ended(after error: any Error, graceMS: Int = 2000) -> ChildProcess.Termination? {
+    if (error as? ControlError)?.code == .remote { return nil }
+    return exited(withinMS: graceMS)
   }
 
   /// A reaped process needs no pidfd: close it now rather than when the object goes away.
