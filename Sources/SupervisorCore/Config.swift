@@ -15,11 +15,17 @@ public struct SupervisorConfig: Sendable {
   public var branchConcurrency: Int
   /// Children restored in parallel for one spawn request.
   public var spawnParallelism: Int
+  /// Directories whose files requests may name as kernel, rootfs, initrd or image (empty:
+  /// `<state-dir>/images`).
+  public var imageRoots: [String]
+  /// Serve TCP on loopback without a token (`--insecure-loopback-without-token`).
+  public var insecureLoopbackWithoutToken: Bool
 
   public init(
     stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd",
     backend: BackendChoice = .auto(pagerPolicy: .restart),
-    token: String? = nil, branchConcurrency: Int = 4, spawnParallelism: Int = 4
+    token: String? = nil, branchConcurrency: Int = 4, spawnParallelism: Int = 4, imageRoots: [String] = [],
+    insecureLoopbackWithoutToken: Bool = false
   ) {
     self.stateDirectory = stateDirectory
     self.runDirectory = runDirectory
@@ -27,6 +33,8 @@ public struct SupervisorConfig: Sendable {
     self.token = token
     self.branchConcurrency = branchConcurrency
     self.spawnParallelism = spawnParallelism
+    self.imageRoots = imageRoots.isEmpty ? [stateDirectory + "/images"] : imageRoots
+    self.insecureLoopbackWithoutToken = insecureLoopbackWithoutToken
   }
 
   public var snapshotsDirectory: String { stateDirectory + "/snapshots" }

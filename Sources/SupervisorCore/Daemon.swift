@@ -43,32 +43,71 @@ public enum Daemon {
     public let description: String
   }
 
-  /// A TCP listener on a non-loopback address without a token would expose the API: refused.
-  public static func checkExposure(host: String?, token: String?) throws(StartupError) {
-    guard let host else { return }
-    let loopback = host == "localhost" || isLoopbackAddress(host)
-    if !loopback && (token ?? "").isEmpty {
-      throw StartupError(description: "refusing to listen on \(host) without a token (--token-file or FORKD_TOKEN)")
+  /// Every TCP listener needs the bearer token. The one exception is a numeric loopback address
+  /// when the operator passed `--insecure-loopback-without-token`; anything else (any other
+  /// address, a host name, loopback without the flag) is refused at start.
+  public static func checkExposure(host: String?, token: String?, insecureLoopback: Bool) throws(StartupError) {
+    guard let host, (token ?? "").isEmpty else { return }
+    guard isLoopbackAddress(host) else {
+      throw StartupError(
+        description:
+          "refusing to listen on \(host) without a token (--token-file or FORKD_TOKEN): TCP clients must authenticate")
+    }
+    guard insecureLoopback else {
+      throw StartupError(
+        description:
+          "refusing to listen on \(host) without a token (--token-file or FORKD_TOKEN): any local user could drive the daemon; pass --insecure-loopback-without-token to allow it on loopback"
+      )
     }
   }
 
-  /// A numeric loopback address (127.0.0.0/8, ::1); a host name that merely starts with "127."
-  /// may resolve anywhere.
+  /// A numeric loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104); a host name, even
+  /// "localhost" or one that merely starts with "127.", may resolve anywhere.
   static func isLoopbackAddress(_ host: String) -> Bool {
     var v4 = in_addr()
     if inet_pton(AF_INET, host, &v4) == 1 { return UInt32(bigEndian: v4.s_addr) >> 24 == 127 }
     var v6 = in6_addr()
     if inet_pton(AF_INET6, host, &v6) == 1 {
-      return withUnsafeBytes(of: &v6) { $0.elementsEqual([UInt8](repeating: 0, count: 15) + [1]) }
+      let bytes = withUnsafeBytes(of: &v6) { Array($0) }
+      if bytes.elementsEqual([UInt8](repeating: 0, count: 15) + [1]) { return true }
+      let mappedPrefix = [UInt8](repeating: 0, count: 10) + [0xff, 0xff]
+      return bytes.prefix(12).elementsEqual(mappedPrefix) && bytes[12] == 127
     }
     return false
+  }
+
+  /// The group that may connect to the API socket: `forkd` (packaging/forkd-sysusers.conf), or
+  /// the daemon's own group when that does not exist.
+  static func apiSocketGroup(logger: Logger) -> gid_t {
+    if let group = getgrnam("forkd") { return group.pointee.gr_gid }
+    logger.notice(
+      "group forkd does not exist: the API socket keeps group \(getegid()) (create it: systemd-sysusers packaging/forkd-sysusers.conf)"
+    )
+    return getegid()
   }
 
   /// Runs until SIGTERM/SIGINT, then drains: stops accepting, stops every child, exits.
   public static func run(config: SupervisorConfig, listen: ListenOptions, hooks: ServiceHooks, logger: Logger)
     async throws
   {
-    try checkExposure(host: listen.tcpHost, token: config.token)
+    try checkExposure(host: listen.tcpHost, token: config.token, insecureLoopback: config.insecureLoopbackWithoutToken)
+    for socket in listen.activated where socket.tcp {
+      let address: (host: String, port: Int)
+      do {
+        address = try InetSocket.localAddress(socket.fd)
+      } catch {
+        throw StartupError(description: "socket-activated fd \(socket.fd): cannot tell its address: \(error)")
+      }
+      try checkExposure(host: address.host, token: config.token, insecureLoopback: config.insecureLoopbackWithoutToken)
+    }
+    let tcpWithoutToken =
+      (listen.tcpHost != nil || listen.activated.contains { $0.tcp }) && (config.token ?? "").isEmpty
+    if tcpWithoutToken {
+      let warning =
+        "UNAUTHENTICATED: --insecure-loopback-without-token: the TCP API on loopback accepts every local user's requests without a token"
+      logger.critical("\(warning)")
+      if isatty(2) != 1 { try? FileDescriptor(rawValue: 2).writeAll(Array("forkd: \(warning)\n".utf8)) }
+    }
     // SIGTERM/SIGINT become a readable eventfd whichever thread they hit (the concurrency
     // runtime's threads exist before this code runs, so masking cannot cover them all).
     let stopSignal = try OSThread.stopSignals()
@@ -85,7 +124,11 @@ public enum Daemon {
       }
       if listen.activated.isEmpty, let path = listen.unixSocket {
         try FileSystem.makeDirectories(parentDirectory(path), mode: 0o755)
+        // Created 0600 (umask) so no other user can connect before it is 0660 root:forkd.
+        let previousMask = umask(0o177)
+        defer { umask(previousMask) }
         channels.append(try await server.bind(unixPath: path))
+        _ = chown(path, geteuid(), apiSocketGroup(logger: logger))
         _ = chmod(path, 0o660)
         described.append(path)
       }

@@ -27,6 +27,20 @@ public struct DaemonCommandOptions: ParsableArguments {
   @Option(help: "File holding the bearer token TCP clients must send (or set FORKD_TOKEN).")
   public var tokenFile: String?
 
+  @Flag(
+    help: """
+      Serve TCP on a loopback address without a token: every local user can then drive the \
+      daemon. Without it (and without a token) a TCP listener refuses to start.
+      """)
+  public var insecureLoopbackWithoutToken = false
+
+  @Option(
+    help: """
+      Directory whose files requests may name as kernel, rootfs, initrd or image (repeatable; \
+      default <state-dir>/images).
+      """)
+  public var imageRoot: [String] = []
+
   @Option(
     help: """
       Memory backend of children: auto (file for flat snapshots, a per-child uffd pager for diff \
@@ -54,6 +68,9 @@ public struct DaemonCommandOptions: ParsableArguments {
     if let listenTcp, parseHostPort(listenTcp) == nil {
       throw ValidationError("--listen-tcp \(listenTcp): expected HOST:PORT")
     }
+    for root in imageRoot where !root.hasPrefix("/") {
+      throw ValidationError("--image-root \(root): must be an absolute path")
+    }
   }
 
   public func config() throws -> SupervisorConfig {
@@ -73,7 +90,8 @@ public struct DaemonCommandOptions: ParsableArguments {
     return SupervisorConfig(
       stateDirectory: stateDir, runDirectory: runDir, backend: childBackend,
       token: token?.isEmpty == true ? nil : token,
-      branchConcurrency: branchConcurrency)
+      branchConcurrency: branchConcurrency, imageRoots: imageRoot,
+      insecureLoopbackWithoutToken: insecureLoopbackWithoutToken)
   }
 
   /// Runs the daemon in the foreground until SIGTERM/SIGINT: listeners passed by systemd if any

@@ -12,12 +12,13 @@ struct SnapshotCreator {
   func create(_ request: CreateSnapshotRequest) throws(APIError) -> SnapshotInfo {
     let mode: VMMProcess.Mode
     let source: String
+    let roots = ImageRoots(config.imageRoots)
     if let kernel = request.kernel {
-      for (field, path) in [("kernel", kernel), ("rootfs", request.rootfs), ("initrd", request.initrd)] {
-        if let path, !FileSystem.exists(path) { throw .badRequest("\(field) \(path) does not exist") }
-      }
+      let kernelPath = try roots.resolve(field: "kernel", path: kernel)
+      let rootfs = try request.rootfs.map { (path) throws(APIError) in try roots.resolve(field: "rootfs", path: path) }
+      let initrd = try request.initrd.map { (path) throws(APIError) in try roots.resolve(field: "initrd", path: path) }
       mode = .bootLinux(
-        kernel: kernel, initrd: request.initrd, disk: request.rootfs, commandLine: request.cmdline,
+        kernel: kernelPath, initrd: initrd, disk: rootfs, commandLine: request.cmdline,
         memoryMiB: request.memoryMiB, vcpus: 1)
       source = kernel
     } else {
@@ -25,10 +26,8 @@ struct SnapshotCreator {
         throw .badRequest("rootfs and initrd belong to a Linux parent: give \"kernel\" too")
       }
       let image = request.image ?? "builtin:test-guest"
-      if image != "builtin:test-guest" && !FileSystem.exists(image) {
-        throw .badRequest("image \(image) does not exist")
-      }
-      mode = .boot(image: image, memoryMiB: request.memoryMiB, vcpus: 1)
+      let imagePath = image == "builtin:test-guest" ? image : try roots.resolve(field: "image", path: image)
+      mode = .boot(image: imagePath, memoryMiB: request.memoryMiB, vcpus: 1)
       source = image
     }
     try store.reserve(request.tag, existsStatus: 400)

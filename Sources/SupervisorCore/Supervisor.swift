@@ -18,6 +18,13 @@ public final class Supervisor: @unchecked Sendable {
     self.logger = logger
     try FileSystem.makeDirectories(config.stateDirectory)
     try FileSystem.makeDirectories(config.runDirectory)
+    for root in config.imageRoots where !FileSystem.isDirectory(root) {
+      if root == config.stateDirectory + "/images" {
+        try FileSystem.makeDirectories(root, mode: 0o755)
+      } else {
+        logger.warning("image root \(root) is not a directory: requests naming files under it will fail")
+      }
+    }
     store = try SnapshotStore(directory: config.snapshotsDirectory)
     metrics = SupervisorMetrics()
     sandboxes = try SandboxManager(config: config, store: store, metrics: metrics, logger: logger)
@@ -51,7 +58,12 @@ public final class Supervisor: @unchecked Sendable {
   }
 
   private func authorize(_ request: HTTPRequest) throws(APIError) {
-    guard request.listener == .tcp, let token = config.token, request.path != "/healthz" else { return }
+    guard request.listener == .tcp, request.path != "/healthz" else { return }
+    guard let token = config.token else {
+      // Only reachable with --insecure-loopback-without-token (Daemon.checkExposure).
+      if config.insecureLoopbackWithoutToken { return }
+      throw APIError(401, "missing or invalid bearer token")
+    }
     let presented = request.header("Authorization") ?? ""
     guard constantTimeEqual(Array(presented.utf8), Array("Bearer \(token)".utf8)) else {
       throw APIError(401, "missing or invalid bearer token")

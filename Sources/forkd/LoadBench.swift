@@ -39,7 +39,7 @@ struct LoadBench: ParsableCommand {
     let port = UInt16(20000 + getpid() % 20000)
     let daemon = try LocalDaemon(
       directory: scratch.path, backend: backend, supervisorBinary: true,
-      extraArguments: ["--listen-tcp", "127.0.0.1:\(port)"])
+      extraArguments: ["--listen-tcp", "127.0.0.1:\(port)", "--insecure-loopback-without-token"])
     defer { daemon.stop() }
     _ = try daemon.expect(
       201, "POST", "/v1/snapshots", body: .object(["tag": .string("load"), "memory_mib": .integer(Int64(memoryMib))]))

@@ -51,7 +51,12 @@ final class TestSupervisor {
       "--listen-tcp", "127.0.0.1:\(tcpPort)", "--backend", backend,
     ]
     var environment = ChildProcess.currentEnvironment().filter { !$0.hasPrefix("FORKD_TOKEN=") }
-    if let token { environment.append("FORKD_TOKEN=\(token)") }
+    if let token {
+      environment.append("FORKD_TOKEN=\(token)")
+    } else {
+      // The tests' TCP clients are this process: loopback without a token, allowed explicitly.
+      arguments.append("--insecure-loopback-without-token")
+    }
     arguments += extra
     let log = try FileDescriptor.open(logPath, [.writeOnly, .create, .append])
     defer { log.close() }

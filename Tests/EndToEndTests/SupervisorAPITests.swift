@@ -34,7 +34,11 @@ struct SupervisorAPITests {
     expectError(try api.request("POST", "/v1/snapshots", body: #"{"tag":"x","memory_mib":"lots"}"#), 400, "memory_mib")
     expectError(try api.request("POST", "/v1/snapshots", body: "{not json"), 400, "request body")
     expectError(
-      try api.request("POST", "/v1/snapshots", body: #"{"tag":"img","image":"/nonexistent.elf"}"#), 400,
+      try api.request("POST", "/v1/snapshots", body: #"{"tag":"img","image":"/nonexistent.elf"}"#), 403,
+      "not under an image root")
+    let missingImage = sup.scratch.path + "/state/images/nonexistent.elf"
+    expectError(
+      try api.request("POST", "/v1/snapshots", body: #"{"tag":"img","image":"\#(missingImage)"}"#), 400,
       "does not exist")
     #expect(try api.request("GET", "/v1/snapshots").json?.arrayValue?.count == 1)
     let info = try api.request("GET", "/v1/snapshots/base/info")

@@ -182,15 +182,19 @@ struct LinuxParentAPITests {
         #expect(r.json?["error"]?.stringValue?.contains(fragment) == true, "\(body) → \(r.text)")
       }
     }
-    try expectError(#"{"tag":"l","kernel":"/nonexistent/vmlinuz"}"#, 400, ["kernel", "/nonexistent/vmlinuz"])
-    try expectError(#"{"tag":"l","kernel":"/etc/hostname","rootfs":"/nonexistent.ext4"}"#, 400, ["rootfs"])
-    try expectError(#"{"tag":"l","kernel":"/etc/hostname","initrd":"/nonexistent.cpio"}"#, 400, ["initrd"])
-    try expectError(#"{"tag":"l","kernel":"/etc/hostname","image":"builtin:test-guest"}"#, 400, ["exclusive"])
-    try expectError(#"{"tag":"l","rootfs":"/etc/hostname"}"#, 400, ["kernel"])
+    // Host paths live under the image roots (default <state-dir>/images).
+    let images = sup.scratch.path + "/state/images"
+    let notAKernel = images + "/hostname"
+    try FileSystem.writeAtomically(notAKernel, Array("not a kernel\n".utf8))
+    try expectError(#"{"tag":"l","kernel":"\#(images)/vmlinuz"}"#, 400, ["kernel", images + "/vmlinuz"])
+    try expectError(#"{"tag":"l","kernel":"\#(notAKernel)","rootfs":"\#(images)/no.ext4"}"#, 400, ["rootfs"])
+    try expectError(#"{"tag":"l","kernel":"\#(notAKernel)","initrd":"\#(images)/no.cpio"}"#, 400, ["initrd"])
+    try expectError(#"{"tag":"l","kernel":"\#(notAKernel)","image":"builtin:test-guest"}"#, 400, ["exclusive"])
+    try expectError(#"{"tag":"l","rootfs":"\#(notAKernel)"}"#, 400, ["kernel"])
     try expectError(
-      #"{"tag":"l","kernel":"/etc/hostname","warmup":[{"op":"exec","args":[]}]}"#, 400, ["args"])
+      #"{"tag":"l","kernel":"\#(notAKernel)","warmup":[{"op":"exec","args":[]}]}"#, 400, ["args"])
     // Not a kernel: forkd-vmm refuses it before any KVM work; the API says which file and why.
-    try expectError(#"{"tag":"l","kernel":"/etc/hostname"}"#, 500, ["/etc/hostname"])
+    try expectError(#"{"tag":"l","kernel":"\#(notAKernel)"}"#, 500, [notAKernel])
     #expect(try api.request("GET", "/v1/snapshots/l/info").status == 404, "nothing half-made is visible")
     let parents = (try? FileSystem.listDirectory(sup.scratch.path + "/run/parents")) ?? []
     #expect(parents.isEmpty, "no run directory of the failed parent is left: \(parents)")

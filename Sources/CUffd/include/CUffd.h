@@ -1,5 +1,6 @@
 // CUffd: userfaultfd and the Linux calls around it (descriptor passing, pidfds, eventfd, memfd).
 #pragma once
+#include "cuffd_beneath.h"
 #include "cuffd_linux.h"
 #include "cuffd_scm.h"
 #include "cuffd_thread.h"
