@@ -106,7 +106,7 @@ let package = Package(
       name: "SupervisorCore",
       dependencies: [
         "VMMControl", "Protocol", "Syscalls", "SnapshotStorage", "ForkdHTTP", "SystemdSupport",
-        .product(name: "Logging", package: "swift-log"),
+        .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),

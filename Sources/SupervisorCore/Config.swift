@@ -1,4 +1,3 @@
-import Dispatch
 import VMMControl
 
 /// The supervisor's settings (command line of forkd-supervisor / forkd serve).
@@ -18,6 +17,10 @@ public struct SupervisorConfig: Sendable {
   /// Directories whose files requests may name as kernel, rootfs, initrd or image (empty:
   /// `<state-dir>/images`).
   public var imageRoots: [String]
+  /// Agent calls (ping, exec, eval) running at once; past it 503.
+  public var agentCalls: Int
+  /// Spawns, branches, snapshot creations and compactions running at once; past it 503.
+  public var lifecycleCalls: Int
   /// Serve TCP on loopback without a token (`--insecure-loopback-without-token`).
   public var insecureLoopbackWithoutToken: Bool
 
@@ -25,7 +28,7 @@ public struct SupervisorConfig: Sendable {
     stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd",
     backend: BackendChoice = .auto(pagerPolicy: .restart),
     token: String? = nil, branchConcurrency: Int = 4, spawnParallelism: Int = 4, imageRoots: [String] = [],
-    insecureLoopbackWithoutToken: Bool = false
+    insecureLoopbackWithoutToken: Bool = false, agentCalls: Int = 64, lifecycleCalls: Int = 16
   ) {
     self.stateDirectory = stateDirectory
     self.runDirectory = runDirectory
@@ -35,6 +38,8 @@ public struct SupervisorConfig: Sendable {
     self.spawnParallelism = spawnParallelism
     self.imageRoots = imageRoots.isEmpty ? [stateDirectory + "/images"] : imageRoots
     self.insecureLoopbackWithoutToken = insecureLoopbackWithoutToken
+    self.agentCalls = agentCalls
+    self.lifecycleCalls = lifecycleCalls
   }
 
   public var snapshotsDirectory: String { stateDirectory + "/snapshots" }
@@ -63,15 +68,6 @@ public enum BackendChoice: Sendable, Equatable {
     switch self {
     case .auto: "auto"
     case .always(let backend): backend.name
-    }
-  }
-}
-
-/// Runs blocking work (process spawns, socket round trips) off the HTTP event loop.
-func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-  try await withCheckedThrowingContinuation { continuation in
-    DispatchQueue.global().async {
-      do { continuation.resume(returning: try body()) } catch { continuation.resume(throwing: error) }
     }
   }
 }

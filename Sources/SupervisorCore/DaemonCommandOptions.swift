@@ -54,6 +54,12 @@ public struct DaemonCommandOptions: ParsableArguments {
   @Option(help: "Concurrent branches before 503.")
   public var branchConcurrency: Int = 4
 
+  @Option(help: "Agent calls (ping, exec, eval) running at once, each on its own thread; past it 503.")
+  public var agentCalls: Int = 64
+
+  @Option(help: "Spawns, branches, snapshot creations and compactions running at once; past it 503.")
+  public var lifecycleCalls: Int = 16
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   public var logLevel: String = "info"
 
@@ -65,6 +71,10 @@ public struct DaemonCommandOptions: ParsableArguments {
       throw ValidationError("--pager-policy \(pagerPolicy): restart or fail")
     }
     guard (1...64).contains(branchConcurrency) else { throw ValidationError("--branch-concurrency: 1...64") }
+    guard (1...1024).contains(agentCalls) else { throw ValidationError("--agent-calls \(agentCalls): 1...1024") }
+    guard (1...256).contains(lifecycleCalls) else {
+      throw ValidationError("--lifecycle-calls \(lifecycleCalls): 1...256")
+    }
     if let listenTcp, parseHostPort(listenTcp) == nil {
       throw ValidationError("--listen-tcp \(listenTcp): expected HOST:PORT")
     }
@@ -91,7 +101,8 @@ public struct DaemonCommandOptions: ParsableArguments {
       stateDirectory: stateDir, runDirectory: runDir, backend: childBackend,
       token: token?.isEmpty == true ? nil : token,
       branchConcurrency: branchConcurrency, imageRoots: imageRoot,
-      insecureLoopbackWithoutToken: insecureLoopbackWithoutToken)
+      insecureLoopbackWithoutToken: insecureLoopbackWithoutToken, agentCalls: agentCalls,
+      lifecycleCalls: lifecycleCalls)
   }
 
   /// Runs the daemon in the foreground until SIGTERM/SIGINT: listeners passed by systemd if any

@@ -15,13 +15,18 @@ final class Sandbox: @unchecked Sendable {
   let createdAt: Int64
   let child: Child
   let memoryLimitMiB: UInt64?
-  /// Serialises agent requests (one connection per sandbox) and state changes.
+  /// Guards the fields below; held only for short reads and writes, never across I/O, so a GET,
+  /// a list or a DELETE never waits on an agent call.
   let lock = ConditionLock()
   var state = "running"
   var exitReason: String?
   var branchCount = 0
   var lastBranchPath: String?
+  /// The agent connection (opened on first use); `abortAgent` shuts it down under `lock` while
+  /// a call holding `agentCalls` is blocked on it.
   private var agentClient: AgentClient?
+  /// Serialises agent requests: one connection per sandbox, one request on it at a time.
+  private let agentCalls = ConditionLock()
 
   init(id: String, snapshotTag: String, child: Child, memoryLimitMiB: UInt64?) {
     self.id = id
@@ -41,15 +46,23 @@ final class Sandbox: @unchecked Sendable {
     }
   }
 
-  /// Runs one agent request on this sandbox's connection (opened on first use).
+  var isRunning: Bool { lock.withLock { state == "running" } }
+
+  /// Runs one agent request on this sandbox's connection. Blocks for as long as the guest takes
+  /// (an exec: up to its timeout); `abortAgent` (DELETE, the child's end) ends the wait at once.
   func agent(_ request: AgentRequest, timeoutMS: Int) throws(APIError) -> AgentResponse {
-    try lock.withLock { () throws(APIError) -> AgentResponse in
-      guard state == "running" else { throw .conflict("sandbox \(id) has exited: \(exitReason ?? "unknown reason")") }
+    try agentCalls.withLock { () throws(APIError) -> AgentResponse in
+      let client = try connection()
       do throws(ControlError) {
-        if agentClient == nil { agentClient = try child.vmm.agent() }
-        return try agentClient!.request(request, timeoutMS: timeoutMS)
+        return try client.request(request, timeoutMS: timeoutMS)
       } catch {
-        agentClient = nil
+        let gone = lock.withLock { () -> String? in
+          if agentClient === client { agentClient = nil }
+          return state == "running" ? nil : state
+        }
+        if let gone {
+          throw .conflict("sandbox \(id) was \(gone) while the request ran: \(exitReason ?? "deleted")")
+        }
         if error.code == .agent, let agentError = error.cause as? AgentError {
           if agentError.code == AgentError.unsupported {
             throw .badRequest("sandbox \(id): the guest agent does not support this request (\(agentError.message))")
@@ -61,7 +74,51 @@ final class Sandbox: @unchecked Sendable {
     }
   }
 
-  func dropAgent() { lock.withLock { agentClient = nil } }
+  /// The open agent connection, or a new one (the connect itself runs outside `lock`).
+  private func connection() throws(APIError) -> AgentClient {
+    let existing = try lock.withLock { () throws(APIError) -> AgentClient? in
+      guard state == "running" else {
+        throw .conflict("sandbox \(id) has \(state): \(exitReason ?? "unknown reason")")
+      }
+      return agentClient
+    }
+    if let existing { return existing }
+    let client: AgentClient
+    do {
+      client = try child.vmm.agent()
+    } catch {
+      throw .internalError("sandbox \(id): agent request failed: \(error)")
+    }
+    return try lock.withLock { () throws(APIError) -> AgentClient in
+      // A DELETE may have come while connecting: it must not find a connection it cannot end.
+      guard state == "running" else {
+        client.abort()
+        throw .conflict("sandbox \(id) has \(state): \(exitReason ?? "unknown reason")")
+      }
+      agentClient = client
+      return client
+    }
+  }
+
+  /// Drops the agent connection; a request waiting on it fails at once.
+  func dropAgent() {
+    let client = lock.withLock { () -> AgentClient? in
+      defer { agentClient = nil }
+      return agentClient
+    }
+    client?.abort()
+  }
+
+  /// DELETE: marks the sandbox gone (later agent calls get 409) and ends a running agent call.
+  func markDeleted() {
+    lock.withLock {
+      if state == "running" {
+        state = "deleted"
+        exitReason = "deleted"
+      }
+    }
+    dropAgent()
+  }
 }
 
 /// All sandboxes: spawn (in parallel), delete, agent calls, branch, and a monitor thread that
@@ -180,7 +237,7 @@ public final class SandboxManager: @unchecked Sendable {
       order.removeAll { $0 == id }
       return s
     }
-    sandbox.dropAgent()
+    sandbox.markDeleted()
     sandbox.child.stop()
     CgroupLimit.remove(id: id)
     _ = try? FileSystem.unlink(recordPath(id))
@@ -204,7 +261,7 @@ public final class SandboxManager: @unchecked Sendable {
   }
 
   public func activeCount() -> Int {
-    lock.withLock { sandboxes.values.filter { $0.state == "running" }.count }
+    lock.withLock { Array(sandboxes.values) }.filter(\.isRunning).count
   }
 
   // MARK: Agent calls
@@ -295,7 +352,8 @@ public final class SandboxManager: @unchecked Sendable {
       let vmm = source.child.vmm
       let snapshots = store
       let metrics = metrics
-      DispatchQueue.global().async { [self] in
+      // Waits up to an hour: its own thread, not a pool's (the API answered already).
+      let waiter = try? OSThread.start(name: "live-branch") { [self] in
         defer {
           snapshots.release(tag)
           lock.withLock { branchesInFlight -= 1 }
@@ -321,6 +379,12 @@ public final class SandboxManager: @unchecked Sendable {
             ])
         }
       }
+      guard let waiter else {
+        snapshots.release(tag)
+        lock.withLock { branchesInFlight -= 1 }
+        throw .internalError("branch of \(id): cannot start the thread that waits for the live copy")
+      }
+      waiter.detach()
       var info = SnapshotInfo(
         tag: tag, dir: directory, createdAtUnix: Clock.unixSeconds(), parentTag: source.snapshotTag)
       info.branchedFrom = id
@@ -358,6 +422,7 @@ public final class SandboxManager: @unchecked Sendable {
     monitorWake.signal()
     monitorThread?.join()
     DispatchQueue.concurrentPerform(iterations: all.count) { i in
+      all[i].markDeleted()
       all[i].child.stop()
       CgroupLimit.remove(id: all[i].id)
       _ = try? FileSystem.unlink(recordPath(all[i].id))
@@ -372,7 +437,7 @@ public final class SandboxManager: @unchecked Sendable {
       let watched: [(Sandbox, FileDescriptor, Bool)] = lock.withLock {
         if stopping { return [] }
         var list: [(Sandbox, FileDescriptor, Bool)] = []
-        for s in sandboxes.values where s.state == "running" {
+        for s in sandboxes.values where s.isRunning {
           if let fd = s.child.vmm.pidFD { list.append((s, fd, false)) }
           if let pager = s.child.pager { list.append((s, pager.pidFD, true)) }
         }

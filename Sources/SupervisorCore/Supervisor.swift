@@ -12,6 +12,7 @@ public final class Supervisor: @unchecked Sendable {
   public let metrics: SupervisorMetrics
   let audit: AuditLog
   let logger: Logger
+  let pools: WorkPools
 
   public init(config: SupervisorConfig, logger: Logger) throws {
     self.config = config
@@ -29,12 +30,17 @@ public final class Supervisor: @unchecked Sendable {
     metrics = SupervisorMetrics()
     sandboxes = try SandboxManager(config: config, store: store, metrics: metrics, logger: logger)
     audit = AuditLog(path: config.auditLogPath)
+    pools = WorkPools(agentCalls: config.agentCalls, lifecycleCalls: config.lifecycleCalls)
     metrics.snapshotsTotal.record(store.count())
     metrics.sandboxesActive.record(0)
   }
 
   /// Stops every child; the supervisor is unusable afterwards.
-  public func shutdown() { sandboxes.shutdown() }
+  public func shutdown() {
+    // Children first: that ends every agent call still blocked on a pool thread.
+    sandboxes.shutdown()
+    pools.shutdown()
+  }
 
   /// The HTTP entry point: authentication, routing, errors as `{"error": …}`, audit.
   public func handle(_ request: HTTPRequest) async -> HTTPResponse {
@@ -82,6 +88,7 @@ public final class Supervisor: @unchecked Sendable {
     if match(method, parts, "GET", ["metrics"]) != nil {
       metrics.snapshotsTotal.record(store.count())
       metrics.sandboxesActive.record(sandboxes.activeCount())
+      metrics.agentCallsInFlight.record(pools.agent.inFlight)
       return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4", body: metrics.exposition())
     }
     if match(method, parts, "GET", ["v1", "snapshots"]) != nil {
@@ -90,7 +97,7 @@ public final class Supervisor: @unchecked Sendable {
     if match(method, parts, "POST", ["v1", "snapshots"]) != nil {
       let body = try CreateSnapshotRequest.decode(request.body)
       let creator = SnapshotCreator(store: store, config: config, logger: logger)
-      let info = try await blocking { try creator.create(body) }
+      let info = try await pools.lifecycle.run { try creator.create(body) }
       metrics.snapshotsTotal.record(store.count())
       return json(201, info.summaryJSON)
     }
@@ -104,7 +111,8 @@ public final class Supervisor: @unchecked Sendable {
       try checkTag(tag)
       let cascade = request.query["cascade"] == "true"
       let force = request.query["force"] == "true"
-      _ = try store.delete(tag, cascade: cascade, force: force)
+      let snapshots = store
+      _ = try await pools.teardown.run { try snapshots.delete(tag, cascade: cascade, force: force) }
       metrics.snapshotsTotal.record(store.count())
       return HTTPResponse(status: 204, body: [])
     }
@@ -113,7 +121,7 @@ public final class Supervisor: @unchecked Sendable {
       try checkTag(tag)
       let body = try CompactRequest.decode(request.body)
       let snapshots = store
-      let info = try await blocking { try snapshots.compact(tag, to: body.to) }
+      let info = try await pools.lifecycle.run { try snapshots.compact(tag, to: body.to) }
       metrics.snapshotsTotal.record(store.count())
       return json(201, info.infoJSON)
     }
@@ -123,7 +131,7 @@ public final class Supervisor: @unchecked Sendable {
     if match(method, parts, "POST", ["v1", "sandboxes"]) != nil {
       let body = try SpawnRequest.decode(request.body)
       let manager = sandboxes
-      let created = try await blocking { try manager.spawn(body) }
+      let created = try await pools.lifecycle.run { try manager.spawn(body) }
       return json(201, .array(created.map(\.jsonValue)))
     }
     if let captures = match(method, parts, "GET", ["v1", "sandboxes", "*"]) {
@@ -134,26 +142,26 @@ public final class Supervisor: @unchecked Sendable {
       let id = captures[0]
       let manager = sandboxes
       _ = try sandboxes.get(id)
-      try await blocking { try manager.delete(id) }
+      try await pools.teardown.run { try manager.delete(id) }
       return HTTPResponse(status: 204, body: [])
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "ping"]) {
       let id = captures[0]
       let manager = sandboxes
-      return json(200, try await blocking { try manager.ping(id) })
+      return json(200, try await pools.agent.run { try manager.ping(id) })
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "exec"]) {
       let id = captures[0]
       let body = try ExecRequest.decode(request.body)
       let manager = sandboxes
-      return json(200, try await blocking { try manager.exec(id, body) })
+      return json(200, try await pools.agent.run { try manager.exec(id, body) })
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "eval"]) {
       let id = captures[0]
       let value = try JSONObjectReader(JSONValue.parse(request.body, source: "request body"), source: "request body")
       let code = try value.string("code")
       let manager = sandboxes
-      let result = try await blocking {
+      let result = try await pools.agent.run {
         try manager.exec(id, ExecRequest(args: ["python3", "-c", code], timeoutSeconds: 30))
       }
       return json(
@@ -168,7 +176,7 @@ public final class Supervisor: @unchecked Sendable {
       let body = try BranchRequest.decode(request.body)
       let manager = sandboxes
       _ = try sandboxes.get(id)
-      let info = try await blocking { try manager.branch(id, body) }
+      let info = try await pools.lifecycle.run { try manager.branch(id, body) }
       return json(201, info.summaryJSON)
     }
     let known = ["healthz", "version", "metrics", "v1"]

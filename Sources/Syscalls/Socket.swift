@@ -59,6 +59,12 @@ public enum UnixSocket {
     return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
   }
 
+  /// shutdown(2) both directions: a thread blocked reading `fd` wakes up to end-of-file, while
+  /// the descriptor itself stays valid until its owner closes it.
+  public static func shutdown(_ fd: FileDescriptor) throws(SyscallError) {
+    _ = try retryingEINTR("shutdown") { Glibc.shutdown(fd.rawValue, Int32(SHUT_RDWR)) }
+  }
+
   /// The pid of the process at the other end (SO_PEERCRED).
   public static func peerPID(_ fd: FileDescriptor) throws(SyscallError) -> pid_t {
     try retryingEINTR("getsockopt(SO_PEERCRED)") { cuffd_peer_pid(fd.rawValue) }

@@ -43,6 +43,10 @@ public final class AgentClient: @unchecked Sendable {
 
   deinit { fd.close() }
 
+  /// Ends the connection from another thread: a request blocked waiting for its reply fails at
+  /// once (the peer's end-of-file), e.g. an exec of a sandbox being deleted.
+  public func abort() { _ = try? UnixSocket.shutdown(fd) }
+
   /// Sends one request and waits for its response; an agent error response is thrown.
   public func request(_ request: AgentRequest, timeoutMS: Int = 30_000) throws(ControlError) -> AgentResponse {
     let pending = try send(request)
