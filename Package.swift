@@ -96,7 +96,7 @@ let package = Package(
     .target(
       name: "ForkdHTTP",
       dependencies: [
-        .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+        "Syscalls", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
       ]),
     // The client side of the v1 API (CLI, tests).

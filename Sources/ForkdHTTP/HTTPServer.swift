@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 
 /// A request as the API sees it: the whole body is read first (bounded).
 public struct HTTPRequest: Sendable {
@@ -21,6 +22,8 @@ public struct HTTPRequest: Sendable {
 public enum ListenerKind: Sendable, Equatable {
   case unix
   case tcp
+  /// The daemon's own liveness probe (HTTPServer.probe): not a client, not audited.
+  case probe
 }
 
 public struct HTTPResponse: Sendable {
@@ -44,8 +47,10 @@ public typealias HTTPHandler = @Sendable (HTTPRequest) async -> HTTPResponse
 /// A small HTTP/1.1 server (keep-alive, bounded bodies) for the v1 API.
 public final class HTTPServer: Sendable {
   public static let maxBodyBytes = 1 << 20
-  private let group: MultiThreadedEventLoopGroup
-  private let handler: HTTPHandler
+  let group: MultiThreadedEventLoopGroup
+  let handler: HTTPHandler
+  /// Event loops (by index) whose last liveness probe has not been taken yet (HTTPProbe.swift).
+  let probesPending = Mutex<Set<Int>>([])
 
   public init(threads: Int = 1, handler: @escaping HTTPHandler) {
     group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -84,7 +89,7 @@ public final class HTTPServer: Sendable {
   }
 }
 
-private final class RequestHandler: ChannelInboundHandler, @unchecked Sendable {
+final class RequestHandler: ChannelInboundHandler, @unchecked Sendable {
   typealias InboundIn = HTTPServerRequestPart
   typealias OutboundOut = HTTPServerResponsePart
 

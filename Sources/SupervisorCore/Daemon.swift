@@ -15,6 +15,10 @@ public struct ServiceHooks: Sendable {
   public var stopping: @Sendable () -> Void = {}
   public var watchdog: @Sendable () -> Void = {}
   public var watchdogInterval: Duration? = nil
+  /// EXTEND_TIMEOUT_USEC: asks for more time while a long drain runs.
+  public var extendTimeout: @Sendable (Duration) -> Void = { _ in }
+  /// How long a drain runs before the first extension, and between extensions.
+  public var drainExtendInterval: Duration = .seconds(5)
   public init() {}
 }
 
@@ -114,7 +118,12 @@ public enum Daemon {
     signal(SIGPIPE, SIG_IGN)
 
     let supervisor = try Supervisor(config: config, logger: logger)
-    let server = HTTPServer(threads: 2) { request in await supervisor.handle(request) }
+    let seams = TestSeams()
+    let server = HTTPServer(threads: 2) { request in
+      if let answer = seams.handle(request) { return answer }
+      return await supervisor.handle(request)
+    }
+    seams.attach(server)
     var channels: [any Sendable] = []
     var described: [String] = []
     do {
@@ -143,22 +152,21 @@ public enum Daemon {
     logger.info("forkd-supervisor \(APIVersion.version) listening on \(described.joined(separator: ", "))")
     hooks.ready("serving on \(described.joined(separator: ", "))")
 
-    let watchdogThread: OSThread?
+    let watchdog: PeriodicThread?
     if let interval = hooks.watchdogInterval {
-      let halfMS = Int(interval.components.seconds * 500 + interval.components.attoseconds / 2_000_000_000_000_000)
-      watchdogThread = try? OSThread.start(name: "watchdog") {
-        while true {
-          Clock.sleep(milliseconds: max(halfMS, 100))
-          hooks.watchdog()
-        }
+      do {
+        watchdog = try Watchdog.start(server: server, interval: interval, hooks: hooks, logger: logger)
+      } catch {
+        supervisor.shutdown()
+        try? await server.shutdown()
+        throw StartupError(description: "cannot start the watchdog thread: \(error)")
       }
     } else {
-      watchdogThread = nil
+      watchdog = nil
     }
 
     // The signal thread is joined once it has resumed the drain (a finished, unjoined thread
-    // is a leak ThreadSanitizer reports); the watchdog runs until the process exits: detached.
-    watchdogThread?.detach()
+    // is a leak ThreadSanitizer reports).
     let signalThread = SignalThreadBox()
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
       signalThread.thread = try? OSThread.start(name: "signals") {
@@ -170,8 +178,12 @@ public enum Daemon {
     logger.info("stop signal: draining")
     hooks.stopping()
     hooks.status("stopping \(supervisor.sandboxes.activeCount()) sandboxes")
+    let extender = Watchdog.extendWhileDraining(interval: hooks.drainExtendInterval, hooks: hooks)
     supervisor.shutdown()
+    // The probe needs the event loops: the watchdog stops before they do.
+    watchdog?.stop()
     try? await server.shutdown()
+    extender?.stop()
     if listen.activated.isEmpty, let path = listen.unixSocket { _ = try? FileSystem.unlink(path) }
     logger.info("stopped")
   }

@@ -137,6 +137,7 @@ public struct DaemonCommandOptions: ParsableArguments {
     hooks.stopping = { _ = notifier.stopping() }
     hooks.watchdog = { _ = notifier.watchdog() }
     hooks.watchdogInterval = notifier.watchdogInterval
+    hooks.extendTimeout = { _ = notifier.extendTimeout(by: $0) }
     let hostPort = listenTcp.flatMap(parseHostPort)
     do {
       try await Daemon.run(
