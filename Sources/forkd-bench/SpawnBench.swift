@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLISupport
 import ForkdClient
 import Protocol
 import Syscalls
@@ -24,7 +25,7 @@ struct SpawnBench: ParsableCommand {
   func run() throws {
     let scratch = try ScratchDirectory(prefix: "forkd-bench-spawn", base: workDir)
     defer { scratch.remove() }
-    let daemon = try LocalDaemon(directory: scratch.path, backend: backend, supervisorBinary: true)
+    let daemon = try LocalDaemon(directory: scratch.path, backend: backend)
     defer { daemon.stop() }
     let api = daemon.api
     let idlePSS = Double(smapsRollupField(daemon.pid, "Pss") ?? 0) / 1024

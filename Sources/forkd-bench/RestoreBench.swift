@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLISupport
 import Protocol
 import Syscalls
 import VMMControl
@@ -6,14 +7,6 @@ import VMMControl
 #if canImport(Glibc)
   import Glibc
 #endif
-
-struct Bench: ParsableCommand {
-  static let configuration = CommandConfiguration(
-    abstract: "Benchmarks (results go to stdout as a table, or JSON with --json).",
-    subcommands: [
-      RestoreBench.self, BackendBench.self, SpawnBench.self, BranchBench.self, LoadBench.self, PagerTopologyBench.self,
-    ])
-}
 
 /// Restore-to-first-agent-reply for one child at a time, split into its phases.
 struct RestoreBench: ParsableCommand {
@@ -79,12 +72,10 @@ struct RestoreBench: ParsableCommand {
       ]
       for name in order {
         let s = Summary(phases[name] ?? [])
-        object[name + "_ms"] = .object([
-          "p50": .double(s.p50), "p90": .double(s.p90), "p99": .double(s.p99), "max": .double(s.max),
-        ])
+        object[name + "_ms"] = .object(percentiles(s))
       }
       let pss = Summary(memory)
-      object["vmm_pss_kib"] = .object(["p50": .double(pss.p50), "p90": .double(pss.p90), "max": .double(pss.max)])
+      object["vmm_pss_kib"] = .object(percentiles(pss))
       print(JSONValue.object(object).serialized(pretty: true))
     } else {
       print("restore bench: \(iterations) children, \(memoryMib) MiB guest, \(pages) warm pages, host \(hostname)")
@@ -92,11 +83,17 @@ struct RestoreBench: ParsableCommand {
       for name in order {
         let s = Summary(phases[name] ?? [])
         print(
-          "\(name.padding(28)) \(pad(format(s.p50, decimals: 3), 8))  \(pad(format(s.p90, decimals: 3), 8))  \(pad(format(s.p99, decimals: 3), 8))"
+          "\(name.padding(28)) \(pad(format(s.p50, decimals: 3), 8))  \(pad(Summary.text(s.p90IfEnough, decimals: 3), 8))  \(pad(Summary.text(s.p99IfEnough, decimals: 3), 8))"
         )
       }
       let pss = Summary(memory)
-      print("forkd-vmm PSS after first reply: p50 \(format(pss.p50 / 1024)) MiB, p90 \(format(pss.p90 / 1024)) MiB")
+      print(
+        "forkd-vmm PSS after first reply: p50 \(format(pss.p50 / 1024)) MiB, p90 \(Summary.text(pss.p90IfEnough.map { $0 / 1024 })) MiB"
+      )
+      if iterations < Summary.samplesForP99 {
+        print(
+          "(p90 needs \(Summary.samplesForP90) samples and p99 \(Summary.samplesForP99); \"-\" where there are fewer)")
+      }
     }
   }
 }
@@ -110,6 +107,10 @@ func proportionalSetSizeKiB(_ pid: pid_t) -> UInt64? {
   return nil
 }
 
-extension String {
-  func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+/// p50, max, the sample count, and p90/p99 only when there are enough samples for them.
+func percentiles(_ s: Summary) -> [String: JSONValue] {
+  var o: [String: JSONValue] = ["p50": .double(s.p50), "max": .double(s.max), "samples": .integer(Int64(s.count))]
+  if let p90 = s.p90IfEnough { o["p90"] = .double(p90) }
+  if let p99 = s.p99IfEnough { o["p99"] = .double(p99) }
+  return o
 }
