@@ -141,7 +141,7 @@ let package = Package(
     .executableTarget(
       name: "forkd-bench",
       dependencies: [
-        "CLISupport", "VMMControl", "Protocol", "Syscalls", "ForkdClient",
+        "CLISupport", "VMMControl", "VMMCore", "Protocol", "Syscalls", "ForkdClient",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),

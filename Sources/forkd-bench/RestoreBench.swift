@@ -29,6 +29,9 @@ struct RestoreBench: ParsableCommand {
   @Flag(help: "Print JSON instead of a table.")
   var json = false
 
+  @Flag(help: "Skip the same-run C loop baseline (bench/restore-loop.c).")
+  var noBaseline = false
+
   func run() throws {
     let scratch = try ScratchDirectory(prefix: "forkd-bench", base: workDir)
     defer { scratch.remove() }
@@ -65,6 +68,15 @@ struct RestoreBench: ParsableCommand {
     var host = [UInt8](repeating: 0, count: 256)
     gethostname(&host, host.count)
     let hostname = String(decoding: host.prefix(while: { $0 != 0 }), as: UTF8.self)
+    // The floor: the same snapshot restored in-process by the C loop, one child at a time to its
+    // first exit (its per-child figure is what restore_to_first_reply compares with).
+    let baseline =
+      try noBaseline
+      ? nil
+      : RestoreLoopBaseline(snapshot: snapshotDir, directory: scratch.path + "/c-loop")
+        .run(children: iterations, rounds: 1).first.map { Summary($0.firstExitMS) }
+    let ratio = baseline.map { Summary(phases["restore_to_first_reply"] ?? []).p50 / max($0.p50, 0.001) }
+
     if json {
       var object: [String: JSONValue] = [
         "bench": .string("restore"), "iterations": .integer(Int64(iterations)),
@@ -76,6 +88,10 @@ struct RestoreBench: ParsableCommand {
       }
       let pss = Summary(memory)
       object["vmm_pss_kib"] = .object(percentiles(pss))
+      if let baseline, let ratio {
+        object["c_loop_first_exit_ms"] = .object(percentiles(baseline))
+        object["restore_to_first_reply_vs_c_loop"] = .double(ratio)
+      }
       print(JSONValue.object(object).serialized(pretty: true))
     } else {
       print("restore bench: \(iterations) children, \(memoryMib) MiB guest, \(pages) warm pages, host \(hostname)")
@@ -90,6 +106,12 @@ struct RestoreBench: ParsableCommand {
       print(
         "forkd-vmm PSS after first reply: p50 \(format(pss.p50 / 1024)) MiB, p90 \(Summary.text(pss.p90IfEnough.map { $0 / 1024 })) MiB"
       )
+      if let baseline, let ratio {
+        print(
+          "\("c_loop_first_exit".padding(28)) \(pad(format(baseline.p50, decimals: 3), 8))  \(pad(Summary.text(baseline.p90IfEnough, decimals: 3), 8))  \(pad(Summary.text(baseline.p99IfEnough, decimals: 3), 8))"
+        )
+        print("restore_to_first_reply / c_loop_first_exit (p50): \(format(ratio))x")
+      }
       if iterations < Summary.samplesForP99 {
         print(
           "(p90 needs \(Summary.samplesForP90) samples and p99 \(Summary.samplesForP99); \"-\" where there are fewer)")
