@@ -11,11 +11,16 @@ import PackageDescription
 let perChildLinking: [LinkerSetting] =
   Context.environment["FORKD_DYNAMIC_PER_CHILD"] == nil ? [.unsafeFlags(["-static-executable"])] : []
 
+/// Test seams (KillPoint, FaultInjection, FORKD_TEST_* delays) exist only in debug builds, which is
+/// what `swift test` runs; release binaries carry none of them (swift-system's ENABLE_MOCKING idea).
+let testSeams: [SwiftSetting] = [.define("FORKD_TEST_SEAMS", .when(configuration: .debug))]
+
 let package = Package(
   name: "forkd",
   platforms: [.macOS(.v15)],
   products: [
     .executable(name: "forkd", targets: ["forkd"]),
+    .executable(name: "forkd-bench", targets: ["forkd-bench"]),
     .executable(name: "forkd-vmm", targets: ["forkd-vmm"]),
     .executable(name: "forkd-pager", targets: ["forkd-pager"]),
     .executable(name: "forkd-supervisor", targets: ["forkd-supervisor"]),
@@ -37,7 +42,7 @@ let package = Package(
     .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
 
     // Thin syscall wrappers: EINTR retry, typed errno, fault-injection seam.
-    .target(name: "Syscalls", dependencies: ["CUffd"]),
+    .target(name: "Syscalls", dependencies: ["CUffd"], swiftSettings: testSeams),
 
     // Every wire and file format: agent, vmm control, snapshot manifest and state.
     // Hashing and parsing run on every snapshot and request: optimized even in debug builds.
@@ -67,6 +72,7 @@ let package = Package(
         "VMMCore", "SnapshotStorage", "TestGuestImage", "SeccompFilters",
         .product(name: "Logging", package: "swift-log"),
       ],
+      swiftSettings: testSeams,
       linkerSettings: perChildLinking
     ),
     .executableTarget(
@@ -98,7 +104,7 @@ let package = Package(
       dependencies: [
         "Syscalls", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"),
-      ]),
+      ], swiftSettings: testSeams),
     // The client side of the v1 API (CLI, tests).
     .target(name: "ForkdClient", dependencies: ["Protocol", "Syscalls"]),
     // The daemon's logic: snapshot registry, sandboxes, the v1 API, metrics, audit log.
@@ -109,17 +115,33 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
-      ]),
+      ], swiftSettings: testSeams),
     .executableTarget(
       name: "forkd-supervisor",
       dependencies: [
         "SupervisorCore", "ForkdHTTP", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // What the CLI and the benches share: a supervisor started for one run, scratch directories,
+    // percentiles, /proc readers.
+    .target(
+      name: "CLISupport",
+      dependencies: [
+        "VMMControl", "Protocol", "Syscalls", "ForkdClient",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
     .executableTarget(
       name: "forkd",
       dependencies: [
-        "VMMControl", "VMMCore", "Protocol", "TestGuestImage", "ForkdClient", "SupervisorCore", "SystemdSupport",
+        "CLISupport", "VMMControl", "VMMCore", "Protocol", "TestGuestImage", "ForkdClient", "SystemdSupport",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+    // The benchmarks (`forkd-bench restore|backends|spawn|branch|load|pagers`; `forkd bench …` runs it).
+    .executableTarget(
+      name: "forkd-bench",
+      dependencies: [
+        "CLISupport", "VMMControl", "VMMCore", "Protocol", "Syscalls", "ForkdClient",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),

@@ -69,7 +69,7 @@ extension HTTPServer {
   }
 }
 
-#if DEBUG
+#if FORKD_TEST_SEAMS
   #if canImport(Glibc)
     import Glibc
   #endif

@@ -14,7 +14,7 @@ final class TestSeams: Sendable {
   private let armed: Bool
 
   init() {
-    #if DEBUG
+    #if FORKD_TEST_SEAMS
       armed = getenv("FORKD_TEST_SEAMS").map { String(cString: $0) == "1" } ?? false
     #else
       armed = false
@@ -25,7 +25,7 @@ final class TestSeams: Sendable {
 
   /// The answer to a seam's request, or nil: the request is the API's.
   func handle(_ request: HTTPRequest) -> HTTPResponse? {
-    #if DEBUG
+    #if FORKD_TEST_SEAMS
       guard armed, request.method == "POST", request.path == "/__test/hang-event-loops" else { return nil }
       server.withLock { $0 }?.testHangEventLoops(seconds: 3600)
       return HTTPResponse(status: 202, json: "{\"hanging\":true}")
