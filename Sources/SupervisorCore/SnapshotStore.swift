@@ -144,7 +144,7 @@ public final class SnapshotStore: @unchecked Sendable {
   /// too) or `force` (leave them orphaned). Returns the deleted tags.
   public func delete(_ tag: String, cascade: Bool, force: Bool) throws(APIError) -> [String] {
     guard !(cascade && force) else { throw .badRequest("cascade and force are exclusive") }
-    return try lock.withLock { () throws(APIError) -> [String] in
+    let (doomed, trash) = try lock.withLock { () throws(APIError) -> ([String], [String]) in
       guard exists(tag) else { throw .notFound("unknown snapshot tag \(tag)") }
       guard !inFlight.contains(tag) else { throw .conflict("snapshot \(tag) is being created") }
       let manifests = Dictionary(uniqueKeysWithValues: tags().compactMap { t in manifest(t).map { (t, $0) } })
@@ -160,19 +160,17 @@ public final class SnapshotStore: @unchecked Sendable {
           "snapshot \(tag) is the parent of \(subtree.joined(separator: ", ")); use ?cascade=true or ?force=true")
       }
       let doomed = [tag] + (cascade ? subtree : [])
-      for victim in doomed.reversed() { remove(victim) }
-      return doomed
+      return (doomed, doomed.reversed().map { unpublish($0) })
     }
+    // The files go outside the lock: removing gigabytes must not hold up the registry.
+    for path in trash { FileSystem.removeTree(path) }
+    return doomed
   }
 
-  /// Renames the directory away first, so the tag disappears atomically, then removes it.
-  private func remove(_ tag: String) {
+  /// Renames the directory away, so the tag disappears atomically; returns what to remove.
+  private func unpublish(_ tag: String) -> String {
     ShmemImage.remove(for: path(tag))
     let trash = directory + "/.deleting-\(tag)-\(Clock.monotonicNanoseconds())"
-    if (try? FileSystem.rename(path(tag), to: trash)) != nil {
-      FileSystem.removeTree(trash)
-    } else {
-      FileSystem.removeTree(path(tag))
-    }
+    return (try? FileSystem.rename(path(tag), to: trash)) != nil ? trash : path(tag)
   }
 }

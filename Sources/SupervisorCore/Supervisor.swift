@@ -82,7 +82,7 @@ public final class Supervisor: @unchecked Sendable {
     let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
     let method = request.method
     if match(method, parts, "GET", ["healthz"]) != nil {
-      // Takes the registry's locks (sandboxes, snapshots): a deadlock there fails the
+      // Takes the sandbox registry's locks and lists the snapshots: a deadlock there fails the
       // watchdog's probe of this route, and systemd restarts the daemon.
       _ = sandboxes.activeCount()
       _ = store.count()
