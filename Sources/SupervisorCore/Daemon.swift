@@ -19,6 +19,8 @@ public struct ServiceHooks: Sendable {
   public var extendTimeout: @Sendable (Duration) -> Void = { _ in }
   /// How long a drain runs before the first extension, and between extensions.
   public var drainExtendInterval: Duration = .seconds(5)
+  /// No extension is asked for once a drain has run this long.
+  public var drainExtendLimit: Duration = .seconds(600)
   public init() {}
 }
 
@@ -178,7 +180,8 @@ public enum Daemon {
     logger.info("stop signal: draining")
     hooks.stopping()
     hooks.status("stopping \(supervisor.sandboxes.activeCount()) sandboxes")
-    let extender = Watchdog.extendWhileDraining(interval: hooks.drainExtendInterval, hooks: hooks)
+    let extender = Watchdog.extendWhileDraining(
+      interval: hooks.drainExtendInterval, limit: hooks.drainExtendLimit, hooks: hooks)
     supervisor.shutdown()
     // The probe needs the event loops: the watchdog stops before they do.
     watchdog?.stop()

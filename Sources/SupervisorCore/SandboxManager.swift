@@ -56,12 +56,12 @@ final class Sandbox: @unchecked Sendable {
       do throws(ControlError) {
         return try client.request(request, timeoutMS: timeoutMS)
       } catch {
-        let gone = lock.withLock { () -> String? in
+        let gone = lock.withLock { () -> (state: String, reason: String)? in
           if agentClient === client { agentClient = nil }
-          return state == "running" ? nil : state
+          return state == "running" ? nil : (state, exitReason ?? state)
         }
         if let gone {
-          throw .conflict("sandbox \(id) was \(gone) while the request ran: \(exitReason ?? "deleted")")
+          throw .conflict("sandbox \(id) was \(gone.state) while the request ran: \(gone.reason)")
         }
         if error.code == .agent, let agentError = error.cause as? AgentError {
           if agentError.code == AgentError.unsupported {
@@ -78,7 +78,8 @@ final class Sandbox: @unchecked Sendable {
   private func connection() throws(APIError) -> AgentClient {
     let existing = try lock.withLock { () throws(APIError) -> AgentClient? in
       guard state == "running" else {
-        throw .conflict("sandbox \(id) has \(state): \(exitReason ?? "unknown reason")")
+        throw .conflict(
+          "sandbox \(id) has \(state == "deleted" ? "been deleted" : state): \(exitReason ?? "unknown reason")")
       }
       return agentClient
     }
@@ -93,7 +94,8 @@ final class Sandbox: @unchecked Sendable {
       // A DELETE may have come while connecting: it must not find a connection it cannot end.
       guard state == "running" else {
         client.abort()
-        throw .conflict("sandbox \(id) has \(state): \(exitReason ?? "unknown reason")")
+        throw .conflict(
+          "sandbox \(id) has \(state == "deleted" ? "been deleted" : state): \(exitReason ?? "unknown reason")")
       }
       agentClient = client
       return client

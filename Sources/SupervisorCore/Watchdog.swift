@@ -60,10 +60,14 @@ enum Watchdog {
   }
 
   /// While the drain runs: every `interval`, EXTEND_TIMEOUT_USEC for three more intervals, so a
-  /// drain that is making progress is not SIGKILLed by TimeoutStopSec (each extension counts
-  /// from when it is sent, so a drain that hangs for good still ends after the last one).
-  static func extendWhileDraining(interval: Duration, hooks: ServiceHooks) -> PeriodicThread? {
-    try? PeriodicThread(name: "drain-extend", intervalMS: max(milliseconds(interval), 100)) {
+  /// drain that is still working is not SIGKILLed by TimeoutStopSec. Extensions stop once
+  /// `limit` has passed: a drain that hangs for good then ends by the unit's timeout (each
+  /// extension counts from when it is sent, so at most three intervals after the last one).
+  static func extendWhileDraining(interval: Duration, limit: Duration, hooks: ServiceHooks) -> PeriodicThread? {
+    let started = Clock.monotonicNanoseconds()
+    let limitNS = UInt64(clamping: milliseconds(limit)) &* 1_000_000
+    return try? PeriodicThread(name: "drain-extend", intervalMS: max(milliseconds(interval), 100)) {
+      guard Clock.monotonicNanoseconds() - started < limitNS else { return }
       hooks.extendTimeout(interval * 3)
     }
   }
