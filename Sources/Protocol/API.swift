@@ -13,6 +13,9 @@ public enum WarmupStep: Equatable, Sendable {
   case kvSet(key: String, value: String)
   /// Linux guests: run a program (e.g. import the libraries every child will need).
   case exec(args: [String], timeoutSeconds: UInt32)
+  /// Linux guests: run Python in the agent's interpreter, which every child then inherits warm
+  /// (`{"op":"eval","code":"import json, decimal"}`).
+  case eval(code: String, timeoutSeconds: UInt32)
 
   public var agentRequest: AgentRequest {
     switch self {
@@ -21,6 +24,7 @@ public enum WarmupStep: Equatable, Sendable {
     case .counter(let delta): .counter(delta: delta)
     case .kvSet(let key, let value): .kvSet(key: Array(key.utf8), value: Array(value.utf8))
     case .exec(let args, let timeout): .exec(args: args, timeoutSeconds: timeout)
+    case .eval(let code, let timeout): .eval(code: code, timeoutSeconds: timeout)
     }
   }
 
@@ -33,6 +37,8 @@ public enum WarmupStep: Equatable, Sendable {
     case .kvSet(let key, let value): .object(["op": .string("kv_set"), "key": .string(key), "value": .string(value)])
     case .exec(let args, let timeout):
       .object(["op": .string("exec"), "args": .array(args.map { .string($0) }), "timeout_secs": .integer(Int64(timeout))])
+    case .eval(let code, let timeout):
+      .object(["op": .string("eval"), "code": .string(code), "timeout_secs": .integer(Int64(timeout))])
     }
   }
 }
@@ -87,7 +93,10 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
         let timeout = try s.optionalUInt64("timeout_secs") ?? 60
         guard (1...3600).contains(timeout) else { throw s.invalid("timeout_secs", expected: "1...3600") }
         steps.append(.exec(args: args, timeoutSeconds: UInt32(timeout)))
-      default: throw s.invalid("op", expected: "ping, fill, counter, kv_set or exec")
+      case "eval":
+        let eval = try EvalRequest.decode(s, defaultTimeout: 60)
+        steps.append(.eval(code: eval.code, timeoutSeconds: eval.timeoutSeconds))
+      default: throw s.invalid("op", expected: "ping, fill, counter, kv_set, exec or eval")
       }
     }
     return CreateSnapshotRequest(
@@ -148,6 +157,36 @@ public struct ExecRequest: Equatable, Sendable {
     let timeout = try r.optionalUInt64("timeout_secs") ?? 30
     guard (1...3600).contains(timeout) else { throw r.invalid("timeout_secs", expected: "1...3600") }
     return ExecRequest(args: args, timeoutSeconds: UInt32(timeout))
+  }
+}
+
+/// POST /v1/sandboxes/:id/eval: Python code for the guest agent's long-lived interpreter.
+public struct EvalRequest: Equatable, Sendable {
+  /// Largest code accepted: it travels in one agent frame with its header fields.
+  public static let maxCodeBytes = AgentProtocol.maxPayload - 64
+
+  public var code: String
+  public var timeoutSeconds: UInt32
+
+  public init(code: String, timeoutSeconds: UInt32) {
+    self.code = code
+    self.timeoutSeconds = timeoutSeconds
+  }
+
+  public static func decode(_ body: [UInt8]) throws(ProtocolError) -> EvalRequest {
+    let source = "request body"
+    return try decode(JSONObjectReader(JSONValue.parse(body, source: source), source: source), defaultTimeout: 30)
+  }
+
+  /// `code` (required, at most `maxCodeBytes` of UTF-8) and `timeout_secs` (1...3600).
+  static func decode(_ r: JSONObjectReader, defaultTimeout: UInt64) throws(ProtocolError) -> EvalRequest {
+    let code = try r.string("code")
+    guard code.utf8.count <= maxCodeBytes else {
+      throw r.invalid("code", expected: "at most \(maxCodeBytes) bytes of UTF-8 (got \(code.utf8.count))")
+    }
+    let timeout = try r.optionalUInt64("timeout_secs") ?? defaultTimeout
+    guard (1...3600).contains(timeout) else { throw r.invalid("timeout_secs", expected: "1...3600") }
+    return EvalRequest(code: code, timeoutSeconds: UInt32(timeout))
   }
 }
 

@@ -50,6 +50,9 @@ public enum AgentCodec {
       w.bytes(text)
     case .attack(let kind):
       w.u32(kind)
+    case .eval(let code, let timeoutSeconds):
+      w.u32(timeoutSeconds)
+      w.string(code)
     }
     return w.bytes
   }
@@ -81,6 +84,11 @@ public enum AgentCodec {
       w.u8(result.timedOut ? 1 : 0)
       w.lengthPrefixed(result.stdout)
       w.lengthPrefixed(result.stderr)
+    case .eval(let result):
+      w.i32(result.exitCode)
+      w.lengthPrefixed(result.result)
+      w.lengthPrefixed(result.error)
+      w.lengthPrefixed(result.stdout)
     case .error(let e):
       w.u32(e.code)
       w.string(e.message)
@@ -103,6 +111,7 @@ public enum AgentCodec {
     case 0x09: return "exec"
     case 0x0a: return "console"
     case 0x0b: return "attack"
+    case 0x20: return "eval"
     default: return nil
     }
   }
@@ -166,6 +175,9 @@ public enum AgentCodec {
         args.append(try r.string(max: AgentProtocol.maxPayload))
       }
       request = .exec(args: args, timeoutSeconds: timeout)
+    case 0x20:
+      let timeout = try r.u32()
+      request = .eval(code: try r.string(max: AgentProtocol.maxPayload), timeoutSeconds: timeout)
     default:
       throw ProtocolError(.unknownType, "\(source): unknown request type \(hexByte(f.type))")
     }
@@ -222,6 +234,12 @@ public enum AgentCodec {
       let stdout = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
       let stderr = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
       response = .exec(AgentExecResult(exitCode: exitCode, stdout: stdout, stderr: stderr, timedOut: timedOut))
+    case .eval:
+      let exitCode = try r.i32()
+      let result = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
+      let error = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
+      let stdout = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
+      response = .eval(AgentEvalResult(exitCode: exitCode, result: result, error: error, stdout: stdout))
     }
     try r.expectEnd()
     return response

@@ -37,6 +37,9 @@ public enum AgentRequest: Equatable, Sendable {
   case console([UInt8])
   /// Hostile mode (test guest): after answering, attack its own devices (`HostileAttack`).
   case attack(kind: UInt32)
+  /// Run Python code in the agent's long-lived interpreter (Linux agent only; state persists
+  /// between evals of one guest). `timeoutSeconds` 0 means the agent's default (30 s).
+  case eval(code: String, timeoutSeconds: UInt32)
 
   /// The frame type byte.
   public var frameType: UInt8 {
@@ -52,6 +55,7 @@ public enum AgentRequest: Equatable, Sendable {
     case .exec: return 0x09
     case .console: return 0x0a
     case .attack: return 0x0b
+    case .eval: return 0x20
     }
   }
 }
@@ -70,6 +74,7 @@ public enum AgentResponse: Equatable, Sendable {
   case exec(AgentExecResult)
   case consoleWritten
   case attacking
+  case eval(AgentEvalResult)
   case error(AgentError)
 
   /// The frame type byte: the request's type | 0x80, or 0xff for errors.
@@ -86,6 +91,7 @@ public enum AgentResponse: Equatable, Sendable {
     case .exec: return 0x89
     case .consoleWritten: return 0x8a
     case .attacking: return 0x8b
+    case .eval: return 0xa0
     case .error: return AgentProtocol.errorType
     }
   }
@@ -117,6 +123,8 @@ public struct AgentError: Error, Equatable, Sendable, CustomStringConvertible {
   public static let badArgument: UInt32 = 3
   public static let unsupported: UInt32 = 4
   public static let tooLarge: UInt32 = 5
+  /// The interpreter is running another eval (one at a time per guest).
+  public static let busy: UInt32 = 6
 
   public var code: UInt32
   public var message: String
@@ -147,6 +155,7 @@ public struct AgentError: Error, Equatable, Sendable, CustomStringConvertible {
     case AgentError.badArgument: name = "bad argument"
     case AgentError.unsupported: name = "unsupported"
     case AgentError.tooLarge: name = "too large"
+    case AgentError.busy: name = "busy"
     default: name = "code \(code)"
     }
     return message.isEmpty ? "agent error: \(name)" : "agent error (\(name)): \(message)"
@@ -166,6 +175,23 @@ public struct AgentExecResult: Equatable, Sendable {
     self.stdout = stdout
     self.stderr = stderr
     self.timedOut = timedOut
+  }
+}
+
+/// Result of `eval`: the repr of the code's last expression (empty when there is none or it is
+/// None), the traceback (and anything written to stderr), what print() wrote, and the status
+/// (0, 1 after an exception, SystemExit's code, 124 after a timeout, -1 when the interpreter died).
+public struct AgentEvalResult: Equatable, Sendable {
+  public var exitCode: Int32
+  public var result: [UInt8]
+  public var error: [UInt8]
+  public var stdout: [UInt8]
+
+  public init(exitCode: Int32, result: [UInt8], error: [UInt8], stdout: [UInt8]) {
+    self.exitCode = exitCode
+    self.result = result
+    self.error = error
+    self.stdout = stdout
   }
 }
 

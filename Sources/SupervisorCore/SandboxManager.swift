@@ -51,7 +51,10 @@ final class Sandbox: @unchecked Sendable {
       } catch {
         agentClient = nil
         if error.code == .agent, let agentError = error.cause as? AgentError {
-          if agentError.code == AgentError.unsupported {
+          if agentError.code == AgentError.busy {
+            throw .conflict("sandbox \(id): \(agentError.message)")
+          }
+          if agentError.code == AgentError.unsupported || agentError.code == AgentError.unknownType {
             throw .badRequest("sandbox \(id): the guest agent does not support this request (\(agentError.message))")
           }
           throw .badRequest("sandbox \(id): the guest agent refused the request: \(agentError.message)")
@@ -230,6 +233,21 @@ public final class SandboxManager: @unchecked Sendable {
       "stdout": .string(String(decoding: result.stdout, as: UTF8.self)),
       "stderr": .string(String(decoding: result.stderr, as: UTF8.self)), "exit_code": .integer(Int64(result.exitCode)),
       "timed_out": .bool(result.timedOut),
+    ])
+  }
+
+  /// Python in the guest agent's long-lived interpreter: `{result, error, exit_code}` as the
+  /// public API answers, plus what print() wrote as `stdout`.
+  public func eval(_ id: String, _ request: EvalRequest) throws(APIError) -> JSONValue {
+    let response = try sandbox(id).agent(
+      .eval(code: request.code, timeoutSeconds: request.timeoutSeconds),
+      timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
+    guard case .eval(let result) = response else { throw .internalError("sandbox \(id): unexpected reply to eval") }
+    return .object([
+      "result": .string(String(decoding: result.result, as: UTF8.self)),
+      "error": .string(String(decoding: result.error, as: UTF8.self)),
+      "exit_code": .integer(Int64(result.exitCode)),
+      "stdout": .string(String(decoding: result.stdout, as: UTF8.self)),
     ])
   }
 

@@ -52,6 +52,12 @@ struct SnapshotCreator {
             "warm-up exec \(step.jsonValue.serialized()) \(result.timedOut ? "timed out" : "exited with \(result.exitCode)"): \(String(decoding: result.stderr.suffix(512), as: UTF8.self))"
           )
         }
+        if case .eval(let result) = response, result.exitCode != 0 {
+          throw ControlError(
+            .agent,
+            "warm-up eval \(step.jsonValue.serialized().prefix(200)) ended with status \(result.exitCode): \(String(decoding: result.error.suffix(512), as: UTF8.self))"
+          )
+        }
       }
       try parent.control().call(.snapshot(directory: store.path(request.tag), parentTag: nil), timeoutMS: 120_000)
     } catch {

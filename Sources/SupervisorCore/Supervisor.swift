@@ -138,18 +138,9 @@ public final class Supervisor: @unchecked Sendable {
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "eval"]) {
       let id = captures[0]
-      let value = try JSONObjectReader(JSONValue.parse(request.body, source: "request body"), source: "request body")
-      let code = try value.string("code")
+      let body = try EvalRequest.decode(request.body)
       let manager = sandboxes
-      let result = try await blocking {
-        try manager.exec(id, ExecRequest(args: ["python3", "-c", code], timeoutSeconds: 30))
-      }
-      return json(
-        200,
-        .object([
-          "result": result["stdout"] ?? .string(""), "error": result["stderr"] ?? .string(""),
-          "exit_code": result["exit_code"] ?? .integer(-1),
-        ]))
+      return json(200, try await blocking { try manager.eval(id, body) })
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "branch"]) {
       let id = captures[0]

@@ -273,13 +273,16 @@ static void handle(struct conn *c, uint8_t type, uint32_t id, const uint8_t *p, 
   case T_CONSOLE:
     do_console(c, id, p, plen);
     return;
+  case T_EVAL:
+    eval_start(c, id, p, plen);
+    return;
   default:
     FAIL(c, id, E_UNKNOWN_TYPE, "unknown request type 0x%02x", type);
   }
 }
 
 void frames_process(struct conn *c) {
-  while (!c->closing && !c->job && !c->exit_pending) {
+  while (!c->closing && !c->job && !c->eval_pending && !c->exit_pending) {
     struct buf *in = &c->in;
     if (c->skip) { /* discarding an oversized frame's payload */
       size_t k = c->skip < in->len ? (size_t)c->skip : in->len;
