@@ -13,14 +13,18 @@ public final class Supervisor: @unchecked Sendable {
   let audit: AuditLog
   let logger: Logger
 
-  public init(config: SupervisorConfig, logger: Logger) throws {
+  let launcher: any ChildLauncher
+
+  public init(config: SupervisorConfig, logger: Logger, launcher: any ChildLauncher = ProcessLauncher()) throws {
+    self.launcher = launcher
     self.config = config
     self.logger = logger
     try FileSystem.makeDirectories(config.stateDirectory)
     try FileSystem.makeDirectories(config.runDirectory)
     store = try SnapshotStore(directory: config.snapshotsDirectory)
     metrics = SupervisorMetrics()
-    sandboxes = try SandboxManager(config: config, store: store, metrics: metrics, logger: logger)
+    sandboxes = try SandboxManager(
+      config: config, store: store, metrics: metrics, logger: logger, launcher: launcher)
     audit = AuditLog(path: config.auditLogPath)
     metrics.snapshotsTotal.record(store.count())
     metrics.sandboxesActive.record(0)
@@ -45,7 +49,7 @@ public final class Supervisor: @unchecked Sendable {
     }
     metrics.requests.increment()
     audit.record(
-      method: request.method, path: request.path, status: response.status,
+      method: request.method, path: request.path, query: request.rawQuery, status: response.status,
       latencyMicroseconds: (Clock.monotonicNanoseconds() - started) / 1000, userAgent: request.header("User-Agent"))
     return response
   }
@@ -77,7 +81,8 @@ public final class Supervisor: @unchecked Sendable {
     }
     if match(method, parts, "POST", ["v1", "snapshots"]) != nil {
       let body = try CreateSnapshotRequest.decode(request.body)
-      let creator = SnapshotCreator(store: store, config: config, logger: logger)
+      try sandboxes.refuseWhileStopping("snapshot creation")
+      let creator = SnapshotCreator(store: store, config: config, logger: logger, launcher: launcher)
       let info = try await blocking { try creator.create(body) }
       metrics.snapshotsTotal.record(store.count())
       return json(201, info.summaryJSON)
