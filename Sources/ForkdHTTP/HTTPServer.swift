@@ -283,7 +283,8 @@ private final class Deadlines: ChannelInboundHandler, RemovableChannelHandler {
     let (ms, message): (Int, String?)
     switch next {
     case .idle: (ms, message) = (limits.idleTimeoutMS, nil)
-    case .header: (ms, message) = (limits.headerTimeoutMS, "request header not complete within \(limits.headerTimeoutMS) ms")
+    case .header:
+      (ms, message) = (limits.headerTimeoutMS, "request header not complete within \(limits.headerTimeoutMS) ms")
     case .body: (ms, message) = (limits.bodyTimeoutMS, "request body not complete within \(limits.bodyTimeoutMS) ms")
     case .handling: return
     }
@@ -345,7 +346,8 @@ private final class RequestHandler: ChannelInboundHandler {
     case .body(var buffer):
       guard let head else { return }
       if body.count + buffer.readableBytes > limits.maxBodyBytes {
-        return answerEarly(context, tooLarge: "body of more than \(body.count + buffer.readableBytes) bytes", version: head.version)
+        return answerEarly(
+          context, tooLarge: "body of more than \(body.count + buffer.readableBytes) bytes", version: head.version)
       }
       if let bytes = buffer.readBytes(length: buffer.readableBytes) { body += bytes }
     case .end:

@@ -37,7 +37,9 @@ public enum WarmupStep: Equatable, Sendable {
     case .counter(let delta): .object(["op": .string("counter"), "delta": .integer(delta)])
     case .kvSet(let key, let value): .object(["op": .string("kv_set"), "key": .string(key), "value": .string(value)])
     case .exec(let args, let timeout):
-      .object(["op": .string("exec"), "args": .array(args.map { .string($0) }), "timeout_secs": .integer(Int64(timeout))])
+      .object([
+        "op": .string("exec"), "args": .array(args.map { .string($0) }), "timeout_secs": .integer(Int64(timeout)),
+      ])
     }
   }
 }
@@ -69,7 +71,8 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
     let kernel = try r.hostPath("kernel")
     let image = try r.hostPath("image")
     if kernel != nil && image != nil {
-      throw ProtocolError(.badValue, "\(source): \"kernel\" (a Linux parent) and \"image\" (a test-guest image) are exclusive")
+      throw ProtocolError(
+        .badValue, "\(source): \"kernel\" (a Linux parent) and \"image\" (a test-guest image) are exclusive")
     }
     // Linux needs room for its kernel, initramfs and page cache.
     let memory = try r.optionalUInt64("memory_mib") ?? (kernel == nil ? 64 : 256)
@@ -86,7 +89,9 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
       case "fill":
         let pages = try s.uint64("pages")
         // The guest's data area is smaller than its memory: more pages than memory has is never valid.
-        guard pages <= memory * 256 else { throw s.invalid("pages", expected: "at most \(memory * 256) (memory_mib × 256)") }
+        guard pages <= memory * 256 else {
+          throw s.invalid("pages", expected: "at most \(memory * 256) (memory_mib × 256)")
+        }
         steps.append(.fill(pages: pages, seed: try s.optionalUInt64("seed") ?? 1))
       case "counter": steps.append(.counter(delta: try s.int64("delta")))
       case "kv_set":
@@ -94,7 +99,8 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
         let value = try s.string("value")
         // The agent frame carries the key's length as a u16 and the whole payload in 1 MiB.
         guard key.utf8.count <= WarmupStep.maxKeyBytes else {
-          throw s.invalid("key", expected: "a key of at most \(WarmupStep.maxKeyBytes) bytes (got \(key.utf8.count) bytes)")
+          throw s.invalid(
+            "key", expected: "a key of at most \(WarmupStep.maxKeyBytes) bytes (got \(key.utf8.count) bytes)")
         }
         guard value.utf8.count <= WarmupStep.maxValueBytes else {
           throw s.invalid(

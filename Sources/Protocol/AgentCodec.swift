@@ -38,7 +38,6 @@ public enum AgentCodec {
       let length = UInt16(clamping: key.count)
       w.u16(length)
       w.bytes(Array(key.prefix(Int(length))))
-      w.bytes(key)
       w.bytes(value)
     case .kvGet(let key):
       w.bytes(key)

@@ -44,7 +44,8 @@ public enum AgentRequest: Equatable, Sendable {
     case .kvSet(let key, let value):
       if key.count > Int(UInt16.max) { return "kv key of \(key.count) bytes: the frame carries at most \(UInt16.max)" }
       if 2 + key.count + value.count > AgentProtocol.maxPayload {
-        return "kv key and value of \(key.count + value.count) bytes: the frame carries at most \(AgentProtocol.maxPayload - 2)"
+        return
+          "kv key and value of \(key.count + value.count) bytes: the frame carries at most \(AgentProtocol.maxPayload - 2)"
       }
     case .exec(let args, _):
       let bytes = args.reduce(8) { $0 + 4 + $1.utf8.count }

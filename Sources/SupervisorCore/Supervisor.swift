@@ -160,6 +160,7 @@ public final class Supervisor: @unchecked Sendable {
       let id = captures[0]
       let body = try BranchRequest.decode(request.body)
       let manager = sandboxes
+      try sandboxes.refuseWhileStopping("branch")
       _ = try sandboxes.get(id)
       let info = try await blocking { try manager.branch(id, body) }
       return json(201, info.summaryJSON)

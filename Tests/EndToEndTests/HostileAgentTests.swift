@@ -66,7 +66,8 @@ struct HostileAgentTests {
     }
     #expect(pong.requestsServed == UInt64.max && pong.counter == 1 << 63 && pong.agentVersion == UInt32.max)
 
-    expectError(try api.request("POST", "/v1/sandboxes/\(liar)/ping"), 502, [liar, "requests_served 18446744073709551615"])
+    expectError(
+      try api.request("POST", "/v1/sandboxes/\(liar)/ping"), 502, [liar, "requests_served 18446744073709551615"])
     expectError(
       try api.request("POST", "/v1/sandboxes/\(liar)/exec", body: #"{"args":["true"]}"#), 502,
       [liar, "4294967295"])
