@@ -30,8 +30,7 @@ public struct FuzzTarget: Sendable {
       name: "device_state", summary: "vmstate.bin device sections (transport, VSCK, VBLK)",
       run: DeviceTargets.deviceState),
     FuzzTarget(
-      name: "api_server",
-      summary: "raw bytes on a connection: HTTP decoder, router and handlers of a Supervisor (no VMs)",
+      name: "api_server", summary: "raw bytes on a connection: HTTP decoder, router, handlers (no VMs)",
       run: SupervisorTargets.apiServer),
     FuzzTarget(
       name: "agent_replies", summary: "hostile agent replies (pong, exec, kv, counter) into the supervisor's handling",
