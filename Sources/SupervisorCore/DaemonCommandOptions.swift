@@ -53,6 +53,9 @@ public struct DaemonCommandOptions: ParsableArguments {
   @Option(help: "Open API connections across all listeners; one more is answered 503 and closed.")
   public var maxConnections: Int = HTTPLimits().maxConnections
 
+  @Option(help: "Without a journal: bytes each child's log file under <state>/logs may reach.")
+  public var maxChildLogBytes: Int = 8 << 20
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   public var logLevel: String = "info"
 
@@ -71,6 +74,9 @@ public struct DaemonCommandOptions: ParsableArguments {
       throw ValidationError("\(name) \(value): 10...3600000")
     }
     guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections: 1...65536") }
+    guard (4096...(1 << 40)).contains(maxChildLogBytes) else {
+      throw ValidationError("--max-child-log-bytes \(maxChildLogBytes): 4096...\(1 << 40)")
+    }
     if let listenTcp, parseHostPort(listenTcp) == nil {
       throw ValidationError("--listen-tcp \(listenTcp): expected HOST:PORT")
     }
@@ -98,6 +104,7 @@ public struct DaemonCommandOptions: ParsableArguments {
     config.http.bodyTimeoutMS = bodyTimeoutMs
     config.http.idleTimeoutMS = idleTimeoutMs
     config.http.maxConnections = maxConnections
+    config.maxChildLogBytes = maxChildLogBytes
     return config
   }
 

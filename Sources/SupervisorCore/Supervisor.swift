@@ -88,12 +88,12 @@ public final class Supervisor: @unchecked Sendable {
       return json(201, info.summaryJSON)
     }
     if let captures = match(method, parts, "GET", ["v1", "snapshots", "*", "info"]) {
-      let tag = captures[0]
+      let tag = captures.first ?? ""
       try checkTag(tag)
       return json(200, try store.info(tag).infoJSON)
     }
     if let captures = match(method, parts, "DELETE", ["v1", "snapshots", "*"]) {
-      let tag = captures[0]
+      let tag = captures.first ?? ""
       try checkTag(tag)
       let cascade = request.query["cascade"] == "true"
       let force = request.query["force"] == "true"
@@ -102,7 +102,7 @@ public final class Supervisor: @unchecked Sendable {
       return HTTPResponse(status: 204, body: [])
     }
     if let captures = match(method, parts, "POST", ["v1", "snapshots", "*", "compact"]) {
-      let tag = captures[0]
+      let tag = captures.first ?? ""
       try checkTag(tag)
       let body = try CompactRequest.decode(request.body)
       let snapshots = store
@@ -120,29 +120,29 @@ public final class Supervisor: @unchecked Sendable {
       return json(201, .array(created.map(\.jsonValue)))
     }
     if let captures = match(method, parts, "GET", ["v1", "sandboxes", "*"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       return json(200, try sandboxes.get(id).jsonValue)
     }
     if let captures = match(method, parts, "DELETE", ["v1", "sandboxes", "*"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       let manager = sandboxes
       _ = try sandboxes.get(id)
       try await blocking { try manager.delete(id) }
       return HTTPResponse(status: 204, body: [])
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "ping"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       let manager = sandboxes
       return json(200, try await blocking { try manager.ping(id) })
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "exec"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       let body = try ExecRequest.decode(request.body)
       let manager = sandboxes
       return json(200, try await blocking { try manager.exec(id, body) })
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "eval"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       let value = try JSONObjectReader(JSONValue.parse(request.body, source: "request body"), source: "request body")
       let code = try value.string("code")
       let manager = sandboxes
@@ -157,7 +157,7 @@ public final class Supervisor: @unchecked Sendable {
         ]))
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "branch"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       let body = try BranchRequest.decode(request.body)
       let manager = sandboxes
       try sandboxes.refuseWhileStopping("branch")

@@ -85,3 +85,32 @@ struct HostileAgentTests {
     #expect(sup.stop() == .exited(0))
   }
 }
+
+/// Without a journal each child's output goes to `<state>/logs/<id>.log`: a guest that prints
+/// without end fills it only up to the limit.
+@Suite("Child log files are bounded", .serialized)
+struct ChildLogBoundTests {
+  @Test(
+    "a guest printing 40 KiB into a 4 KiB log limit: the file stops at the limit with a line saying so",
+    .enabled(if: !FileSystem.exists("/run/systemd/journal/socket")))
+  func boundedFallbackLog() throws {
+    let sup = try TestSupervisor("log-bound", extra: ["--max-child-log-bytes", "4096"])
+    defer { sup.stop() }
+    let api = sup.unix
+    #expect(try api.request("POST", "/v1/snapshots", body: #"{"tag":"base","memory_mib":32}"#).status == 201)
+    let spawned = try api.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"base"}"#)
+    let id = try #require(spawned.json?.arrayValue?.first?["id"]?.stringValue)
+    let agent = try AgentClient(vsockPath: sup.scratch.path + "/run/sandboxes/\(id)/vsock.sock")
+    let line = Array(String(repeating: "x", count: 200).utf8)
+    for _ in 0..<200 { #expect(try agent.request(.console(line)) == .consoleWritten) }
+    let path = sup.scratch.path + "/state/logs/\(id).log"
+    var text = ""
+    for _ in 0..<500 where !text.contains("log limit") {
+      text = String(decoding: (try? FileSystem.readFile(path, limit: 1 << 20)) ?? [], as: UTF8.self)
+      if !text.contains("log limit") { Clock.sleep(milliseconds: 20) }
+    }
+    #expect(text.contains("log limit of 4096 bytes reached"), "\(text.suffix(300))")
+    #expect(text.utf8.count <= 4096 + 200, "\(text.utf8.count) bytes")
+    #expect(try api.request("POST", "/v1/sandboxes/\(id)/ping").status == 200, "the child runs on")
+  }
+}
