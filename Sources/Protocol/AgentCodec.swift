@@ -34,9 +34,10 @@ public enum AgentCodec {
     case .counter(let delta):
       w.i64(delta)
     case .kvSet(let key, let value):
-      precondition(key.count <= Int(UInt16.max), "kv key of \(key.count) bytes does not fit the u16 length")
-      w.u16(UInt16(key.count))
-      w.bytes(key)
+      // Callers check `encodingProblem` first; a longer key is cut to what the u16 length says.
+      let length = UInt16(clamping: key.count)
+      w.u16(length)
+      w.bytes(Array(key.prefix(Int(length))))
       w.bytes(value)
     case .kvGet(let key):
       w.bytes(key)

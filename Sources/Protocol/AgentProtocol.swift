@@ -41,6 +41,30 @@ public enum AgentRequest: Equatable, Sendable {
   /// between evals of one guest). `timeoutSeconds` 0 means the agent's default (30 s).
   case eval(code: String, timeoutSeconds: UInt32)
 
+  /// Why this request cannot be sent as asked (a field outside what the frame can carry), or nil.
+  public var encodingProblem: String? {
+    switch self {
+    case .kvSet(let key, let value):
+      if key.count > Int(UInt16.max) { return "kv key of \(key.count) bytes: the frame carries at most \(UInt16.max)" }
+      if 2 + key.count + value.count > AgentProtocol.maxPayload {
+        return
+          "kv key and value of \(key.count + value.count) bytes: the frame carries at most \(AgentProtocol.maxPayload - 2)"
+      }
+    case .exec(let args, _):
+      let bytes = args.reduce(8) { $0 + 4 + $1.utf8.count }
+      if bytes > AgentProtocol.maxPayload {
+        return "exec arguments of \(bytes) bytes: the frame carries at most \(AgentProtocol.maxPayload)"
+      }
+    case .echo(let bytes), .kvGet(let bytes), .console(let bytes):
+      if bytes.count > AgentProtocol.maxPayload {
+        return "payload of \(bytes.count) bytes: the frame carries at most \(AgentProtocol.maxPayload)"
+      }
+    default:
+      break
+    }
+    return nil
+  }
+
   /// The frame type byte.
   public var frameType: UInt8 {
     switch self {
@@ -235,4 +259,7 @@ public enum HostileAttack: UInt32, CaseIterable, Sendable {
   case availIndexBackward = 9
   /// A descriptor whose address plus length wraps around 2^64 (back into guest RAM, unchecked).
   case wrappingAddress = 10
+  /// Not a device attack: the agent's later replies carry extreme values (ping: agent version
+  /// u32 max, requests served u64 max, counter 2^63; exec: a 4 GiB stdout length over 4 bytes).
+  case lyingReplies = 11
 }

@@ -8,6 +8,7 @@ struct SnapshotCreator {
   let store: SnapshotStore
   let config: SupervisorConfig
   let logger: Logger
+  let launcher: any ChildLauncher
 
   func create(_ request: CreateSnapshotRequest) throws(APIError) -> SnapshotInfo {
     let mode: VMMProcess.Mode
@@ -36,7 +37,7 @@ struct SnapshotCreator {
     let runDirectory = config.runDirectory + "/parents/" + request.tag + "-" + randomHex(4)
     let parent: VMMProcess
     do {
-      parent = try VMMProcess.launch(mode, runDirectory: runDirectory)
+      parent = try launcher.boot(mode, runDirectory: runDirectory)
     } catch {
       throw .internalError("cannot boot the parent of \(request.tag): \(error)")
     }
