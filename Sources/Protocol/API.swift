@@ -172,10 +172,13 @@ public struct SpawnRequest: Equatable, Sendable {
 public struct ExecRequest: Equatable, Sendable {
   public var args: [String]
   public var timeoutSeconds: UInt32
+  /// `env` (an object of strings), `cwd` (an absolute path) and `stdin` (a string).
+  public var options: ExecOptions
 
-  public init(args: [String], timeoutSeconds: UInt32) {
+  public init(args: [String], timeoutSeconds: UInt32, options: ExecOptions = ExecOptions()) {
     self.args = args
     self.timeoutSeconds = timeoutSeconds
+    self.options = options
   }
 
   public static func decode(_ body: [UInt8]) throws(ProtocolError) -> ExecRequest {
@@ -184,7 +187,38 @@ public struct ExecRequest: Equatable, Sendable {
     let args = try arguments(r)
     let timeout = try r.optionalUInt64("timeout_secs") ?? 30
     guard (1...3600).contains(timeout) else { throw r.invalid("timeout_secs", expected: "1...3600") }
-    return ExecRequest(args: args, timeoutSeconds: UInt32(timeout))
+    var options = ExecOptions()
+    if let env = try r.optionalObject("env") {
+      for (name, value) in env.members.sorted(by: { $0.key < $1.key }) {
+        guard let text = value.stringValue else { throw env.wrongType(name, expected: "a string") }
+        guard !name.isEmpty, !name.utf8.contains(UInt8(ascii: "=")), !name.utf8.contains(0), !text.utf8.contains(0)
+        else {
+          throw env.invalid(name, expected: "a variable name without '=' or NUL and a value without NUL")
+        }
+        options.environment.append(name + "=" + text)
+      }
+      guard options.environment.count <= maxArguments else {
+        throw r.invalid("env", expected: "at most \(maxArguments) variables")
+      }
+    }
+    if let cwd = try r.optionalString("cwd") {
+      guard cwd.hasPrefix("/"), !cwd.utf8.contains(0), cwd.utf8.count <= 4096 else {
+        throw r.invalid("cwd", expected: "an absolute path of at most 4096 bytes without NUL")
+      }
+      options.workingDirectory = cwd
+    }
+    if let stdin = try r.optionalString("stdin") { options.stdin = Array(stdin.utf8) }
+    // Everything travels in one agent frame: arguments, environment, cwd and stdin together.
+    let encoded =
+      args.reduce(8) { $0 + 4 + $1.utf8.count } + options.environment.reduce(4) { $0 + 4 + $1.utf8.count } + 4
+      + (options.workingDirectory?.utf8.count ?? 0) + 4 + options.stdin.count
+    guard encoded <= AgentProtocol.maxPayload else {
+      throw ProtocolError(
+        .badValue,
+        "\(source): args, env, cwd and stdin together take \(encoded) bytes in the agent frame, at most \(AgentProtocol.maxPayload)"
+      )
+    }
+    return ExecRequest(args: args, timeoutSeconds: UInt32(timeout), options: options)
   }
 
   /// Most arguments one exec takes.

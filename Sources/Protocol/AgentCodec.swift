@@ -43,10 +43,17 @@ public enum AgentCodec {
       w.bytes(key)
     case .exit(let code):
       w.u32(code)
-    case .exec(let args, let timeoutSeconds):
+    case .exec(let args, let timeoutSeconds, let options):
       w.u32(timeoutSeconds)
-      w.u32(UInt32(args.count))
+      w.u32(UInt32(truncatingIfNeeded: args.count))
       for a in args { w.string(a) }
+      // The optional tail: u32 envc + "NAME=value" strings, cwd (empty: the agent's), stdin.
+      if !options.isEmpty {
+        w.u32(UInt32(truncatingIfNeeded: options.environment.count))
+        for e in options.environment { w.string(e) }
+        w.string(options.workingDirectory ?? "")
+        w.lengthPrefixed(options.stdin)
+      }
     case .console(let text):
       w.bytes(text)
     case .attack(let kind):
@@ -175,7 +182,18 @@ public enum AgentCodec {
       for _ in 0..<argc {
         args.append(try r.string(max: AgentProtocol.maxPayload))
       }
-      request = .exec(args: args, timeoutSeconds: timeout)
+      var options = ExecOptions()
+      if r.remaining > 0 {
+        let envc = try r.u32()
+        if UInt64(envc) * 4 > UInt64(r.remaining) {
+          throw ProtocolError(.truncated, "\(source): environment count \(envc) does not fit the payload")
+        }
+        for _ in 0..<envc { options.environment.append(try r.string(max: AgentProtocol.maxPayload)) }
+        let cwd = try r.string(max: AgentProtocol.maxPayload)
+        options.workingDirectory = cwd.isEmpty ? nil : cwd
+        options.stdin = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
+      }
+      request = .exec(args: args, timeoutSeconds: timeout, options: options)
     case 0x20:
       let timeout = try r.u32()
       request = .eval(code: try r.string(max: AgentProtocol.maxPayload), timeoutSeconds: timeout)

@@ -31,8 +31,9 @@ public enum AgentRequest: Equatable, Sendable {
   case kvGet(key: [UInt8])
   /// Power off with `code` (the response is sent first).
   case exit(code: UInt32)
-  /// Run a program (Linux agent only; the test guest answers error 4).
-  case exec(args: [String], timeoutSeconds: UInt32)
+  /// Run a program (Linux agent only; the test guest answers error 4), with an optional
+  /// environment, working directory and stdin.
+  case exec(args: [String], timeoutSeconds: UInt32, options: ExecOptions = ExecOptions())
   /// Write one line to the guest console (≤ 256 bytes for the test guest).
   case console([UInt8])
   /// Hostile mode (test guest): after answering, attack its own devices (`HostileAttack`).
@@ -50,8 +51,13 @@ public enum AgentRequest: Equatable, Sendable {
         return
           "kv key and value of \(key.count + value.count) bytes: the frame carries at most \(AgentProtocol.maxPayload - 2)"
       }
-    case .exec(let args, _):
-      let bytes = args.reduce(8) { $0 + 4 + $1.utf8.count }
+    case .exec(let args, _, let options):
+      var bytes = args.reduce(8) { $0 + 4 + $1.utf8.count }
+      if !options.isEmpty {
+        bytes +=
+          options.environment.reduce(4) { $0 + 4 + $1.utf8.count } + 4
+          + (options.workingDirectory?.utf8.count ?? 0) + 4 + options.stdin.count
+      }
       if bytes > AgentProtocol.maxPayload {
         return "exec arguments of \(bytes) bytes: the frame carries at most \(AgentProtocol.maxPayload)"
       }
@@ -184,6 +190,25 @@ public struct AgentError: Error, Equatable, Sendable, CustomStringConvertible {
     }
     return message.isEmpty ? "agent error: \(name)" : "agent error (\(name)): \(message)"
   }
+}
+
+/// What an exec sets besides its arguments. Empty options are not sent at all (agents that
+/// predate them accept the request as before).
+public struct ExecOptions: Equatable, Sendable {
+  /// "NAME=value" entries added to (or replacing in) the agent's environment.
+  public var environment: [String]
+  /// Absolute working directory; nil: the agent's.
+  public var workingDirectory: String?
+  /// The program's whole stdin; empty: /dev/null.
+  public var stdin: [UInt8]
+
+  public init(environment: [String] = [], workingDirectory: String? = nil, stdin: [UInt8] = []) {
+    self.environment = environment
+    self.workingDirectory = workingDirectory
+    self.stdin = stdin
+  }
+
+  public var isEmpty: Bool { environment.isEmpty && workingDirectory == nil && stdin.isEmpty }
 }
 
 /// Result of `exec`.

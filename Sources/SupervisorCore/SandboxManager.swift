@@ -254,7 +254,7 @@ public final class SandboxManager: @unchecked Sendable {
   public func exec(_ id: String, _ request: ExecRequest) throws(APIError) -> JSONValue {
     let sandbox = try sandbox(id)
     let response = try sandbox.agent(
-      .exec(args: request.args, timeoutSeconds: request.timeoutSeconds),
+      .exec(args: request.args, timeoutSeconds: request.timeoutSeconds, options: request.options),
       timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
     return try reported(sandbox) { () throws(APIError) in try AgentReplies.exec(sandbox: id, response) }
   }

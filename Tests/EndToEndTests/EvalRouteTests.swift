@@ -7,7 +7,7 @@ import Testing
 /// (The Linux agent's interpreter itself: LinuxAgentEvalTests.)
 @Suite("forkd-supervisor: eval", .serialized)
 struct EvalRouteTests {
-  @Test("eval is validated, the test guest refuses it as unsupported, a warm-up eval fails the snapshot by name")
+  @Test("eval and exec options are validated, the test guest refuses both, a warm-up eval fails the snapshot by name")
   func evalOnTheTestGuest() throws {
     let sup = try TestSupervisor("eval")
     let api = sup.unix
@@ -27,8 +27,24 @@ struct EvalRouteTests {
       "timeout_secs")
     let huge = String(repeating: "x", count: EvalRequest.maxCodeBytes + 1)
     expectError(
-      try api.request("POST", "/v1/sandboxes/\(id)/eval", body: JSONValue.object(["code": .string(huge)]).serialized()), 400, "code")
+      try api.request("POST", "/v1/sandboxes/\(id)/eval", body: JSONValue.object(["code": .string(huge)]).serialized()),
+      400, "code")
     expectError(try api.request("POST", "/v1/sandboxes/\(id)/eval", body: #"{"code":"1+1"}"#), 400, "does not support")
+    // exec's env, cwd and stdin are checked before the agent is asked.
+    let exec = "/v1/sandboxes/\(id)/exec"
+    expectError(try api.request("POST", exec, body: #"{"args":["env"],"env":{"A=B":"x"}}"#), 400, "A=B")
+    expectError(try api.request("POST", exec, body: #"{"args":["env"],"env":{"A":5}}"#), 400, "A")
+    expectError(try api.request("POST", exec, body: #"{"args":["env"],"env":["A=1"]}"#), 400, "env")
+    expectError(try api.request("POST", exec, body: #"{"args":["pwd"],"cwd":"tmp"}"#), 400, "cwd")
+    expectError(try api.request("POST", exec, body: #"{"args":["cat"],"stdin":7}"#), 400, "stdin")
+    // A stdin past the request body limit is refused by the HTTP layer before anything is parsed.
+    let bigStdin = String(repeating: "y", count: 1 << 20)
+    let tooBig = try api.request(
+      "POST", exec, body: JSONValue.object(["args": .array([.string("cat")]), "stdin": .string(bigStdin)]).serialized())
+    #expect(tooBig.status == 413, "\(tooBig.text)")
+    expectError(
+      try api.request("POST", exec, body: #"{"args":["env"],"env":{"A":"1"},"cwd":"/","stdin":"x"}"#), 400,
+      "does not support")
     expectError(try api.request("POST", "/v1/sandboxes/ghost/eval", body: #"{"code":"1+1"}"#), 404, "ghost")
     // The child still answers after the refused requests.
     #expect(try api.request("POST", "/v1/sandboxes/\(id)/ping").status == 200)

@@ -104,9 +104,17 @@ void reply_frame(struct conn *c, uint8_t type, uint32_t request_id, const uint8_
 #define MAX_JOBS 64
 extern struct job *jobs[MAX_JOBS];
 extern int njobs;
+/* What an exec may set besides its arguments (the optional tail of the exec payload). */
+struct exec_opts {
+  char **env;              /* NULL-terminated "NAME=value" overrides of the agent's environment, or NULL */
+  char *cwd;               /* working directory, or NULL for the agent's */
+  const uint8_t *stdin_data; /* the program's whole stdin (else /dev/null) */
+  uint32_t stdin_len;
+};
 /* Starts argv (NULL-terminated) for connection c and sets c->job; if it cannot even start,
- * answers with an error itself. Takes ownership of argv and its strings. */
-void exec_start(struct conn *c, uint32_t request_id, uint32_t timeout_s, char **argv);
+ * answers with an error itself. Takes ownership of argv, opts->env, opts->cwd and their strings;
+ * stdin_data is copied before it returns. */
+void exec_start(struct conn *c, uint32_t request_id, uint32_t timeout_s, char **argv, struct exec_opts *opts);
 /* Reads what is available on one of a job's pipes (fd is job->out_fd or job->err_fd). */
 void job_read(struct job *j, int fd);
 /* Reaps exited children (after SIGCHLD). */
