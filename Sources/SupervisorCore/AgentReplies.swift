@@ -22,13 +22,24 @@ public enum AgentReplies {
     ])
   }
 
-  /// `POST /v1/sandboxes/:id/exec` (and `eval`).
+  /// `POST /v1/sandboxes/:id/exec`.
   public static func exec(sandbox id: String, _ response: AgentResponse) throws(APIError) -> JSONValue {
     guard case .exec(let result) = response else { throw unexpected(id, "exec", response) }
     return .object([
       "stdout": .string(String(decoding: result.stdout, as: UTF8.self)),
       "stderr": .string(String(decoding: result.stderr, as: UTF8.self)), "exit_code": .integer(Int64(result.exitCode)),
       "timed_out": .bool(result.timedOut),
+    ])
+  }
+
+  /// `POST /v1/sandboxes/:id/eval`: the public `{result, error, exit_code}` plus `stdout`.
+  public static func eval(sandbox id: String, _ response: AgentResponse) throws(APIError) -> JSONValue {
+    guard case .eval(let result) = response else { throw unexpected(id, "eval", response) }
+    return .object([
+      "result": .string(String(decoding: result.result, as: UTF8.self)),
+      "error": .string(String(decoding: result.error, as: UTF8.self)),
+      "exit_code": .integer(Int64(result.exitCode)),
+      "stdout": .string(String(decoding: result.stdout, as: UTF8.self)),
     ])
   }
 

@@ -273,16 +273,11 @@ public final class SandboxManager: @unchecked Sendable {
   /// Python in the guest agent's long-lived interpreter: `{result, error, exit_code}` as the
   /// public API answers, plus what print() wrote as `stdout`.
   public func eval(_ id: String, _ request: EvalRequest) throws(APIError) -> JSONValue {
-    let response = try sandbox(id).agent(
+    let sandbox = try sandbox(id)
+    let response = try sandbox.agent(
       .eval(code: request.code, timeoutSeconds: request.timeoutSeconds),
       timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
-    guard case .eval(let result) = response else { throw .internalError("sandbox \(id): unexpected reply to eval") }
-    return .object([
-      "result": .string(String(decoding: result.result, as: UTF8.self)),
-      "error": .string(String(decoding: result.error, as: UTF8.self)),
-      "exit_code": .integer(Int64(result.exitCode)),
-      "stdout": .string(String(decoding: result.stdout, as: UTF8.self)),
-    ])
+    return try reported(sandbox) { () throws(APIError) in try AgentReplies.eval(sandbox: id, response) }
   }
 
   // MARK: Branch
