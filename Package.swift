@@ -154,7 +154,13 @@ let package = Package(
     // Fuzz/Corpus by FuzzRegressionTests, run under libFuzzer by scripts/fuzz (which builds
     // forkd-fuzz with -sanitize=fuzzer,address -DFUZZING into its own scratch directory).
     .target(name: "CFuzz"),
-    .target(name: "FuzzTargets", dependencies: ["Protocol", "VMMCore", "Syscalls", "CKVM"]),
+    .target(
+      name: "FuzzTargets",
+      dependencies: [
+        "Protocol", "VMMCore", "Syscalls", "CKVM", "SupervisorCore", "ForkdHTTP", "VMMControl",
+        .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+      ]),
     .executableTarget(name: "forkd-fuzz", dependencies: ["FuzzTargets", "CFuzz"]),
 
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
@@ -174,7 +180,10 @@ let package = Package(
     .testTarget(name: "NestedLaneTests", dependencies: ["Syscalls"]),
     .testTarget(
       name: "EndToEndTests",
-      dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage", "ForkdClient"]
+      dependencies: [
+        "VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage", "ForkdClient", "SupervisorCore", "ForkdHTTP",
+        .product(name: "Logging", package: "swift-log"),
+      ]
     ),
   ]
 )

@@ -34,10 +34,11 @@ extension HTTPServer {
     }
     defer { ours.close() }
     let handler = self.handler
+    let limits = self.limits
     ClientBootstrap(group: loop)
       .channelInitializer { channel in
-        channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
-          channel.pipeline.addHandler(RequestHandler(kind: .probe, handler: handler))
+        channel.eventLoop.makeCompletedFuture {
+          try HTTPServer.configure(channel.pipeline.syncOperations, kind: .probe, limits: limits, handler: handler)
         }
       }
       .withConnectedSocket(theirs.rawValue)

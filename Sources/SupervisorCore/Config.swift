@@ -1,3 +1,4 @@
+import ForkdHTTP
 import VMMControl
 
 /// The supervisor's settings (command line of forkd-supervisor / forkd serve).
@@ -23,6 +24,10 @@ public struct SupervisorConfig: Sendable {
   public var lifecycleCalls: Int
   /// Serve TCP on loopback without a token (`--insecure-loopback-without-token`).
   public var insecureLoopbackWithoutToken: Bool
+  /// Request sizes, per-phase deadlines and the connection cap of every listener.
+  public var http = HTTPLimits()
+  /// Without a journal, each child's log file (`<state>/logs/<id>.log`) stops growing here.
+  public var maxChildLogBytes = 8 << 20
 
   public init(
     stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd",

@@ -11,6 +11,7 @@ public final class SupervisorMetrics: @unchecked Sendable {
   let pagerRestarts: CoreMetrics.Counter
   let requests: CoreMetrics.Counter
   let agentCallsInFlight: CoreMetrics.Gauge
+  let agentReplyRejections: CoreMetrics.Counter
 
   public init() {
     let factory = PrometheusMetricsFactory(registry: registry)
@@ -20,6 +21,7 @@ public final class SupervisorMetrics: @unchecked Sendable {
     pagerRestarts = CoreMetrics.Counter(label: "forkd_pager_restarts_total", factory: factory)
     requests = CoreMetrics.Counter(label: "forkd_api_requests_total", factory: factory)
     agentCallsInFlight = CoreMetrics.Gauge(label: "forkd_agent_calls_in_flight", factory: factory)
+    agentReplyRejections = CoreMetrics.Counter(label: "forkd_agent_replies_rejected_total", factory: factory)
     CoreMetrics.Gauge(label: "forkd_build_info", dimensions: [("version", APIVersion.version)], factory: factory)
       .record(1)
   }

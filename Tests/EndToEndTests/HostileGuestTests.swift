@@ -57,7 +57,7 @@ struct HostileGuestTests {
           .availIndexBackward, .wrappingAddress:
           "device needs reset"
         case .bogusPacket: "dropped"
-        case .mmioSweep, .pioSweep: nil
+        case .mmioSweep, .pioSweep, .lyingReplies: nil
         }
       if let expected {
         let log = String(decoding: try FileSystem.readFile(victim.vmmLog), as: UTF8.self)
