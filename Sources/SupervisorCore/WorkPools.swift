@@ -34,7 +34,12 @@ final class WorkPool: Sendable {
       throw APIError.unavailable("\(limit) \(name) calls are in progress (the limit): try again later")
     }
     defer { admitted.withLock { $0 -= 1 } }
-    return try await pool.runIfActive(body)
+    do {
+      return try await pool.runIfActive(body)
+    } catch is CancellationError {
+      // runIfActive's answer once `shutdown` ran: the SIGTERM drain.
+      throw APIError.unavailable("the supervisor is shutting down (SIGTERM drain): new \(name) calls are refused")
+    }
   }
 
   var inFlight: Int { admitted.withLock { $0 } }
