@@ -154,6 +154,8 @@ public enum StateSectionTag {
   public static let pit: UInt32 = 0x5049_5432  // "PIT2"
   /// virtio-blk device state (transport, base image, overlay blocks).
   public static let block: UInt32 = 0x5642_4C4B  // "VBLK"
+  /// virtio-net device state (transport, queues, MAC).
+  public static let net: UInt32 = 0x564E_4554  // "VNET"
 
   /// The tag of a four-character ASCII code; traps unless `code` is exactly 4 bytes.
   public static func fourCC(_ code: String) -> UInt32 {
