@@ -115,6 +115,12 @@ void conn_abort(struct conn *c);
 void vsock_flush_tx(void);
 void vsock_attack(u32 kind);
 
+/* ---- net.c ---- */
+
+const char *net_init(u64 mmio_base);
+void net_poll(void);
+void net_attack(u32 kind);
+
 /* ---- agent.c ---- */
 
 u32 agent_parse(struct conn *c, const u8 *data, u32 len);

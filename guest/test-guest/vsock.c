@@ -459,6 +459,7 @@ void vsock_attack(u32 kind) {
     }
     break;
   default:
+    net_attack(kind); /* 11...14: the NIC's queues */
     break;
   }
   console_write("hostile: attack done\n");

@@ -110,7 +110,17 @@ public final class VirtioNet: MMIODevice, PollSource, @unchecked Sendable {
     lock.withLock {
       switch transport.write(offset: offset, value: UInt32(truncatingIfNeeded: value), memory: memory) {
       case .notify(queue: 0), .activated:
-        // New receive buffers: a waiting frame can go, and the backend may be polled again.
+        // New receive buffers: a waiting frame can go, and the backend may be polled again. The
+        // ring index is checked now, not when a frame happens to arrive, so a lying guest is
+        // refused at the notification that lied.
+        if transport.queues[0].ready {
+          do throws(VirtqueueError) {
+            _ = try transport.queues[0].pendingCount(memory: memory)
+          } catch {
+            failLocked(error)
+            return
+          }
+        }
         deliverPendingLocked()
         onHostWork()
       case .notify(queue: 1):
