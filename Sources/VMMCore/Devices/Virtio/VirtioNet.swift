@@ -297,7 +297,8 @@ public final class VirtioNet: MMIODevice, PollSource, @unchecked Sendable {
       throw ProtocolError(.badValue, "\(source): \(restored.queues.count) virtqueues, expected 2")
     }
     guard restored.deviceFeatures & ~(Self.featureMAC | VirtioMMIOTransport.featureVersion1) == 0 else {
-      throw ProtocolError(.badValue, "\(source): device features \(hex64(restored.deviceFeatures)) this NIC never offers")
+      throw ProtocolError(
+        .badValue, "\(source): device features \(hex64(restored.deviceFeatures)) this NIC never offers")
     }
     try restored.checkRestoredQueues(memory: memory, source: source)
     var saved: [UInt8] = []
