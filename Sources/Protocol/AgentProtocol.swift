@@ -209,4 +209,14 @@ public enum HostileAttack: UInt32, CaseIterable, Sendable {
   case availIndexBackward = 9
   /// A descriptor whose address plus length wraps around 2^64 (back into guest RAM, unchecked).
   case wrappingAddress = 10
+  /// The NIC's queues (a VM booted with a NIC; no-ops without one): a tx descriptor outside RAM,
+  /// rx `avail.idx` moved behind the device (a ring-wrap trick), a tx descriptor chained to itself,
+  /// a tx chain too short for a frame.
+  case netDescriptorOutsideRAM = 11
+  case netRxIndexBackward = 12
+  case netDescriptorLoop = 13
+  case netShortFrame = 14
+
+  /// Whether the attack targets the NIC (the victim needs one).
+  public var targetsNIC: Bool { rawValue >= 11 }
 }

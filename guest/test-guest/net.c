@@ -236,8 +236,9 @@ void net_attack(u32 kind) {
     txq.r.desc[id].len = 1024;
     vq_add(&txq, (u16)id);
     break;
-  case 12: /* rx avail.idx one entry back: 65535 "new" buffers across the u16 wrap */
-    rxq.avail_idx -= 1;
+  case 12: /* rx avail.idx moved behind what the device consumed: ~65535 "new" buffers across the
+            * u16 wrap (the device has consumed at most the VQ_SIZE buffers posted at start) */
+    rxq.avail_idx -= VQ_SIZE + 1;
     vq_kick(&rxq);
     return;
   case 13: /* a tx descriptor chained to itself */
