@@ -136,6 +136,14 @@ public final class VirtioNet: MMIODevice, PollSource, @unchecked Sendable {
   // MARK: Guest → backend
 
   private func transmitLocked() {
+    var completed = false
+    defer {
+      // Linux frees sent buffers from its tx interrupt; without one a full ring would stall.
+      if completed {
+        transport.interruptStatus |= 1
+        onGuestWork()
+      }
+    }
     do throws(VirtqueueError) {
       // At most one ring's worth per notification: completing a chain can make another appear
       // when the guest overlaps its rings.
@@ -144,6 +152,7 @@ public final class VirtioNet: MMIODevice, PollSource, @unchecked Sendable {
         budget -= 1
         let bytes = gatherReadable(chain, memory: memory, limit: Self.headerSize + Self.maxFrame + 1)
         try transport.queues[1].pushUsed(head: chain.head, length: 0, memory: memory)
+        completed = true
         send(bytes)
       }
     } catch {
