@@ -186,6 +186,25 @@ struct NetworkTests {
     #expect(runCommand(["ip", "netns", "list"]).output == before, "every namespace the test made is gone")
   }
 
+  @Test("a TAP opened by the owner inside the namespace and passed as a descriptor (--tap-fd) serves a restored child")
+  func tapPassedAsDescriptor() throws {
+    let scratch = try Scratch("net-fd")
+    let snapshot = try snapshotParentWithNIC(in: scratch)
+    let ns = try TestNamespace("fd")
+    let tap = try ns.run { try TapDevice.open(name: "tap0").fd }
+    let child: VMMProcess
+    do {
+      defer { tap.close() }
+      child = try VMMProcess.launch(
+        .restore(snapshot: snapshot), runDirectory: scratch.path + "/child", extraArguments: ["--tap-fd", "4"],
+        inheritedFDs: [(4, tap)])
+    }
+    defer { child.stop() }
+    let ping = runCommand(["ip", "netns", "exec", ns.name, "ping", "-c1", "-W5", GuestNet.address])
+    #expect(ping.status == 0, "\(ping.output)")
+    #expect(try ns.run { try udpEcho([7, 7, 7]) } == [7, 7, 7])
+  }
+
   @Test("a snapshot whose parent had no NIC refuses a TAP with a clear error and leaves no TAP behind")
   func noNICInSnapshot() throws {
     let scratch = try Scratch("net-nonic")
