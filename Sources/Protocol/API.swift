@@ -282,12 +282,18 @@ public struct SandboxInfo: Equatable, Sendable {
   public var branchCount: Int
   public var lastBranchMemoryPath: String?
   public var pagerRestarts: Int
+  /// With `per_child_netns`: the child's namespace (a name `ip netns exec` accepts) and its
+  /// guest's address inside it.
+  public var netns: String?
+  public var guestAddr: String?
 
   public init(
     id: String, snapshotTag: String, createdAtUnix: Int64, pid: Int32?, pagerPID: Int32?, backend: String,
     state: String, exitReason: String? = nil, memoryLimitMiB: UInt64? = nil, branchCount: Int = 0,
-    lastBranchMemoryPath: String? = nil, pagerRestarts: Int = 0
+    lastBranchMemoryPath: String? = nil, pagerRestarts: Int = 0, netns: String? = nil, guestAddr: String? = nil
   ) {
+    self.netns = netns
+    self.guestAddr = guestAddr
     self.id = id
     self.snapshotTag = snapshotTag
     self.createdAtUnix = createdAtUnix
@@ -313,6 +319,8 @@ public struct SandboxInfo: Equatable, Sendable {
     if let exitReason { o["exit_reason"] = .string(exitReason) }
     if let memoryLimitMiB { o["memory_limit_mib"] = .integer(Int64(memoryLimitMiB)) }
     if let lastBranchMemoryPath { o["last_branch_memory_path"] = .string(lastBranchMemoryPath) }
+    if let netns { o["netns"] = .string(netns) }
+    if let guestAddr { o["guest_addr"] = .string(guestAddr) }
     return .object(o)
   }
 }

@@ -15,6 +15,8 @@ final class Sandbox: @unchecked Sendable {
   let createdAt: Int64
   let child: Child
   let memoryLimitMiB: UInt64?
+  /// The child's own network namespace (`per_child_netns`), removed with the sandbox.
+  let network: ChildNetwork?
   /// Serialises agent requests (one connection per sandbox) and state changes.
   let lock = ConditionLock()
   var state = "running"
@@ -23,7 +25,8 @@ final class Sandbox: @unchecked Sendable {
   var lastBranchPath: String?
   private var agentClient: AgentClient?
 
-  init(id: String, snapshotTag: String, child: Child, memoryLimitMiB: UInt64?) {
+  init(id: String, snapshotTag: String, child: Child, memoryLimitMiB: UInt64?, network: ChildNetwork? = nil) {
+    self.network = network
     self.id = id
     self.snapshotTag = snapshotTag
     self.child = child
@@ -37,7 +40,8 @@ final class Sandbox: @unchecked Sendable {
         id: id, snapshotTag: snapshotTag, createdAtUnix: createdAt, pid: state == "running" ? child.vmm.pid : nil,
         pagerPID: state == "running" ? child.pager?.pid : nil, backend: child.backend.name, state: state,
         exitReason: exitReason, memoryLimitMiB: memoryLimitMiB, branchCount: branchCount,
-        lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts)
+        lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts, netns: network?.name,
+        guestAddr: network == nil ? nil : ChildNetwork.guestAddress)
     }
   }
 
@@ -121,20 +125,26 @@ public final class SandboxManager: @unchecked Sendable {
         guard index < count, !results.failed else { return }
         let id = newSandboxID()
         let t0 = Clock.monotonicNanoseconds()
+        var network: ChildNetwork? = nil
         do {
           let logs = self.logs
           let tag = request.snapshotTag
+          if request.perChildNetns { network = try ChildNetwork.create(for: id, config: config) }
           let child = try Child.restore(
             snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: backend,
-            outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) })
+            outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) },
+            vmmArguments: network?.vmmArguments ?? [])
           let sandbox = Sandbox(
-            id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB)
+            id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB,
+            network: network)
+          network = nil  // the sandbox owns it now
           if let limit = request.memoryLimitMiB {
             try CgroupLimit.apply(id: id, limitMiB: limit, pids: [child.vmm.pid] + (child.pager.map { [$0.pid] } ?? []))
           }
           metrics.spawnLatency.recordNanoseconds(Int64(Clock.monotonicNanoseconds() - t0))
           results.set(index, .success(sandbox))
         } catch {
+          network?.remove(config: config)
           results.set(index, .failure("\(error)"))
         }
       }
@@ -148,6 +158,7 @@ public final class SandboxManager: @unchecked Sendable {
       for sandbox in created {
         sandbox.child.stop()
         CgroupLimit.remove(id: sandbox.id)
+        sandbox.network?.remove(config: config)
       }
       logger.error("spawn from \(request.snapshotTag) failed", metadata: ["error": "\(message)"])
       throw .internalError("restore from \(request.snapshotTag) failed: \(message)")
@@ -183,6 +194,7 @@ public final class SandboxManager: @unchecked Sendable {
     sandbox.dropAgent()
     sandbox.child.stop()
     CgroupLimit.remove(id: id)
+    sandbox.network?.remove(config: config)
     _ = try? FileSystem.unlink(recordPath(id))
     metrics.sandboxesActive.record(activeCount())
     monitorWake.signal()
@@ -360,6 +372,7 @@ public final class SandboxManager: @unchecked Sendable {
     DispatchQueue.concurrentPerform(iterations: all.count) { i in
       all[i].child.stop()
       CgroupLimit.remove(id: all[i].id)
+      all[i].network?.remove(config: config)
       _ = try? FileSystem.unlink(recordPath(all[i].id))
     }
     metrics.sandboxesActive.record(0)
@@ -509,6 +522,10 @@ public final class SandboxManager: @unchecked Sendable {
       for name in (try? FileSystem.listDirectory(directory)) ?? [] { FileSystem.removeTree(directory + "/" + name) }
     }
     CgroupLimit.removeAll()
+    let namespaces = ChildNetwork.removeLeftovers(config: config)
+    if namespaces > 0 {
+      logger.warning("removed \(namespaces) network namespaces left by a previous supervisor")
+    }
   }
 }
 

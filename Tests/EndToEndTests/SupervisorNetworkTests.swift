@@ -1,0 +1,101 @@
+import ForkdClient
+import Protocol
+import Synchronization
+import Syscalls
+import Testing
+import VMMControl
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Namespaces whose names start with "forkd-sb-" (what the supervisor makes).
+func forkdNamespaces() -> Set<String> {
+  let listed = runCommand(["ip", "netns", "list"]).output
+  return Set(
+    listed.split(separator: "\n").compactMap { line in
+      let name = String(line.split(separator: " ").first ?? "")
+      return name.hasPrefix("forkd-sb-") ? name : nil
+    })
+}
+
+/// Runs `body` on a thread inside the namespace `name`.
+func inNamespace<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws -> T) throws -> T {
+  let path = "/run/netns/\(name)"
+  let result = Mutex<Result<T, any Error>?>(nil)
+  let thread = try OSThread.start(name: "netns") {
+    do {
+      try NetworkNamespace.enter(path: path)
+      let value = try body()
+      result.withLock { $0 = .success(value) }
+    } catch {
+      result.withLock { $0 = .failure(error) }
+    }
+  }
+  thread.join()
+  return try result.withLock { $0! }.get()
+}
+
+@Suite("forkd-supervisor: per_child_netns", .serialized)
+struct SupervisorNetworkTests {
+  @Test(
+    "three children spawned with per_child_netns answer ping and UDP echo in their namespaces; a fourth without has no netns; DELETE removes every namespace"
+  )
+  func perChildNamespaces() throws {
+    let before = forkdNamespaces()
+    let sup = try TestSupervisor("netns", backend: "file")
+    let api = sup.unix
+    let created = try api.request("POST", "/v1/snapshots", body: #"{"tag":"base","memory_mib":32}"#)
+    #expect(created.status == 201, "\(created.text)")
+
+    let spawned = try api.request(
+      "POST", "/v1/sandboxes", body: #"{"snapshot_tag":"base","n":3,"per_child_netns":true}"#)
+    #expect(spawned.status == 201, "\(spawned.text)")
+    let children = try #require(spawned.json?.arrayValue)
+    #expect(children.count == 3)
+    var namespaces: [String] = []
+    for child in children {
+      let id = try #require(child["id"]?.stringValue)
+      let netns = try #require(child["netns"]?.stringValue, "\(child)")
+      #expect(netns == "forkd-\(id)")
+      #expect(child["guest_addr"] == .string(GuestNet.address))
+      #expect(try api.request("GET", "/v1/sandboxes/\(id)").json?["netns"] == .string(netns))
+      let ping = runCommand(["ip", "netns", "exec", netns, "ping", "-c1", "-W5", GuestNet.address])
+      #expect(ping.status == 0, "\(id): \(ping.output)")
+      let payload = Array("hello \(id)".utf8)
+      #expect(try inNamespace(netns) { try udpEcho(payload) } == payload)
+      namespaces.append(netns)
+    }
+    #expect(forkdNamespaces() == before.union(namespaces))
+
+    let plain = try api.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"base"}"#)
+    #expect(plain.status == 201, "\(plain.text)")
+    let plainChild = try #require(plain.json?.arrayValue?.first)
+    #expect(plainChild["netns"] == nil && plainChild["guest_addr"] == nil, "\(plainChild)")
+    let plainID = try #require(plainChild["id"]?.stringValue)
+    #expect(try api.request("POST", "/v1/sandboxes/\(plainID)/ping").json?["pong"] == .bool(true))
+
+    for child in children {
+      let id = try #require(child["id"]?.stringValue)
+      #expect(try api.request("DELETE", "/v1/sandboxes/\(id)").status == 204)
+    }
+    #expect(forkdNamespaces() == before, "every namespace of a deleted child is gone")
+    #expect(sup.stop() == .exited(0))
+  }
+
+  @Test("a supervisor killed with children in namespaces removes them when it starts again on the same run directory")
+  func crashLeavesNothing() throws {
+    let before = forkdNamespaces()
+    let first = try TestSupervisor("netns-crash", backend: "file")
+    #expect(try first.unix.request("POST", "/v1/snapshots", body: #"{"tag":"base","memory_mib":32}"#).status == 201)
+    let spawned = try first.unix.request(
+      "POST", "/v1/sandboxes", body: #"{"snapshot_tag":"base","n":2,"per_child_netns":true}"#)
+    #expect(spawned.status == 201, "\(spawned.text)")
+    #expect(forkdNamespaces().subtracting(before).count == 2)
+    kill(first.pid, SIGKILL)
+    _ = ChildProcess.waitOrKill(first.pid, timeoutMS: 10_000)
+    let second = try TestSupervisor("netns-crash", backend: "file", reusing: first.scratch)
+    #expect(forkdNamespaces() == before, "the restarted supervisor removed what the first one made")
+    #expect(second.stop() == .exited(0))
+  }
+}
