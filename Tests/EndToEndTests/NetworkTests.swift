@@ -180,7 +180,9 @@ struct NetworkTests {
         #expect(try child.agent().counter(add: 1) == 6)
         // The NIC counted what went through it (ARP, echo, UDP, TCP), and dropped nothing.
         let net = try child.control().call(.status)["net"]
-        #expect((net?["rx_frames"]?.int64Value ?? 0) >= 4 && (net?["tx_frames"]?.int64Value ?? 0) >= 4, "\(String(describing: net))")
+        #expect(
+          (net?["rx_frames"]?.int64Value ?? 0) >= 4 && (net?["tx_frames"]?.int64Value ?? 0) >= 4,
+          "\(String(describing: net))")
         #expect(net?["rx_dropped"] == .integer(0) && net?["tx_dropped"] == .integer(0), "\(String(describing: net))")
       }
       // Each namespace sees only its own child: the same address answers in both, separately.
