@@ -57,6 +57,8 @@ public final class VirtioNet: MMIODevice, PollSource, @unchecked Sendable {
   private var pendingFrame: [UInt8]?
   private var deliverySuspended = false
   private var stats = NetStatistics()
+  /// Where the event loop reads frames (one allocation for the device's life).
+  private var receiveBuffer = [UInt8](repeating: 0, count: 65536)
   private let onGuestWork: @Sendable () -> Void
   private let onHostWork: @Sendable () -> Void
   private let onError: @Sendable (String) -> Void
@@ -222,10 +224,9 @@ public final class VirtioNet: MMIODevice, PollSource, @unchecked Sendable {
 
   private func receiveLocked() {
     guard let backend else { return }
-    var buffer = [UInt8](repeating: 0, count: 65536)
     for _ in 0..<Self.receiveBudget {
       guard deliverPendingLocked() else { return }
-      let n = buffer.withUnsafeMutableBytes { Glibc.read(backend.rawValue, $0.baseAddress, $0.count) }
+      let n = receiveBuffer.withUnsafeMutableBytes { Glibc.read(backend.rawValue, $0.baseAddress, $0.count) }
       if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
       guard n > 0 else {
         // The backend is gone (EOF or an error other than "nothing to read"): unplug the cable.
@@ -234,7 +235,7 @@ public final class VirtioNet: MMIODevice, PollSource, @unchecked Sendable {
         self.backend = nil
         return
       }
-      pendingFrame = Array(buffer[0..<n])
+      pendingFrame = Array(receiveBuffer[0..<n])
     }
     deliverPendingLocked()
   }
