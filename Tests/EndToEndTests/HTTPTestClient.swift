@@ -38,9 +38,10 @@ final class TestSupervisor {
   var tcp: HTTPTestClient { HTTPTestClient(target: .tcp(host: "127.0.0.1", port: tcpPort)) }
 
   /// `reusing` starts a second supervisor on the state and run directories of an earlier one.
-  init(_ name: String, backend: String = "uffd", token: String? = nil, extra: [String] = [], reusing: Scratch? = nil)
-    throws
-  {
+  init(
+    _ name: String, backend: String = "uffd", token: String? = nil, extra: [String] = [], reusing: Scratch? = nil,
+    environment extraEnvironment: [String] = []
+  ) throws {
     scratch = try reusing ?? Scratch("sup-\(name)")
     socket = scratch.path + "/forkd.sock"
     logPath = scratch.path + "/supervisor.log"
@@ -52,6 +53,7 @@ final class TestSupervisor {
     ]
     var environment = ChildProcess.currentEnvironment().filter { !$0.hasPrefix("FORKD_TOKEN=") }
     if let token { environment.append("FORKD_TOKEN=\(token)") }
+    environment += extraEnvironment
     arguments += extra
     let log = try FileDescriptor.open(logPath, [.writeOnly, .create, .append])
     defer { log.close() }
@@ -79,4 +81,3 @@ final class TestSupervisor {
     if kill(pid, 0) == 0 { stop() }
   }
 }
-

@@ -83,6 +83,27 @@ struct SupervisorNetworkTests {
     #expect(sup.stop() == .exited(0))
   }
 
+  @Test("a spawn whose children die before they are ready removes the namespaces it made")
+  func failedSpawnLeavesNothing() throws {
+    let scratch = try Scratch("sup-netns-fail")
+    let armFile = scratch.path + "/kill-at"
+    let before = forkdNamespaces()
+    let sup = try TestSupervisor(
+      "netns-fail", backend: "file", reusing: scratch, environment: ["FORKD_TEST_KILL_AT=@" + armFile])
+    #expect(try sup.unix.request("POST", "/v1/snapshots", body: #"{"tag":"base","memory_mib":32}"#).status == 201)
+    // Every forkd-vmm started from now on SIGKILLs itself with its vCPUs running, before READY.
+    try FileSystem.writeAtomically(armFile, Array("vmm:restored".utf8))
+    let spawned = try sup.unix.request(
+      "POST", "/v1/sandboxes", body: #"{"snapshot_tag":"base","n":3,"per_child_netns":true}"#)
+    #expect(spawned.status == 500, "\(spawned.text)")
+    // Only this suite (serialized) makes forkd-sb-* namespaces.
+    #expect(forkdNamespaces() == before, "the failed spawn's namespaces are gone")
+    let markers = (try? FileSystem.listDirectory(scratch.path + "/run/netns")) ?? []
+    #expect(markers.isEmpty, "\(markers)")
+    try FileSystem.writeAtomically(armFile, [])
+    #expect(sup.stop() == .exited(0))
+  }
+
   @Test("a supervisor killed with children in namespaces removes them when it starts again on the same run directory")
   func crashLeavesNothing() throws {
     let first = try TestSupervisor("netns-crash", backend: "file")
