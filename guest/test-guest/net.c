@@ -10,6 +10,7 @@
 #include "virtio.h"
 
 #define VIRTIO_ID_NET 1
+#define F_MAC (1u << 5) /* VIRTIO_NET_F_MAC: the config space holds the MAC */
 #define NET_HDR_LEN 12 /* virtio_net_hdr with num_buffers (VERSION_1) */
 #define NET_BUF_LEN 2048
 #define ETH_HLEN 14
@@ -49,7 +50,7 @@ static u16 csum(const u8 *p, u32 len, u32 sum) {
 }
 
 const char *net_init(u64 base) {
-  const char *err = virtio_begin(base, VIRTIO_ID_NET);
+  const char *err = virtio_begin_features(base, VIRTIO_ID_NET, F_MAC);
   if (err) return err;
   net_base = base;
   for (u32 i = 0; i < 6; i++) mac[i] = *(volatile u8 *)(base + VIRTIO_MMIO_CONFIG + i);
