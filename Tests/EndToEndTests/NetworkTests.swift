@@ -215,6 +215,33 @@ struct NetworkTests {
     #expect(try ns.run { try udpEcho([7, 7, 7]) } == [7, 7, 7])
   }
 
+  @Test("a snapshot of a child whose NIC carried traffic restores a grandchild that answers on its own TAP")
+  func snapshotOfChildWithTraffic() throws {
+    let scratch = try Scratch("net-branch")
+    let snapshot = try snapshotParentWithNIC(in: scratch)
+    let first = try TestNamespace("b0")
+    let second = try TestNamespace("b1")
+    let child = try VMMProcess.launch(
+      .restore(snapshot: snapshot), runDirectory: scratch.path + "/child",
+      extraArguments: ["--netns", first.path, "--tap", "tap0"])
+    defer { child.stop() }
+    for round in 0..<20 { #expect(try first.run { try udpEcho([UInt8(round)]) } == [UInt8(round)]) }
+    let branch = scratch.path + "/branch"
+    try child.control().call(.snapshot(directory: branch, parentTag: nil))
+    // The child goes on answering after its snapshot.
+    #expect(try first.run { try udpEcho([42]) } == [42])
+    let grandchild = try VMMProcess.launch(
+      .restore(snapshot: branch), runDirectory: scratch.path + "/grandchild",
+      extraArguments: ["--netns", second.path, "--tap", "tap0"])
+    defer { grandchild.stop() }
+    let ping = runCommand(["ip", "netns", "exec", second.name, "ping", "-c1", "-W5", GuestNet.address])
+    #expect(ping.status == 0, "\(ping.output)")
+    #expect(try second.run { try udpEcho([9, 9]) } == [9, 9])
+    #expect(try second.run { try tcpRead(port: GuestNet.tcpBannerPort) } == GuestNet.banner)
+    let net = try grandchild.control().call(.status)["net"]
+    #expect(net?["rx_dropped"] == .integer(0), "\(String(describing: net))")
+  }
+
   @Test("a snapshot whose parent had no NIC refuses a TAP with a clear error and leaves no TAP behind")
   func noNICInSnapshot() throws {
     let scratch = try Scratch("net-nonic")
