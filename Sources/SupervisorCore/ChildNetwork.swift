@@ -36,12 +36,8 @@ struct ChildNetwork {
     } catch {
       throw .internalError("cannot record the namespace \(network.name) in \(markerDirectory(config)): \(error)")
     }
-    let steps: [[String]] = [
-      ["netns", "add", network.name],
-      ["-n", network.name, "tuntap", "add", "dev", tapName, "mode", "tap"],
-      ["-n", network.name, "addr", "add", hostAddress, "dev", tapName],
-      ["-n", network.name, "link", "set", tapName, "up"],
-    ]
+    // The TAP's setup is one `ip -batch` run inside the namespace: two processes per child, not four.
+    let steps: [[String]] = [["netns", "add", network.name], ["-n", network.name, "-batch", batchPath(config)]]
     for step in steps {
       if let failure = runIP(step) {
         network.remove(config: config)
@@ -56,6 +52,16 @@ struct ChildNetwork {
   func remove(config: SupervisorConfig) {
     if FileSystem.exists(path) { _ = Self.runIP(["netns", "del", name]) }
     _ = try? FileSystem.unlink(Self.markerDirectory(config) + "/" + name)
+  }
+
+  static func batchPath(_ config: SupervisorConfig) -> String { config.runDirectory + "/netns-tap.batch" }
+
+  /// Writes the `ip -batch` file that sets up a namespace's TAP (once, when the supervisor starts).
+  static func prepare(config: SupervisorConfig) throws(SyscallError) {
+    let lines = [
+      "tuntap add dev \(tapName) mode tap", "addr add \(hostAddress) dev \(tapName)", "link set \(tapName) up",
+    ]
+    try FileSystem.writeAtomically(batchPath(config), Array((lines.joined(separator: "\n") + "\n").utf8))
   }
 
   /// Removes every namespace a previous supervisor with this run directory recorded.

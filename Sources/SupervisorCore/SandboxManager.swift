@@ -94,6 +94,7 @@ public final class SandboxManager: @unchecked Sendable {
     try FileSystem.makeDirectories(config.sandboxRecordsDirectory)
     try FileSystem.makeDirectories(config.sandboxRunDirectory)
     cleanUpLeftovers()
+    try ChildNetwork.prepare(config: config)
     monitorThread = try OSThread.start(name: "monitor") { [self] in monitorLoop() }
   }
 
