@@ -11,11 +11,16 @@ import PackageDescription
 let perChildLinking: [LinkerSetting] =
   Context.environment["FORKD_DYNAMIC_PER_CHILD"] == nil ? [.unsafeFlags(["-static-executable"])] : []
 
+/// Test seams (KillPoint, FaultInjection, FORKD_TEST_* delays) exist only in debug builds, which is
+/// what `swift test` runs; release binaries carry none of them (swift-system's ENABLE_MOCKING idea).
+let testSeams: [SwiftSetting] = [.define("FORKD_TEST_SEAMS", .when(configuration: .debug))]
+
 let package = Package(
   name: "forkd",
   platforms: [.macOS(.v15)],
   products: [
     .executable(name: "forkd", targets: ["forkd"]),
+    .executable(name: "forkd-bench", targets: ["forkd-bench"]),
     .executable(name: "forkd-vmm", targets: ["forkd-vmm"]),
     .executable(name: "forkd-pager", targets: ["forkd-pager"]),
     .executable(name: "forkd-supervisor", targets: ["forkd-supervisor"]),
@@ -37,7 +42,7 @@ let package = Package(
     .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
 
     // Thin syscall wrappers: EINTR retry, typed errno, fault-injection seam.
-    .target(name: "Syscalls", dependencies: ["CUffd"]),
+    .target(name: "Syscalls", dependencies: ["CUffd"], swiftSettings: testSeams),
 
     // Every wire and file format: agent, vmm control, snapshot manifest and state.
     // Hashing and parsing run on every snapshot and request: optimized even in debug builds.
@@ -67,6 +72,7 @@ let package = Package(
         "VMMCore", "SnapshotStorage", "TestGuestImage", "SeccompFilters",
         .product(name: "Logging", package: "swift-log"),
       ],
+      swiftSettings: testSeams,
       linkerSettings: perChildLinking
     ),
     .executableTarget(
@@ -116,10 +122,26 @@ let package = Package(
         "SupervisorCore", "ForkdHTTP", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // What the CLI and the benches share: a supervisor started for one run, scratch directories,
+    // percentiles, /proc readers.
+    .target(
+      name: "CLISupport",
+      dependencies: [
+        "VMMControl", "Protocol", "Syscalls", "ForkdClient",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
     .executableTarget(
       name: "forkd",
       dependencies: [
-        "VMMControl", "VMMCore", "Protocol", "TestGuestImage", "ForkdClient", "SupervisorCore", "SystemdSupport",
+        "CLISupport", "VMMControl", "VMMCore", "Protocol", "TestGuestImage", "ForkdClient", "SystemdSupport",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+    // The benchmarks (`forkd-bench restore|backends|spawn|branch|load|pagers`; `forkd bench …` runs it).
+    .executableTarget(
+      name: "forkd-bench",
+      dependencies: [
+        "CLISupport", "VMMControl", "VMMCore", "Protocol", "Syscalls", "ForkdClient",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -132,7 +154,13 @@ let package = Package(
     // Fuzz/Corpus by FuzzRegressionTests, run under libFuzzer by scripts/fuzz (which builds
     // forkd-fuzz with -sanitize=fuzzer,address -DFUZZING into its own scratch directory).
     .target(name: "CFuzz"),
-    .target(name: "FuzzTargets", dependencies: ["Protocol", "VMMCore", "Syscalls", "CKVM"]),
+    .target(
+      name: "FuzzTargets",
+      dependencies: [
+        "Protocol", "VMMCore", "Syscalls", "CKVM", "SupervisorCore", "ForkdHTTP", "VMMControl",
+        .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+        .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+      ]),
     .executableTarget(name: "forkd-fuzz", dependencies: ["FuzzTargets", "CFuzz"]),
 
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
@@ -152,7 +180,10 @@ let package = Package(
     .testTarget(name: "NestedLaneTests", dependencies: ["Syscalls"]),
     .testTarget(
       name: "EndToEndTests",
-      dependencies: ["VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage", "ForkdClient"]
+      dependencies: [
+        "VMMControl", "VMMCore", "Protocol", "Syscalls", "TestGuestImage", "ForkdClient", "SupervisorCore", "ForkdHTTP",
+        .product(name: "Logging", package: "swift-log"),
+      ]
     ),
   ]
 )

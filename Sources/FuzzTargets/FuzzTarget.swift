@@ -31,6 +31,12 @@ public struct FuzzTarget: Sendable {
     FuzzTarget(
       name: "device_state", summary: "vmstate.bin device sections (transport, VSCK, VBLK, VNET)",
       run: DeviceTargets.deviceState),
+    FuzzTarget(
+      name: "api_server", summary: "raw bytes on a connection: HTTP decoder, router, handlers (no VMs)",
+      run: SupervisorTargets.apiServer),
+    FuzzTarget(
+      name: "agent_replies", summary: "hostile agent replies (pong, exec, kv, counter) into the supervisor's handling",
+      run: SupervisorTargets.agentReplies),
   ]
 
   public static func named(_ name: String) -> FuzzTarget? { all.first { $0.name == name } }

@@ -9,7 +9,73 @@ public enum FuzzSeeds {
     [
       "json": json, "agent": agent, "pager_handshake": pager, "control": control, "api_requests": api,
       "manifest": manifest, "state_file": state, "page_index": pageIndex, "virtqueue": virtqueue,
-      "vsock": vsock, "block": block, "net": net, "device_state": deviceState,
+      "vsock": vsock, "block": block, "net": net, "device_state": deviceState, "api_server": apiServer,
+      "agent_replies": agentReplies,
+    ]
+  }
+
+  /// One HTTP/1.1 request with a Content-Length body.
+  static func http(_ method: String, _ target: String, _ body: String = "", headers: [String] = []) -> String {
+    let extra = headers.map { $0 + "\r\n" }.joined()
+    return "\(method) \(target) HTTP/1.1\r\nHost: f\r\n\(extra)Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
+  }
+
+  /// Selector byte (even: Unix listener, odd: TCP with a token) and the bytes on the connection.
+  static var apiServer: [[UInt8]] {
+    let auth = ["Authorization: Bearer fuzz-token"]
+    let unix: [String] = [
+      http("GET", "/healthz?=") + http("GET", "/version?&") + http("GET", "/metrics"),
+      http("GET", "/v1/snapshots") + http("GET", "/v1/snapshots/base/info") + http("GET", "/v1/snapshots/..%2F/info"),
+      http("POST", "/v1/snapshots", #"{"tag":"base","memory_mib":32,"warmup":[{"op":"counter","delta":-1}]}"#),
+      http(
+        "POST", "/v1/snapshots",
+        #"{"tag":"k","warmup":[{"op":"kv_set","key":"\#(String(repeating: "k", count: 300))","value":"v"}]}"#),
+      http(
+        "POST", "/v1/snapshots", #"{"tag":"l","kernel":"/nonexistent","rootfs":"/etc/shadow","cmdline":"a\u0000b"}"#),
+      http("POST", "/v1/sandboxes", #"{"snapshot_tag":"base","n":2,"memory_limit_mib":17592186044416}"#),
+      http("POST", "/v1/sandboxes", #"{"snapshot_tag":"base","n":1,"live_fork":true}"#),
+      http("GET", "/v1/sandboxes") + http("GET", "/v1/sandboxes/sb-000000000000")
+        + http("DELETE", "/v1/sandboxes/sb-000000000000"),
+      http("POST", "/v1/sandboxes/sb-000000000000/ping") + http("POST", "/v1/sandboxes/x/exec", #"{"args":["true"]}"#)
+        + http("POST", "/v1/sandboxes/x/eval", #"{"code":"1"}"#),
+      http("POST", "/v1/sandboxes/x/branch", #"{"mode":"live","wait":false}"#)
+        + http("POST", "/v1/snapshots/base/compact", #"{"to":"flat"}"#),
+      http("DELETE", "/v1/snapshots/base?cascade=true&force=true") + http("PATCH", "/v1/snapshots"),
+      "POST /v1/sandboxes HTTP/1.1\r\nHost: f\r\nContent-Length: 99999999999\r\n\r\n{",
+      "POST /v1/sandboxes HTTP/1.1\r\nHost: f\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n0\r\n\r\n",
+      "GET /healthz HTTP/1.1\r\nX-Big: " + String(repeating: "b", count: 17 << 10) + "\r\n\r\n",
+      "GET /healthz HTTP/1.0\r\n\r\n\u{01}\u{02}garbage\r\n\r\n",
+    ]
+    let tcp: [String] = [
+      http("GET", "/v1/snapshots", headers: auth) + http("GET", "/v1/sandboxes"),
+      http("POST", "/v1/sandboxes", #"{"snapshot_tag":"base"}"#, headers: ["Authorization: Bearer wrong"]),
+    ]
+    return unix.map { [0] + utf8($0) } + tcp.map { [1] + utf8($0) }
+  }
+
+  /// Selector (0 ping, 1 exec, 2 kv get, 3 counter) and agent reply frames, extreme values included.
+  static var agentReplies: [[UInt8]] {
+    let exec = AgentRequest.exec(args: ["x"], timeoutSeconds: 1)
+    func pong(_ kind: UInt32, _ version: UInt32, _ served: UInt64, _ counter: UInt64) -> [UInt8] {
+      AgentCodec.encode(
+        .pong(AgentPong(kind: kind, agentVersion: version, requestsServed: served, counter: counter)), to: .ping, id: 1)
+    }
+    // exit code INT32_MIN, then a stdout length of 4 GiB over 4 bytes (what a lying test guest sends).
+    let lyingExec = AgentFrame(
+      type: 0x89, requestID: 1, payload: [0, 0, 0, 0x80, 0, 0xff, 0xff, 0xff, 0xff, 65, 65, 65, 65])
+    return [
+      [0] + pong(1, 1, 3, 4),
+      [0] + pong(1, UInt32.max, UInt64.max, 1 << 63),
+      [0] + pong(2, 7, 1, UInt64.max),
+      [0] + pong(0xdead, 0, 0, 0),
+      [1]
+        + AgentCodec.encode(
+          .exec(AgentExecResult(exitCode: Int32.min, stdout: [0xff, 0xfe], stderr: utf8("e"), timedOut: true)),
+          to: exec, id: 1),
+      [1] + lyingExec.encoded(),
+      [2] + AgentCodec.encode(.kvGet(found: true, value: [1, 2]), to: .kvGet(key: [1]), id: 1),
+      [3] + AgentCodec.encode(.counter(UInt64.max), to: .counter(delta: -1), id: 1)
+        + AgentCodec.encode(.error(AgentError(code: 9, message: "no")), to: .ping, id: 2),
     ]
   }
 

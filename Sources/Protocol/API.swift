@@ -13,6 +13,14 @@ public enum WarmupStep: Equatable, Sendable {
   case kvSet(key: String, value: String)
   /// Linux guests: run a program (e.g. import the libraries every child will need).
   case exec(args: [String], timeoutSeconds: UInt32)
+  /// Linux guests: run Python in the agent's interpreter, which every child then inherits warm
+  /// (`{"op":"eval","code":"import json, decimal"}`).
+  case eval(code: String, timeoutSeconds: UInt32)
+
+  /// The agent frame's u16 key length.
+  public static let maxKeyBytes = Int(UInt16.max)
+  /// Key, value and the length field within one agent payload.
+  public static let maxValueBytes = AgentProtocol.maxPayload - 2 - maxKeyBytes
 
   public var agentRequest: AgentRequest {
     switch self {
@@ -21,6 +29,7 @@ public enum WarmupStep: Equatable, Sendable {
     case .counter(let delta): .counter(delta: delta)
     case .kvSet(let key, let value): .kvSet(key: Array(key.utf8), value: Array(value.utf8))
     case .exec(let args, let timeout): .exec(args: args, timeoutSeconds: timeout)
+    case .eval(let code, let timeout): .eval(code: code, timeoutSeconds: timeout)
     }
   }
 
@@ -32,7 +41,11 @@ public enum WarmupStep: Equatable, Sendable {
     case .counter(let delta): .object(["op": .string("counter"), "delta": .integer(delta)])
     case .kvSet(let key, let value): .object(["op": .string("kv_set"), "key": .string(key), "value": .string(value)])
     case .exec(let args, let timeout):
-      .object(["op": .string("exec"), "args": .array(args.map { .string($0) }), "timeout_secs": .integer(Int64(timeout))])
+      .object([
+        "op": .string("exec"), "args": .array(args.map { .string($0) }), "timeout_secs": .integer(Int64(timeout)),
+      ])
+    case .eval(let code, let timeout):
+      .object(["op": .string("eval"), "code": .string(code), "timeout_secs": .integer(Int64(timeout))])
     }
   }
 }
@@ -53,15 +66,19 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
   public var bootWaitSeconds: UInt64
 
   public static let source = "request body"
+  /// x86 Linux's COMMAND_LINE_SIZE.
+  public static let maxCommandLineBytes = 2048
+  public static let maxWarmupSteps = 1024
 
   public static func decode(_ body: [UInt8]) throws(ProtocolError) -> CreateSnapshotRequest {
     let r = try JSONObjectReader(JSONValue.parse(body, source: source), source: source)
     let tag = try r.string("tag")
     try SnapshotTag.validate(tag)
-    let kernel = try r.optionalString("kernel")
-    let image = try r.optionalString("image")
+    let kernel = try r.hostPath("kernel")
+    let image = try r.hostPath("image")
     if kernel != nil && image != nil {
-      throw ProtocolError(.badValue, "\(source): \"kernel\" (a Linux parent) and \"image\" (a test-guest image) are exclusive")
+      throw ProtocolError(
+        .badValue, "\(source): \"kernel\" (a Linux parent) and \"image\" (a test-guest image) are exclusive")
     }
     // Linux needs room for its kernel, initramfs and page cache.
     let memory = try r.optionalUInt64("memory_mib") ?? (kernel == nil ? 64 : 256)
@@ -75,24 +92,46 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
       let s = try JSONObjectReader(raw, source: "\(source) warmup[\(index)]")
       switch try s.string("op") {
       case "ping": steps.append(.ping)
-      case "fill": steps.append(.fill(pages: try s.uint64("pages"), seed: try s.optionalUInt64("seed") ?? 1))
-      case "counter": steps.append(.counter(delta: try s.int64("delta")))
-      case "kv_set": steps.append(.kvSet(key: try s.string("key"), value: try s.string("value")))
-      case "exec":
-        let args = try s.array("args").map { (v) throws(ProtocolError) -> String in
-          guard let a = v.stringValue else { throw s.invalid("args", expected: "an array of strings") }
-          return a
+      case "fill":
+        let pages = try s.uint64("pages")
+        // The guest's data area is smaller than its memory: more pages than memory has is never valid.
+        guard pages <= memory * 256 else {
+          throw s.invalid("pages", expected: "at most \(memory * 256) (memory_mib × 256)")
         }
-        guard !args.isEmpty else { throw s.invalid("args", expected: "a program and its arguments") }
+        steps.append(.fill(pages: pages, seed: try s.optionalUInt64("seed") ?? 1))
+      case "counter": steps.append(.counter(delta: try s.int64("delta")))
+      case "kv_set":
+        let key = try s.string("key")
+        let value = try s.string("value")
+        // The agent frame carries the key's length as a u16 and the whole payload in 1 MiB.
+        guard key.utf8.count <= WarmupStep.maxKeyBytes else {
+          throw s.invalid(
+            "key", expected: "a key of at most \(WarmupStep.maxKeyBytes) bytes (got \(key.utf8.count) bytes)")
+        }
+        guard value.utf8.count <= WarmupStep.maxValueBytes else {
+          throw s.invalid(
+            "value", expected: "a value of at most \(WarmupStep.maxValueBytes) bytes (got \(value.utf8.count) bytes)")
+        }
+        steps.append(.kvSet(key: key, value: value))
+      case "exec":
+        let args = try ExecRequest.arguments(s)
         let timeout = try s.optionalUInt64("timeout_secs") ?? 60
         guard (1...3600).contains(timeout) else { throw s.invalid("timeout_secs", expected: "1...3600") }
         steps.append(.exec(args: args, timeoutSeconds: UInt32(timeout)))
-      default: throw s.invalid("op", expected: "ping, fill, counter, kv_set or exec")
+      case "eval":
+        let eval = try EvalRequest.decode(s, defaultTimeout: 60)
+        steps.append(.eval(code: eval.code, timeoutSeconds: eval.timeoutSeconds))
+      default: throw s.invalid("op", expected: "ping, fill, counter, kv_set, exec or eval")
       }
     }
+    guard steps.count <= maxWarmupSteps else { throw r.invalid("warmup", expected: "at most \(maxWarmupSteps) steps") }
+    let cmdline = try r.optionalString("cmdline")
+    if let cmdline, cmdline.utf8.count > maxCommandLineBytes || cmdline.utf8.contains(0) {
+      throw r.invalid("cmdline", expected: "a command line of at most \(maxCommandLineBytes) bytes without NUL")
+    }
     return CreateSnapshotRequest(
-      tag: tag, image: image, kernel: kernel, rootfs: try r.optionalString("rootfs"),
-      initrd: try r.optionalString("initrd"), cmdline: try r.optionalString("cmdline"), memoryMiB: memory,
+      tag: tag, image: image, kernel: kernel, rootfs: try r.hostPath("rootfs"),
+      initrd: try r.hostPath("initrd"), cmdline: cmdline, memoryMiB: memory,
       warmup: steps, bootWaitSeconds: wait)
   }
 }
@@ -100,6 +139,8 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
 /// POST /v1/sandboxes
 public struct SpawnRequest: Equatable, Sendable {
   public static let maxChildren = 1000
+  /// 1 TiB: far above any child, and `<< 20` of it fits in bytes with room to spare.
+  public static let maxMemoryLimitMiB: UInt64 = 1 << 20
   public var snapshotTag: String
   public var count: Int
   public var memoryLimitMiB: UInt64?
@@ -116,7 +157,9 @@ public struct SpawnRequest: Equatable, Sendable {
     let n = try r.optionalInt64("n") ?? 1
     guard n >= 1, n <= Int64(maxChildren) else { throw r.invalid("n", expected: "1...\(maxChildren)") }
     let limit = try r.optionalUInt64("memory_limit_mib")
-    if let limit, limit < 8 { throw r.invalid("memory_limit_mib", expected: "at least 8") }
+    if let limit, !(8...maxMemoryLimitMiB).contains(limit) {
+      throw r.invalid("memory_limit_mib", expected: "8...\(maxMemoryLimitMiB) MiB")
+    }
     return SpawnRequest(
       snapshotTag: tag, count: Int(n), memoryLimitMiB: limit,
       perChildNetns: try r.optionalBool("per_child_netns") ?? false,
@@ -129,25 +172,107 @@ public struct SpawnRequest: Equatable, Sendable {
 public struct ExecRequest: Equatable, Sendable {
   public var args: [String]
   public var timeoutSeconds: UInt32
+  /// `env` (an object of strings), `cwd` (an absolute path) and `stdin` (a string).
+  public var options: ExecOptions
 
-  public init(args: [String], timeoutSeconds: UInt32) {
+  public init(args: [String], timeoutSeconds: UInt32, options: ExecOptions = ExecOptions()) {
     self.args = args
     self.timeoutSeconds = timeoutSeconds
+    self.options = options
   }
 
   public static func decode(_ body: [UInt8]) throws(ProtocolError) -> ExecRequest {
     let source = "request body"
     let r = try JSONObjectReader(JSONValue.parse(body, source: source), source: source)
-    let raw = try r.array("args")
-    var args: [String] = []
-    for value in raw {
-      guard let s = value.stringValue else { throw r.wrongType("args", expected: "an array of strings") }
-      args.append(s)
-    }
-    guard !args.isEmpty else { throw r.invalid("args", expected: "at least one argument") }
+    let args = try arguments(r)
     let timeout = try r.optionalUInt64("timeout_secs") ?? 30
     guard (1...3600).contains(timeout) else { throw r.invalid("timeout_secs", expected: "1...3600") }
-    return ExecRequest(args: args, timeoutSeconds: UInt32(timeout))
+    var options = ExecOptions()
+    if let env = try r.optionalObject("env") {
+      for (name, value) in env.members.sorted(by: { $0.key < $1.key }) {
+        guard let text = value.stringValue else { throw env.wrongType(name, expected: "a string") }
+        guard !name.isEmpty, !name.utf8.contains(UInt8(ascii: "=")), !name.utf8.contains(0), !text.utf8.contains(0)
+        else {
+          throw env.invalid(name, expected: "a variable name without '=' or NUL and a value without NUL")
+        }
+        options.environment.append(name + "=" + text)
+      }
+      guard options.environment.count <= maxArguments else {
+        throw r.invalid("env", expected: "at most \(maxArguments) variables")
+      }
+    }
+    if let cwd = try r.optionalString("cwd") {
+      guard cwd.hasPrefix("/"), !cwd.utf8.contains(0), cwd.utf8.count <= 4096 else {
+        throw r.invalid("cwd", expected: "an absolute path of at most 4096 bytes without NUL")
+      }
+      options.workingDirectory = cwd
+    }
+    if let stdin = try r.optionalString("stdin") { options.stdin = Array(stdin.utf8) }
+    // Everything travels in one agent frame: arguments, environment, cwd and stdin together.
+    let encoded =
+      args.reduce(8) { $0 + 4 + $1.utf8.count } + options.environment.reduce(4) { $0 + 4 + $1.utf8.count } + 4
+      + (options.workingDirectory?.utf8.count ?? 0) + 4 + options.stdin.count
+    guard encoded <= AgentProtocol.maxPayload else {
+      throw ProtocolError(
+        .badValue,
+        "\(source): args, env, cwd and stdin together take \(encoded) bytes in the agent frame, at most \(AgentProtocol.maxPayload)"
+      )
+    }
+    return ExecRequest(args: args, timeoutSeconds: UInt32(timeout), options: options)
+  }
+
+  /// Most arguments one exec takes.
+  public static let maxArguments = 4096
+  /// The agent payload holds the timeout, the count and each argument with its u32 length.
+  public static let maxArgumentBytes = AgentProtocol.maxPayload - 8
+
+  /// `args`: a non-empty array of strings whose agent encoding fits one frame.
+  public static func arguments(_ r: JSONObjectReader) throws(ProtocolError) -> [String] {
+    var args: [String] = []
+    var encoded = 0
+    for value in try r.array("args") {
+      guard let s = value.stringValue else { throw r.wrongType("args", expected: "an array of strings") }
+      encoded += 4 + s.utf8.count
+      args.append(s)
+    }
+    guard !args.isEmpty else { throw r.invalid("args", expected: "a program and its arguments") }
+    guard args.count <= maxArguments, encoded <= maxArgumentBytes else {
+      throw ProtocolError(
+        .badValue,
+        "\(r.source): field \(r.fieldName("args")): expected at most \(maxArguments) arguments of \(maxArgumentBytes) bytes together (4 per argument included), got \(args.count) arguments of \(encoded) bytes"
+      )
+    }
+    return args
+  }
+}
+
+/// POST /v1/sandboxes/:id/eval: Python code for the guest agent's long-lived interpreter.
+public struct EvalRequest: Equatable, Sendable {
+  /// Largest code accepted: it travels in one agent frame with its header fields.
+  public static let maxCodeBytes = AgentProtocol.maxPayload - 64
+
+  public var code: String
+  public var timeoutSeconds: UInt32
+
+  public init(code: String, timeoutSeconds: UInt32) {
+    self.code = code
+    self.timeoutSeconds = timeoutSeconds
+  }
+
+  public static func decode(_ body: [UInt8]) throws(ProtocolError) -> EvalRequest {
+    let source = "request body"
+    return try decode(JSONObjectReader(JSONValue.parse(body, source: source), source: source), defaultTimeout: 30)
+  }
+
+  /// `code` (required, at most `maxCodeBytes` of UTF-8) and `timeout_secs` (1...3600).
+  static func decode(_ r: JSONObjectReader, defaultTimeout: UInt64) throws(ProtocolError) -> EvalRequest {
+    let code = try r.string("code")
+    guard code.utf8.count <= maxCodeBytes else {
+      throw r.invalid("code", expected: "at most \(maxCodeBytes) bytes of UTF-8 (got \(code.utf8.count))")
+    }
+    let timeout = try r.optionalUInt64("timeout_secs") ?? defaultTimeout
+    guard (1...3600).contains(timeout) else { throw r.invalid("timeout_secs", expected: "1...3600") }
+    return EvalRequest(code: code, timeoutSeconds: UInt32(timeout))
   }
 }
 
@@ -286,12 +411,20 @@ public struct SandboxInfo: Equatable, Sendable {
   /// guest's address inside it.
   public var netns: String?
   public var guestAddr: String?
+  /// The latest branch of this sandbox: its tag, "writing", "ready" or "failed", and why it failed.
+  public var lastBranchTag: String?
+  public var lastBranchStatus: String?
+  public var lastBranchError: String?
 
   public init(
     id: String, snapshotTag: String, createdAtUnix: Int64, pid: Int32?, pagerPID: Int32?, backend: String,
     state: String, exitReason: String? = nil, memoryLimitMiB: UInt64? = nil, branchCount: Int = 0,
-    lastBranchMemoryPath: String? = nil, pagerRestarts: Int = 0, netns: String? = nil, guestAddr: String? = nil
+    lastBranchMemoryPath: String? = nil, pagerRestarts: Int = 0, lastBranchTag: String? = nil,
+    lastBranchStatus: String? = nil, lastBranchError: String? = nil, netns: String? = nil, guestAddr: String? = nil
   ) {
+    self.lastBranchTag = lastBranchTag
+    self.lastBranchStatus = lastBranchStatus
+    self.lastBranchError = lastBranchError
     self.netns = netns
     self.guestAddr = guestAddr
     self.id = id
@@ -319,9 +452,26 @@ public struct SandboxInfo: Equatable, Sendable {
     if let exitReason { o["exit_reason"] = .string(exitReason) }
     if let memoryLimitMiB { o["memory_limit_mib"] = .integer(Int64(memoryLimitMiB)) }
     if let lastBranchMemoryPath { o["last_branch_memory_path"] = .string(lastBranchMemoryPath) }
+    if let lastBranchTag { o["last_branch_tag"] = .string(lastBranchTag) }
+    if let lastBranchStatus { o["last_branch_status"] = .string(lastBranchStatus) }
+    if let lastBranchError { o["last_branch_error"] = .string(lastBranchError) }
     if let netns { o["netns"] = .string(netns) }
     if let guestAddr { o["guest_addr"] = .string(guestAddr) }
     return .object(o)
+  }
+}
+
+extension JSONObjectReader {
+  /// Most bytes of a host path (Linux PATH_MAX).
+  public static let maxPathBytes = 4096
+
+  /// An optional host path: at most PATH_MAX bytes, no NUL (it would cut the path short in argv).
+  public func hostPath(_ key: String) throws(ProtocolError) -> String? {
+    guard let path = try optionalString(key) else { return nil }
+    guard !path.isEmpty, path.utf8.count <= Self.maxPathBytes, !path.utf8.contains(0) else {
+      throw invalid(key, expected: "a path of 1...\(Self.maxPathBytes) bytes without NUL")
+    }
+    return path
   }
 }
 

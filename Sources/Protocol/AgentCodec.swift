@@ -34,22 +34,33 @@ public enum AgentCodec {
     case .counter(let delta):
       w.i64(delta)
     case .kvSet(let key, let value):
-      precondition(key.count <= Int(UInt16.max), "kv key of \(key.count) bytes does not fit the u16 length")
-      w.u16(UInt16(key.count))
-      w.bytes(key)
+      // Callers check `encodingProblem` first; a longer key is cut to what the u16 length says.
+      let length = UInt16(clamping: key.count)
+      w.u16(length)
+      w.bytes(Array(key.prefix(Int(length))))
       w.bytes(value)
     case .kvGet(let key):
       w.bytes(key)
     case .exit(let code):
       w.u32(code)
-    case .exec(let args, let timeoutSeconds):
+    case .exec(let args, let timeoutSeconds, let options):
       w.u32(timeoutSeconds)
-      w.u32(UInt32(args.count))
+      w.u32(UInt32(truncatingIfNeeded: args.count))
       for a in args { w.string(a) }
+      // The optional tail: u32 envc + "NAME=value" strings, cwd (empty: the agent's), stdin.
+      if !options.isEmpty {
+        w.u32(UInt32(truncatingIfNeeded: options.environment.count))
+        for e in options.environment { w.string(e) }
+        w.string(options.workingDirectory ?? "")
+        w.lengthPrefixed(options.stdin)
+      }
     case .console(let text):
       w.bytes(text)
     case .attack(let kind):
       w.u32(kind)
+    case .eval(let code, let timeoutSeconds):
+      w.u32(timeoutSeconds)
+      w.string(code)
     }
     return w.bytes
   }
@@ -81,6 +92,11 @@ public enum AgentCodec {
       w.u8(result.timedOut ? 1 : 0)
       w.lengthPrefixed(result.stdout)
       w.lengthPrefixed(result.stderr)
+    case .eval(let result):
+      w.i32(result.exitCode)
+      w.lengthPrefixed(result.result)
+      w.lengthPrefixed(result.error)
+      w.lengthPrefixed(result.stdout)
     case .error(let e):
       w.u32(e.code)
       w.string(e.message)
@@ -103,6 +119,7 @@ public enum AgentCodec {
     case 0x09: return "exec"
     case 0x0a: return "console"
     case 0x0b: return "attack"
+    case 0x20: return "eval"
     default: return nil
     }
   }
@@ -165,7 +182,21 @@ public enum AgentCodec {
       for _ in 0..<argc {
         args.append(try r.string(max: AgentProtocol.maxPayload))
       }
-      request = .exec(args: args, timeoutSeconds: timeout)
+      var options = ExecOptions()
+      if r.remaining > 0 {
+        let envc = try r.u32()
+        if UInt64(envc) * 4 > UInt64(r.remaining) {
+          throw ProtocolError(.truncated, "\(source): environment count \(envc) does not fit the payload")
+        }
+        for _ in 0..<envc { options.environment.append(try r.string(max: AgentProtocol.maxPayload)) }
+        let cwd = try r.string(max: AgentProtocol.maxPayload)
+        options.workingDirectory = cwd.isEmpty ? nil : cwd
+        options.stdin = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
+      }
+      request = .exec(args: args, timeoutSeconds: timeout, options: options)
+    case 0x20:
+      let timeout = try r.u32()
+      request = .eval(code: try r.string(max: AgentProtocol.maxPayload), timeoutSeconds: timeout)
     default:
       throw ProtocolError(.unknownType, "\(source): unknown request type \(hexByte(f.type))")
     }
@@ -222,6 +253,12 @@ public enum AgentCodec {
       let stdout = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
       let stderr = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
       response = .exec(AgentExecResult(exitCode: exitCode, stdout: stdout, stderr: stderr, timedOut: timedOut))
+    case .eval:
+      let exitCode = try r.i32()
+      let result = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
+      let error = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
+      let stdout = try r.lengthPrefixed(max: AgentProtocol.maxPayload)
+      response = .eval(AgentEvalResult(exitCode: exitCode, result: result, error: error, stdout: stdout))
     }
     try r.expectEnd()
     return response

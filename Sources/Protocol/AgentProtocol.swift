@@ -31,12 +31,45 @@ public enum AgentRequest: Equatable, Sendable {
   case kvGet(key: [UInt8])
   /// Power off with `code` (the response is sent first).
   case exit(code: UInt32)
-  /// Run a program (Linux agent only; the test guest answers error 4).
-  case exec(args: [String], timeoutSeconds: UInt32)
+  /// Run a program (Linux agent only; the test guest answers error 4), with an optional
+  /// environment, working directory and stdin.
+  case exec(args: [String], timeoutSeconds: UInt32, options: ExecOptions = ExecOptions())
   /// Write one line to the guest console (≤ 256 bytes for the test guest).
   case console([UInt8])
   /// Hostile mode (test guest): after answering, attack its own devices (`HostileAttack`).
   case attack(kind: UInt32)
+  /// Run Python code in the agent's long-lived interpreter (Linux agent only; state persists
+  /// between evals of one guest). `timeoutSeconds` 0 means the agent's default (30 s).
+  case eval(code: String, timeoutSeconds: UInt32)
+
+  /// Why this request cannot be sent as asked (a field outside what the frame can carry), or nil.
+  public var encodingProblem: String? {
+    switch self {
+    case .kvSet(let key, let value):
+      if key.count > Int(UInt16.max) { return "kv key of \(key.count) bytes: the frame carries at most \(UInt16.max)" }
+      if 2 + key.count + value.count > AgentProtocol.maxPayload {
+        return
+          "kv key and value of \(key.count + value.count) bytes: the frame carries at most \(AgentProtocol.maxPayload - 2)"
+      }
+    case .exec(let args, _, let options):
+      var bytes = args.reduce(8) { $0 + 4 + $1.utf8.count }
+      if !options.isEmpty {
+        bytes +=
+          options.environment.reduce(4) { $0 + 4 + $1.utf8.count } + 4
+          + (options.workingDirectory?.utf8.count ?? 0) + 4 + options.stdin.count
+      }
+      if bytes > AgentProtocol.maxPayload {
+        return "exec arguments of \(bytes) bytes: the frame carries at most \(AgentProtocol.maxPayload)"
+      }
+    case .echo(let bytes), .kvGet(let bytes), .console(let bytes):
+      if bytes.count > AgentProtocol.maxPayload {
+        return "payload of \(bytes.count) bytes: the frame carries at most \(AgentProtocol.maxPayload)"
+      }
+    default:
+      break
+    }
+    return nil
+  }
 
   /// The frame type byte.
   public var frameType: UInt8 {
@@ -52,6 +85,7 @@ public enum AgentRequest: Equatable, Sendable {
     case .exec: return 0x09
     case .console: return 0x0a
     case .attack: return 0x0b
+    case .eval: return 0x20
     }
   }
 }
@@ -70,6 +104,7 @@ public enum AgentResponse: Equatable, Sendable {
   case exec(AgentExecResult)
   case consoleWritten
   case attacking
+  case eval(AgentEvalResult)
   case error(AgentError)
 
   /// The frame type byte: the request's type | 0x80, or 0xff for errors.
@@ -86,6 +121,7 @@ public enum AgentResponse: Equatable, Sendable {
     case .exec: return 0x89
     case .consoleWritten: return 0x8a
     case .attacking: return 0x8b
+    case .eval: return 0xa0
     case .error: return AgentProtocol.errorType
     }
   }
@@ -117,6 +153,8 @@ public struct AgentError: Error, Equatable, Sendable, CustomStringConvertible {
   public static let badArgument: UInt32 = 3
   public static let unsupported: UInt32 = 4
   public static let tooLarge: UInt32 = 5
+  /// The interpreter is running another eval (one at a time per guest).
+  public static let busy: UInt32 = 6
 
   public var code: UInt32
   public var message: String
@@ -147,10 +185,30 @@ public struct AgentError: Error, Equatable, Sendable, CustomStringConvertible {
     case AgentError.badArgument: name = "bad argument"
     case AgentError.unsupported: name = "unsupported"
     case AgentError.tooLarge: name = "too large"
+    case AgentError.busy: name = "busy"
     default: name = "code \(code)"
     }
     return message.isEmpty ? "agent error: \(name)" : "agent error (\(name)): \(message)"
   }
+}
+
+/// What an exec sets besides its arguments. Empty options are not sent at all (agents that
+/// predate them accept the request as before).
+public struct ExecOptions: Equatable, Sendable {
+  /// "NAME=value" entries added to (or replacing in) the agent's environment.
+  public var environment: [String]
+  /// Absolute working directory; nil: the agent's.
+  public var workingDirectory: String?
+  /// The program's whole stdin; empty: /dev/null.
+  public var stdin: [UInt8]
+
+  public init(environment: [String] = [], workingDirectory: String? = nil, stdin: [UInt8] = []) {
+    self.environment = environment
+    self.workingDirectory = workingDirectory
+    self.stdin = stdin
+  }
+
+  public var isEmpty: Bool { environment.isEmpty && workingDirectory == nil && stdin.isEmpty }
 }
 
 /// Result of `exec`.
@@ -166,6 +224,23 @@ public struct AgentExecResult: Equatable, Sendable {
     self.stdout = stdout
     self.stderr = stderr
     self.timedOut = timedOut
+  }
+}
+
+/// Result of `eval`: the repr of the code's last expression (empty when there is none or it is
+/// None), the traceback (and anything written to stderr), what print() wrote, and the status
+/// (0, 1 after an exception, SystemExit's code, 124 after a timeout, -1 when the interpreter died).
+public struct AgentEvalResult: Equatable, Sendable {
+  public var exitCode: Int32
+  public var result: [UInt8]
+  public var error: [UInt8]
+  public var stdout: [UInt8]
+
+  public init(exitCode: Int32, result: [UInt8], error: [UInt8], stdout: [UInt8]) {
+    self.exitCode = exitCode
+    self.result = result
+    self.error = error
+    self.stdout = stdout
   }
 }
 
@@ -209,14 +284,17 @@ public enum HostileAttack: UInt32, CaseIterable, Sendable {
   case availIndexBackward = 9
   /// A descriptor whose address plus length wraps around 2^64 (back into guest RAM, unchecked).
   case wrappingAddress = 10
+  /// Not a device attack: the agent's later replies carry extreme values (ping: agent version
+  /// u32 max, requests served u64 max, counter 2^63; exec: a 4 GiB stdout length over 4 bytes).
+  case lyingReplies = 11
   /// The NIC's queues (a VM booted with a NIC; no-ops without one): a tx descriptor outside RAM,
   /// rx `avail.idx` moved behind the device (a ring-wrap trick), a tx descriptor chained to itself,
   /// a tx chain too short for a frame.
-  case netDescriptorOutsideRAM = 11
-  case netRxIndexBackward = 12
-  case netDescriptorLoop = 13
-  case netShortFrame = 14
+  case netDescriptorOutsideRAM = 12
+  case netRxIndexBackward = 13
+  case netDescriptorLoop = 14
+  case netShortFrame = 15
 
   /// Whether the attack targets the NIC (the victim needs one).
-  public var targetsNIC: Bool { rawValue >= 11 }
+  public var targetsNIC: Bool { rawValue >= 12 }
 }

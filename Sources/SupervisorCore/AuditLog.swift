@@ -13,11 +13,14 @@ final class AuditLog: @unchecked Sendable {
 
   deinit { fd?.close() }
 
-  func record(method: String, path: String, status: Int, latencyMicroseconds: UInt64, userAgent: String?) {
+  func record(
+    method: String, path: String, query: String?, status: Int, latencyMicroseconds: UInt64, userAgent: String?
+  ) {
     let line =
       JSONValue.object([
         "ts": .integer(Clock.unixSeconds()), "method": .string(method), "path": .string(path),
-        "status": .integer(Int64(status)), "latency_us": .integer(Int64(latencyMicroseconds)),
+        "query": query.map { .string($0) } ?? .null,
+        "status": .integer(Int64(status)), "latency_us": .integer(Int64(clamping: latencyMicroseconds)),
         "ua": userAgent.map { .string($0) } ?? .null,
       ]).serialized() + "\n"
     lock.withLock { try? fd?.writeAll(Array(line.utf8)) }

@@ -40,16 +40,19 @@ enum CgroupLimit {
 
   static func apply(id: String, limitMiB: UInt64, pids: [pid_t]) throws(APIError) {
     guard let hierarchy else { throw .badRequest("memory_limit_mib: no cgroup memory controller on this host") }
+    // Bounded at decode (SpawnRequest.maxMemoryLimitMiB); checked again so no caller can wrap it.
+    let (bytes, overflow) = limitMiB.multipliedReportingOverflow(by: 1 << 20)
+    guard !overflow else { throw .badRequest("memory_limit_mib \(limitMiB) does not fit in bytes") }
     let group = hierarchy.root + "/" + id
     do {
       switch hierarchy {
       case .v2(let root):
         try prepareV2(root)
         try FileSystem.makeDirectories(group, mode: 0o755)
-        try write("\(limitMiB << 20)", to: group + "/memory.max")
+        try write("\(bytes)", to: group + "/memory.max")
       case .v1:
         try FileSystem.makeDirectories(group, mode: 0o755)
-        try write("\(limitMiB << 20)", to: group + "/memory.limit_in_bytes")
+        try write("\(bytes)", to: group + "/memory.limit_in_bytes")
       }
       for pid in pids { try write("\(pid)", to: group + "/cgroup.procs") }
     } catch {

@@ -13,7 +13,7 @@ import Syscalls
 /// Every namespace the supervisor makes is first written down as a marker file in
 /// `RUN/netns/` and the marker removed only after the namespace is gone, so a supervisor that
 /// crashed mid-spawn removes what it made when it starts again.
-struct ChildNetwork {
+public struct ChildNetwork: Sendable {
   /// The test guest's fixed addresses (guest/test-guest/net.c).
   static let guestAddress = "172.16.0.2"
   static let hostAddress = "172.16.0.1/30"

@@ -1,4 +1,5 @@
 import Dispatch
+import ForkdHTTP
 import VMMControl
 
 /// The supervisor's settings (command line of forkd-supervisor / forkd serve).
@@ -15,6 +16,10 @@ public struct SupervisorConfig: Sendable {
   public var branchConcurrency: Int
   /// Children restored in parallel for one spawn request.
   public var spawnParallelism: Int
+  /// Request sizes, per-phase deadlines and the connection cap of every listener.
+  public var http = HTTPLimits()
+  /// Without a journal, each child's log file (`<state>/logs/<id>.log`) stops growing here.
+  public var maxChildLogBytes = 8 << 20
 
   public init(
     stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd",

@@ -74,8 +74,13 @@ public enum Daemon {
     let stopSignal = try OSThread.stopSignals()
     signal(SIGPIPE, SIG_IGN)
 
+    // Connections up to the cap plus every child's descriptors: the 1024 soft default is too few.
+    if let files = try? OpenFileLimit.raiseToHard(), files < UInt64(config.http.maxConnections) * 2 + 256 {
+      logger.warning(
+        "RLIMIT_NOFILE is \(files): --max-connections \(config.http.maxConnections) may run out of descriptors")
+    }
     let supervisor = try Supervisor(config: config, logger: logger)
-    let server = HTTPServer(threads: 2) { request in await supervisor.handle(request) }
+    let server = HTTPServer(threads: 2, limits: config.http) { request in await supervisor.handle(request) }
     var channels: [any Sendable] = []
     var described: [String] = []
     do {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ForkdHTTP
 import Logging
 import Syscalls
 import SystemdSupport
@@ -40,6 +41,21 @@ public struct DaemonCommandOptions: ParsableArguments {
   @Option(help: "Concurrent branches before 503.")
   public var branchConcurrency: Int = 4
 
+  @Option(help: "Milliseconds a client has to send a request's header, from its first byte (then 408).")
+  public var headerTimeoutMs: Int = HTTPLimits().headerTimeoutMS
+
+  @Option(help: "Milliseconds a client has to send a request's body, after the header (then 408).")
+  public var bodyTimeoutMs: Int = HTTPLimits().bodyTimeoutMS
+
+  @Option(help: "Milliseconds a kept-alive connection may sit between requests before it is closed.")
+  public var idleTimeoutMs: Int = HTTPLimits().idleTimeoutMS
+
+  @Option(help: "Open API connections across all listeners; one more is answered 503 and closed.")
+  public var maxConnections: Int = HTTPLimits().maxConnections
+
+  @Option(help: "Without a journal: bytes each child's log file under <state>/logs may reach.")
+  public var maxChildLogBytes: Int = 8 << 20
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   public var logLevel: String = "info"
 
@@ -51,6 +67,16 @@ public struct DaemonCommandOptions: ParsableArguments {
       throw ValidationError("--pager-policy \(pagerPolicy): restart or fail")
     }
     guard (1...64).contains(branchConcurrency) else { throw ValidationError("--branch-concurrency: 1...64") }
+    for (name, value) in [
+      ("--header-timeout-ms", headerTimeoutMs), ("--body-timeout-ms", bodyTimeoutMs),
+      ("--idle-timeout-ms", idleTimeoutMs),
+    ] where !(10...3_600_000).contains(value) {
+      throw ValidationError("\(name) \(value): 10...3600000")
+    }
+    guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections: 1...65536") }
+    guard (4096...(1 << 40)).contains(maxChildLogBytes) else {
+      throw ValidationError("--max-child-log-bytes \(maxChildLogBytes): 4096...\(1 << 40)")
+    }
     if let listenTcp, parseHostPort(listenTcp) == nil {
       throw ValidationError("--listen-tcp \(listenTcp): expected HOST:PORT")
     }
@@ -70,10 +96,16 @@ public struct DaemonCommandOptions: ParsableArguments {
       case "uffd": .always(.uffd(policy: policy))
       default: .auto(pagerPolicy: policy)
       }
-    return SupervisorConfig(
+    var config = SupervisorConfig(
       stateDirectory: stateDir, runDirectory: runDir, backend: childBackend,
       token: token?.isEmpty == true ? nil : token,
       branchConcurrency: branchConcurrency)
+    config.http.headerTimeoutMS = headerTimeoutMs
+    config.http.bodyTimeoutMS = bodyTimeoutMs
+    config.http.idleTimeoutMS = idleTimeoutMs
+    config.http.maxConnections = maxConnections
+    config.maxChildLogBytes = maxChildLogBytes
+    return config
   }
 
   /// Runs the daemon in the foreground until SIGTERM/SIGINT: listeners passed by systemd if any

@@ -24,9 +24,14 @@ final class LogPump: @unchecked Sendable {
   private let journal: Bool
   private var thread: OSThread?
   private var stopping = false
+  /// A guest can print without end: each fallback file stops at this size (the journal rotates).
+  private let maxFallbackBytes: Int
+  /// Bytes written to each fallback file, by sandbox id (touched on the pump thread only).
+  private var fallbackWritten: [String: Int] = [:]
 
-  init(fallbackDirectory: String) throws {
+  init(fallbackDirectory: String, maxFallbackBytes: Int = 8 << 20) throws {
     self.fallbackDirectory = fallbackDirectory
+    self.maxFallbackBytes = maxFallbackBytes
     journal = Journal.isAvailable()
     wake = try EventFD()
     if !journal { try FileSystem.makeDirectories(fallbackDirectory, mode: 0o750) }
@@ -114,7 +119,15 @@ final class LogPump: @unchecked Sendable {
       try? Journal.send(message: message, priority: priority, fields: fields)
     } else {
       let id = fields["FORKD_SANDBOX_ID"] ?? "unknown"
-      let text = "\(Clock.unixSeconds()) \(fields["FORKD_ROLE"] ?? "?") \(message)\n"
+      var text = "\(Clock.unixSeconds()) \(fields["FORKD_ROLE"] ?? "?") \(message)\n"
+      let written = fallbackWritten[id] ?? 0
+      guard written < maxFallbackBytes else { return }
+      if written + text.utf8.count >= maxFallbackBytes {
+        text = "\(Clock.unixSeconds()) supervisor log limit of \(maxFallbackBytes) bytes reached: later lines dropped\n"
+        fallbackWritten[id] = maxFallbackBytes
+      } else {
+        fallbackWritten[id] = written + text.utf8.count
+      }
       if let fd = try? FileDescriptor.open(
         fallbackDirectory + "/" + id + ".log", [.writeOnly, .create, FileDescriptor.OpenFlags(rawValue: 0o2000)],
         mode: 0o600)

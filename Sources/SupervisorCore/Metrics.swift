@@ -10,6 +10,7 @@ public final class SupervisorMetrics: @unchecked Sendable {
   let spawnLatency: CoreMetrics.Timer
   let pagerRestarts: CoreMetrics.Counter
   let requests: CoreMetrics.Counter
+  let agentReplyRejections: CoreMetrics.Counter
 
   public init() {
     let factory = PrometheusMetricsFactory(registry: registry)
@@ -18,6 +19,7 @@ public final class SupervisorMetrics: @unchecked Sendable {
     spawnLatency = CoreMetrics.Timer(label: "forkd_spawn_seconds", factory: factory)
     pagerRestarts = CoreMetrics.Counter(label: "forkd_pager_restarts_total", factory: factory)
     requests = CoreMetrics.Counter(label: "forkd_api_requests_total", factory: factory)
+    agentReplyRejections = CoreMetrics.Counter(label: "forkd_agent_replies_rejected_total", factory: factory)
     CoreMetrics.Gauge(label: "forkd_build_info", dimensions: [("version", APIVersion.version)], factory: factory)
       .record(1)
   }

@@ -23,6 +23,7 @@ final class Sandbox: @unchecked Sendable {
   var exitReason: String?
   var branchCount = 0
   var lastBranchPath: String?
+  var lastBranch: (tag: String, status: String, error: String?)?
   private var agentClient: AgentClient?
 
   init(id: String, snapshotTag: String, child: Child, memoryLimitMiB: UInt64?, network: ChildNetwork? = nil) {
@@ -40,7 +41,8 @@ final class Sandbox: @unchecked Sendable {
         id: id, snapshotTag: snapshotTag, createdAtUnix: createdAt, pid: state == "running" ? child.vmm.pid : nil,
         pagerPID: state == "running" ? child.pager?.pid : nil, backend: child.backend.name, state: state,
         exitReason: exitReason, memoryLimitMiB: memoryLimitMiB, branchCount: branchCount,
-        lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts, netns: network?.name,
+        lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts, lastBranchTag: lastBranch?.tag,
+        lastBranchStatus: lastBranch?.status, lastBranchError: lastBranch?.error, netns: network?.name,
         guestAddr: network == nil ? nil : ChildNetwork.guestAddress)
     }
   }
@@ -55,10 +57,17 @@ final class Sandbox: @unchecked Sendable {
       } catch {
         agentClient = nil
         if error.code == .agent, let agentError = error.cause as? AgentError {
-          if agentError.code == AgentError.unsupported {
+          if agentError.code == AgentError.busy {
+            throw .conflict("sandbox \(id): \(agentError.message)")
+          }
+          if agentError.code == AgentError.unsupported || agentError.code == AgentError.unknownType {
             throw .badRequest("sandbox \(id): the guest agent does not support this request (\(agentError.message))")
           }
           throw .badRequest("sandbox \(id): the guest agent refused the request: \(agentError.message)")
+        }
+        if error.code == .protocolViolation {
+          // Guest data the host refuses to decode: the child is reported, the daemon carries on.
+          throw APIError(502, "sandbox \(id): the guest agent sent a reply the host refuses: \(error)")
         }
         throw .internalError("sandbox \(id): agent request failed: \(error)")
       }
@@ -83,9 +92,14 @@ public final class SandboxManager: @unchecked Sendable {
   private var monitorThread: OSThread?
   private var stopping = false
   private let logs: LogPump
+  let launcher: any ChildLauncher
 
-  public init(config: SupervisorConfig, store: SnapshotStore, metrics: SupervisorMetrics, logger: Logger) throws {
-    logs = try LogPump(fallbackDirectory: config.stateDirectory + "/logs")
+  public init(
+    config: SupervisorConfig, store: SnapshotStore, metrics: SupervisorMetrics, logger: Logger,
+    launcher: any ChildLauncher = ProcessLauncher()
+  ) throws {
+    self.launcher = launcher
+    logs = try LogPump(fallbackDirectory: config.stateDirectory + "/logs", maxFallbackBytes: config.maxChildLogBytes)
     self.config = config
     self.store = store
     self.metrics = metrics
@@ -100,7 +114,15 @@ public final class SandboxManager: @unchecked Sendable {
 
   // MARK: Spawn and delete
 
+  /// Set once the SIGTERM drain has begun: new children, snapshots and branches are refused.
+  public var isStopping: Bool { lock.withLock { stopping } }
+
+  func refuseWhileStopping(_ what: String) throws(APIError) {
+    if isStopping { throw .unavailable("the supervisor is shutting down (SIGTERM drain): \(what) refused") }
+  }
+
   public func spawn(_ request: SpawnRequest) throws(APIError) -> [SandboxInfo] {
+    try refuseWhileStopping("spawn")
     try store.checkRestorable(request.snapshotTag)
     let chain = try store.chain(request.snapshotTag)
     let backend = config.backend.backend(chainDepth: chain.depth, liveFork: request.liveFork)
@@ -130,8 +152,8 @@ public final class SandboxManager: @unchecked Sendable {
         do {
           let logs = self.logs
           let tag = request.snapshotTag
-          if request.perChildNetns { network = try ChildNetwork.create(for: id, config: config) }
-          let child = try Child.restore(
+          if request.perChildNetns { network = try launcher.makeNetwork(for: id, config: config) }
+          let child = try launcher.restore(
             snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: backend,
             outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) },
             vmmArguments: network?.vmmArguments ?? [])
@@ -164,11 +186,21 @@ public final class SandboxManager: @unchecked Sendable {
       logger.error("spawn from \(request.snapshotTag) failed", metadata: ["error": "\(message)"])
       throw .internalError("restore from \(request.snapshotTag) failed: \(message)")
     }
-    lock.withLock {
+    // A drain that began while these were restored never saw them: they are stopped here.
+    let admitted = lock.withLock {
+      guard !stopping else { return false }
       for sandbox in created {
         sandboxes[sandbox.id] = sandbox
         order.append(sandbox.id)
       }
+      return true
+    }
+    guard admitted else {
+      for sandbox in created {
+        sandbox.child.stop()
+        CgroupLimit.remove(id: sandbox.id)
+      }
+      throw .unavailable("the supervisor is shutting down (SIGTERM drain): spawn refused")
     }
     for sandbox in created {
       writeRecord(sandbox)
@@ -224,26 +256,41 @@ public final class SandboxManager: @unchecked Sendable {
 
   public func ping(_ id: String) throws(APIError) -> JSONValue {
     let started = Clock.monotonicNanoseconds()
-    let response = try sandbox(id).agent(.ping, timeoutMS: 10_000)
-    guard case .pong(let pong) = response else { throw .internalError("sandbox \(id): unexpected reply to ping") }
-    return .object([
-      "pong": .bool(true), "agent_kind": .string(pong.kind == AgentPong.linuxKind ? "linux" : "test-guest"),
-      "agent_version": .integer(Int64(pong.agentVersion)), "requests_served": .integer(Int64(pong.requestsServed)),
-      "counter": .integer(Int64(pong.counter)),
-      "rtt_us": .integer(Int64((Clock.monotonicNanoseconds() - started) / 1000)),
-    ])
+    let sandbox = try sandbox(id)
+    let response = try sandbox.agent(.ping, timeoutMS: 10_000)
+    return try reported(sandbox) { () throws(APIError) in
+      try AgentReplies.ping(
+        sandbox: id, response, rttMicroseconds: (Clock.monotonicNanoseconds() &- started) / 1000)
+    }
   }
 
   public func exec(_ id: String, _ request: ExecRequest) throws(APIError) -> JSONValue {
-    let response = try sandbox(id).agent(
-      .exec(args: request.args, timeoutSeconds: request.timeoutSeconds),
+    let sandbox = try sandbox(id)
+    let response = try sandbox.agent(
+      .exec(args: request.args, timeoutSeconds: request.timeoutSeconds, options: request.options),
       timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
-    guard case .exec(let result) = response else { throw .internalError("sandbox \(id): unexpected reply to exec") }
-    return .object([
-      "stdout": .string(String(decoding: result.stdout, as: UTF8.self)),
-      "stderr": .string(String(decoding: result.stderr, as: UTF8.self)), "exit_code": .integer(Int64(result.exitCode)),
-      "timed_out": .bool(result.timedOut),
-    ])
+    return try reported(sandbox) { () throws(APIError) in try AgentReplies.exec(sandbox: id, response) }
+  }
+
+  /// A reply the API cannot carry goes into the child's log story as well as the response.
+  private func reported(_ sandbox: Sandbox, _ body: () throws(APIError) -> JSONValue) throws(APIError) -> JSONValue {
+    do {
+      return try body()
+    } catch {
+      metrics.agentReplyRejections.increment()
+      logger(for: sandbox).warning("agent reply rejected", metadata: ["error": "\(error.message)"])
+      throw error
+    }
+  }
+
+  /// Python in the guest agent's long-lived interpreter: `{result, error, exit_code}` as the
+  /// public API answers, plus what print() wrote as `stdout`.
+  public func eval(_ id: String, _ request: EvalRequest) throws(APIError) -> JSONValue {
+    let sandbox = try sandbox(id)
+    let response = try sandbox.agent(
+      .eval(code: request.code, timeoutSeconds: request.timeoutSeconds),
+      timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
+    return try reported(sandbox) { () throws(APIError) in try AgentReplies.eval(sandbox: id, response) }
   }
 
   // MARK: Branch
@@ -251,6 +298,7 @@ public final class SandboxManager: @unchecked Sendable {
   /// `mode: full`: the source is paused while its vCPU/device state and memory are captured, then
   /// resumes while the files are synced. The snapshot records the source's snapshot as parent.
   public func branch(_ id: String, _ request: BranchRequest) throws(APIError) -> SnapshotInfo {
+    try refuseWhileStopping("branch")
     let source = try sandbox(id)
     if request.mode == .live && !source.child.backend.servesChains {
       throw .badRequest(
@@ -296,12 +344,14 @@ public final class SandboxManager: @unchecked Sendable {
         "forkd-vmm \(termination) after the branch was renamed into place: the snapshot is complete",
         metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)"])
     }
+    let writing = result["status"]?.stringValue == "writing"
     source.lock.withLock {
       source.branchCount += 1
       source.lastBranchPath = directory + "/memory.bin"
+      source.lastBranch = (tag, writing ? "writing" : "ready", nil)
     }
-    let pauseMS = Double(result["pause_us"]?.int64Value ?? 0) / 1000
-    if result["status"]?.stringValue == "writing" {
+    let pauseMS = VMMReply.milliseconds(fromMicroseconds: result["pause_us"])
+    if writing {
       // wait: false — the source runs again; the copy finishes in the background.
       handedOff = true
       let log = logger
@@ -315,17 +365,26 @@ public final class SandboxManager: @unchecked Sendable {
         }
         do {
           let done = try vmm.control().call(.snapshotWait(directory: directory), timeoutMS: 3_600_000)
+          // The copy can also end without an error yet leave no snapshot (the writer gave up).
+          guard snapshots.exists(tag) else {
+            throw ControlError(.protocolViolation, "forkd-vmm reported the copy done, but \(directory) does not exist")
+          }
+          source.lock.withLock { source.lastBranch = (tag, "ready", nil) }
           metrics.snapshotsTotal.record(snapshots.count())
           log.info(
             "live branch written",
             metadata: [
               "forkd_sandbox_id": "\(id)", "tag": "\(tag)",
-              "total_ms": "\(Double(done["total_us"]?.int64Value ?? 0) / 1000)",
+              "total_ms": "\(VMMReply.milliseconds(fromMicroseconds: done["total_us"]))",
             ])
         } catch {
           // A source that died mid-copy leaves its staging directory: nobody else will remove it.
           let termination = vmm.ended(after: error)
           if termination != nil { snapshots.removeStaging(of: tag) }
+          // Visible afterwards: on the source sandbox and in the 404 for the tag.
+          let reason = "live branch from \(id) failed: \(error)\(termination.map { " (forkd-vmm \($0))" } ?? "")"
+          source.lock.withLock { source.lastBranch = (tag, "failed", reason) }
+          snapshots.recordFailure(tag, reason)
           log.error(
             "live branch failed",
             metadata: [
@@ -347,9 +406,9 @@ public final class SandboxManager: @unchecked Sendable {
     info.pauseMS = pauseMS
     info.status = "ready"
     if request.mode == .diff {
-      info.diffMS = Double(result["total_us"]?.int64Value ?? 0) / 1000
-      info.diffPhysicalBytes = UInt64(result["memory_data_bytes"]?.int64Value ?? 0)
-      info.diffLogicalBytes = UInt64(result["layer_pages"]?.int64Value ?? 0) * 4096
+      info.diffMS = VMMReply.milliseconds(fromMicroseconds: result["total_us"])
+      info.diffPhysicalBytes = VMMReply.nonNegative(result["memory_data_bytes"])
+      info.diffLogicalBytes = VMMReply.pageBytes(result["layer_pages"])
     }
     metrics.snapshotsTotal.record(store.count())
     logger.info(

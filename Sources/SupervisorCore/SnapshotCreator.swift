@@ -8,6 +8,7 @@ struct SnapshotCreator {
   let store: SnapshotStore
   let config: SupervisorConfig
   let logger: Logger
+  let launcher: any ChildLauncher
 
   func create(_ request: CreateSnapshotRequest) throws(APIError) -> SnapshotInfo {
     let mode: VMMProcess.Mode
@@ -40,7 +41,7 @@ struct SnapshotCreator {
       // (`per_child_netns`); a child without a namespace has it unplugged.
       var extra: [String] = []
       if case .boot = mode { extra = ["--nic"] }
-      parent = try VMMProcess.launch(mode, runDirectory: runDirectory, extraArguments: extra)
+      parent = try launcher.boot(mode, runDirectory: runDirectory, extraArguments: extra)
     } catch {
       throw .internalError("cannot boot the parent of \(request.tag): \(error)")
     }
@@ -54,6 +55,12 @@ struct SnapshotCreator {
           throw ControlError(
             .agent,
             "warm-up exec \(step.jsonValue.serialized()) \(result.timedOut ? "timed out" : "exited with \(result.exitCode)"): \(String(decoding: result.stderr.suffix(512), as: UTF8.self))"
+          )
+        }
+        if case .eval(let result) = response, result.exitCode != 0 {
+          throw ControlError(
+            .agent,
+            "warm-up eval \(step.jsonValue.serialized().prefix(200)) ended with status \(result.exitCode): \(String(decoding: result.error.suffix(512), as: UTF8.self))"
           )
         }
       }

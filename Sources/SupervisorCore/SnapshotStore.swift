@@ -14,6 +14,11 @@ public final class SnapshotStore: @unchecked Sendable {
   private let lock = ConditionLock()
   /// Tags being created (snapshot create or branch): a second request for one gets 409.
   private var inFlight: Set<String> = []
+  /// Why recent background writes (live branches with wait false) of tags that never appeared
+  /// failed: the 404 for such a tag says so. The latest `maxFailures` are kept.
+  private var failures: [String: String] = [:]
+  private var failureOrder: [String] = []
+  static let maxFailures = 256
 
   public init(directory: String) throws {
     self.directory = directory
@@ -35,6 +40,7 @@ public final class SnapshotStore: @unchecked Sendable {
       guard !inFlight.contains(tag) else { throw APIError(409, "snapshot \(tag) is being created") }
       guard !exists(tag) else { throw APIError(existsStatus, "snapshot \(tag) already exists") }
       inFlight.insert(tag)
+      if failures.removeValue(forKey: tag) != nil { failureOrder.removeAll { $0 == tag } }
     }
   }
 
@@ -51,6 +57,23 @@ public final class SnapshotStore: @unchecked Sendable {
   public func settleAfterWriterDied(_ tag: String) -> Bool {
     removeStaging(of: tag)
     return exists(tag)
+  }
+
+  /// A background write of `tag` failed: kept so the tag's 404 reads `status "failed"` and why.
+  public func recordFailure(_ tag: String, _ reason: String) {
+    lock.withLock {
+      if failures.updateValue(reason, forKey: tag) == nil { failureOrder.append(tag) }
+      if failureOrder.count > Self.maxFailures { failures.removeValue(forKey: failureOrder.removeFirst()) }
+    }
+  }
+
+  /// Why `tag` is not there: still being written, failed (and why), or unknown.
+  func absence(_ tag: String) -> String {
+    lock.withLock {
+      if inFlight.contains(tag) { return "snapshot \(tag) is being written (status \"writing\")" }
+      if let reason = failures[tag] { return "snapshot \(tag) does not exist (status \"failed\"): \(reason)" }
+      return "unknown snapshot tag \(tag)"
+    }
   }
 
   public func release(_ tag: String) {
@@ -75,7 +98,7 @@ public final class SnapshotStore: @unchecked Sendable {
   public func count() -> Int { tags().count }
 
   public func info(_ tag: String) throws(APIError) -> SnapshotInfo {
-    guard exists(tag), let m = manifest(tag) else { throw .notFound("unknown snapshot tag \(tag)") }
+    guard exists(tag), let m = manifest(tag) else { throw .notFound(absence(tag)) }
     let all = tags()
     let manifests = Dictionary(uniqueKeysWithValues: all.compactMap { t in manifest(t).map { (t, $0) } })
     return info(tag, m, manifests)

@@ -13,14 +13,18 @@ public final class Supervisor: @unchecked Sendable {
   let audit: AuditLog
   let logger: Logger
 
-  public init(config: SupervisorConfig, logger: Logger) throws {
+  let launcher: any ChildLauncher
+
+  public init(config: SupervisorConfig, logger: Logger, launcher: any ChildLauncher = ProcessLauncher()) throws {
+    self.launcher = launcher
     self.config = config
     self.logger = logger
     try FileSystem.makeDirectories(config.stateDirectory)
     try FileSystem.makeDirectories(config.runDirectory)
     store = try SnapshotStore(directory: config.snapshotsDirectory)
     metrics = SupervisorMetrics()
-    sandboxes = try SandboxManager(config: config, store: store, metrics: metrics, logger: logger)
+    sandboxes = try SandboxManager(
+      config: config, store: store, metrics: metrics, logger: logger, launcher: launcher)
     audit = AuditLog(path: config.auditLogPath)
     metrics.snapshotsTotal.record(store.count())
     metrics.sandboxesActive.record(0)
@@ -45,7 +49,7 @@ public final class Supervisor: @unchecked Sendable {
     }
     metrics.requests.increment()
     audit.record(
-      method: request.method, path: request.path, status: response.status,
+      method: request.method, path: request.path, query: request.rawQuery, status: response.status,
       latencyMicroseconds: (Clock.monotonicNanoseconds() - started) / 1000, userAgent: request.header("User-Agent"))
     return response
   }
@@ -77,18 +81,19 @@ public final class Supervisor: @unchecked Sendable {
     }
     if match(method, parts, "POST", ["v1", "snapshots"]) != nil {
       let body = try CreateSnapshotRequest.decode(request.body)
-      let creator = SnapshotCreator(store: store, config: config, logger: logger)
+      try sandboxes.refuseWhileStopping("snapshot creation")
+      let creator = SnapshotCreator(store: store, config: config, logger: logger, launcher: launcher)
       let info = try await blocking { try creator.create(body) }
       metrics.snapshotsTotal.record(store.count())
       return json(201, info.summaryJSON)
     }
     if let captures = match(method, parts, "GET", ["v1", "snapshots", "*", "info"]) {
-      let tag = captures[0]
+      let tag = captures.first ?? ""
       try checkTag(tag)
       return json(200, try store.info(tag).infoJSON)
     }
     if let captures = match(method, parts, "DELETE", ["v1", "snapshots", "*"]) {
-      let tag = captures[0]
+      let tag = captures.first ?? ""
       try checkTag(tag)
       let cascade = request.query["cascade"] == "true"
       let force = request.query["force"] == "true"
@@ -97,7 +102,7 @@ public final class Supervisor: @unchecked Sendable {
       return HTTPResponse(status: 204, body: [])
     }
     if let captures = match(method, parts, "POST", ["v1", "snapshots", "*", "compact"]) {
-      let tag = captures[0]
+      let tag = captures.first ?? ""
       try checkTag(tag)
       let body = try CompactRequest.decode(request.body)
       let snapshots = store
@@ -115,46 +120,38 @@ public final class Supervisor: @unchecked Sendable {
       return json(201, .array(created.map(\.jsonValue)))
     }
     if let captures = match(method, parts, "GET", ["v1", "sandboxes", "*"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       return json(200, try sandboxes.get(id).jsonValue)
     }
     if let captures = match(method, parts, "DELETE", ["v1", "sandboxes", "*"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       let manager = sandboxes
       _ = try sandboxes.get(id)
       try await blocking { try manager.delete(id) }
       return HTTPResponse(status: 204, body: [])
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "ping"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       let manager = sandboxes
       return json(200, try await blocking { try manager.ping(id) })
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "exec"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       let body = try ExecRequest.decode(request.body)
       let manager = sandboxes
       return json(200, try await blocking { try manager.exec(id, body) })
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "eval"]) {
-      let id = captures[0]
-      let value = try JSONObjectReader(JSONValue.parse(request.body, source: "request body"), source: "request body")
-      let code = try value.string("code")
+      let id = captures.first ?? ""
+      let body = try EvalRequest.decode(request.body)
       let manager = sandboxes
-      let result = try await blocking {
-        try manager.exec(id, ExecRequest(args: ["python3", "-c", code], timeoutSeconds: 30))
-      }
-      return json(
-        200,
-        .object([
-          "result": result["stdout"] ?? .string(""), "error": result["stderr"] ?? .string(""),
-          "exit_code": result["exit_code"] ?? .integer(-1),
-        ]))
+      return json(200, try await blocking { try manager.eval(id, body) })
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "branch"]) {
-      let id = captures[0]
+      let id = captures.first ?? ""
       let body = try BranchRequest.decode(request.body)
       let manager = sandboxes
+      try sandboxes.refuseWhileStopping("branch")
       _ = try sandboxes.get(id)
       let info = try await blocking { try manager.branch(id, body) }
       return json(201, info.summaryJSON)

@@ -2,24 +2,31 @@ import Synchronization
 
 /// The seam through which tests inject failures into system calls.
 ///
-/// Production code never sets a rule, and the check costs one atomic load when none is set.
+/// Compiled only into debug builds (FORKD_TEST_SEAMS, what `swift test` runs); in a release build
+/// `check` is empty and `install` does not exist.
 public enum FaultInjection {
   public typealias Rule = @Sendable (_ call: String) -> Errno?
 
-  private static let armed = Atomic<Bool>(false)
-  private static let rule = Mutex<Rule?>(nil)
+  #if FORKD_TEST_SEAMS
 
-  /// Makes every wrapped call ask `rule` first; a returned errno fails the call with it.
-  public static func install(_ newRule: Rule?) {
-    rule.withLock { $0 = newRule }
-    armed.store(newRule != nil, ordering: .releasing)
-  }
+    private static let armed = Atomic<Bool>(false)
+    private static let rule = Mutex<Rule?>(nil)
 
-  @inline(__always)
-  static func check(_ call: String) throws(SyscallError) {
-    guard armed.load(ordering: .acquiring) else { return }
-    if let injected = rule.withLock({ $0 })?(call) { throw SyscallError(call, injected, detail: "(injected)") }
-  }
+    /// Makes every wrapped call ask `rule` first; a returned errno fails the call with it.
+    public static func install(_ newRule: Rule?) {
+      rule.withLock { $0 = newRule }
+      armed.store(newRule != nil, ordering: .releasing)
+    }
+
+    @inline(__always)
+    static func check(_ call: String) throws(SyscallError) {
+      guard armed.load(ordering: .acquiring) else { return }
+      if let injected = rule.withLock({ $0 })?(call) { throw SyscallError(call, injected, detail: "(injected)") }
+    }
+  #else
+    @inline(__always)
+    static func check(_ call: String) throws(SyscallError) {}
+  #endif
 }
 
 /// Runs `body` until it stops failing with EINTR; a -1 result becomes a thrown `SyscallError`.

@@ -12,7 +12,9 @@ import Synchronization
 /// `FORKD_TEST_KILL_AT=@PATH` reads `<role>:<stage>` from the file PATH instead (absent or empty:
 /// disarmed): a test arms the children of an already running supervisor one request at a time.
 /// Read once, at start; an unknown role or stage is a usage error, so a typo cannot make a test
-/// pass without killing anything. Production never sets it; `reached` then costs one atomic load.
+/// pass without killing anything. Compiled only into debug builds (FORKD_TEST_SEAMS, the builds
+/// `swift test` runs): in a release binary `arm` and `reached` are empty and the variable's name
+/// is not in the binary at all.
 public enum KillPoint {
   public enum Role: String, Sendable, CaseIterable {
     case vmm
@@ -43,51 +45,60 @@ public enum KillPoint {
     public let description: String
   }
 
-  private static let armed = Atomic<Bool>(false)
-  private static let target = Mutex<(role: Role, stage: String)?>(nil)
+  #if FORKD_TEST_SEAMS
+    private static let armed = Atomic<Bool>(false)
+    private static let target = Mutex<(role: Role, stage: String)?>(nil)
 
-  /// Reads `FORKD_TEST_KILL_AT` for a process of `role`. The whole value is checked whatever its
-  /// role (forkd-vmm rejects a misspelt pager stage too); only a value naming `role` arms.
-  public static func arm(role: Role, environment name: String = "FORKD_TEST_KILL_AT") throws(ConfigError) {
-    guard let raw = getenv(name).map({ String(cString: $0) }), !raw.isEmpty else { return }
-    var spec = raw
-    if raw.hasPrefix("@") {
-      let path = String(raw.dropFirst())
-      guard let bytes = try? FileSystem.readFile(path, limit: 4096) else {
-        if FileSystem.exists(path) { throw ConfigError(description: "\(name): cannot read \(path)") }
-        return
+    /// Reads `FORKD_TEST_KILL_AT` for a process of `role`. The whole value is checked whatever its
+    /// role (forkd-vmm rejects a misspelt pager stage too); only a value naming `role` arms.
+    public static func arm(role: Role, environment name: String = "FORKD_TEST_KILL_AT") throws(ConfigError) {
+      guard let raw = getenv(name).map({ String(cString: $0) }), !raw.isEmpty else { return }
+      var spec = raw
+      if raw.hasPrefix("@") {
+        let path = String(raw.dropFirst())
+        guard let bytes = try? FileSystem.readFile(path, limit: 4096) else {
+          if FileSystem.exists(path) { throw ConfigError(description: "\(name): cannot read \(path)") }
+          return
+        }
+        spec = String(decoding: bytes, as: UTF8.self).filter { $0 != "\n" && $0 != " " }
+        if spec.isEmpty { return }
       }
-      spec = String(decoding: bytes, as: UTF8.self).filter { $0 != "\n" && $0 != " " }
-      if spec.isEmpty { return }
+      let parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+      guard parts.count == 2, let wanted = Role(rawValue: parts[0]) else {
+        throw ConfigError(
+          description: "\(name)='\(spec)': expected <role>:<stage> with role \(Role.allCases.map(\.rawValue))")
+      }
+      let known = stages[wanted] ?? []
+      guard known.contains(parts[1]) else {
+        throw ConfigError(
+          description:
+            "\(name)='\(spec)': unknown \(wanted.rawValue) stage '\(parts[1])'; known: \(known.joined(separator: ", "))"
+        )
+      }
+      guard wanted == role else { return }
+      target.withLock { $0 = (role, parts[1]) }
+      armed.store(true, ordering: .releasing)
     }
-    let parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-    guard parts.count == 2, let wanted = Role(rawValue: parts[0]) else {
-      throw ConfigError(
-        description: "\(name)='\(spec)': expected <role>:<stage> with role \(Role.allCases.map(\.rawValue))")
-    }
-    let known = stages[wanted] ?? []
-    guard known.contains(parts[1]) else {
-      throw ConfigError(
-        description:
-          "\(name)='\(spec)': unknown \(wanted.rawValue) stage '\(parts[1])'; known: \(known.joined(separator: ", "))"
-      )
-    }
-    guard wanted == role else { return }
-    target.withLock { $0 = (role, parts[1]) }
-    armed.store(true, ordering: .releasing)
-  }
 
-  /// Kills the process with SIGKILL if it is armed for `stage`; otherwise returns at once.
-  @inline(__always)
-  public static func reached(_ stage: String) {
-    guard armed.load(ordering: .acquiring) else { return }
-    kill(at: stage)
-  }
+    /// Kills the process with SIGKILL if it is armed for `stage`; otherwise returns at once.
+    @inline(__always)
+    public static func reached(_ stage: String) {
+      guard armed.load(ordering: .acquiring) else { return }
+      kill(at: stage)
+    }
 
-  private static func kill(at reachedStage: String) {
-    guard let (role, stage) = target.withLock({ $0 }), stage == reachedStage else { return }
-    let line = Array("forkd-\(role.rawValue): test seam FORKD_TEST_KILL_AT: SIGKILL at \(reachedStage)\n".utf8)
-    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-    raise(SIGKILL)
-  }
+    private static func kill(at reachedStage: String) {
+      guard let (role, stage) = target.withLock({ $0 }), stage == reachedStage else { return }
+      let line = Array("forkd-\(role.rawValue): test seam FORKD_TEST_KILL_AT: SIGKILL at \(reachedStage)\n".utf8)
+      _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+      raise(SIGKILL)
+    }
+  #else
+    /// Release builds carry no seam: nothing to arm.
+    @inline(__always)
+    public static func arm(role: Role) throws(ConfigError) {}
+
+    @inline(__always)
+    public static func reached(_ stage: String) {}
+  #endif
 }

@@ -57,6 +57,11 @@ public final class AgentClient: @unchecked Sendable {
 
   /// Sends a request without waiting, so requests to many guests can run at once.
   public func send(_ request: AgentRequest) throws(ControlError) -> Pending {
+    if let problem = request.encodingProblem {
+      throw ControlError(
+        .agent, "cannot send the agent request: \(problem)",
+        cause: AgentError(code: AgentError.tooLarge, message: problem))
+    }
     let id = nextID
     nextID &+= 1
     do {

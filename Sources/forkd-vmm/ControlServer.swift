@@ -17,9 +17,14 @@ final class ControlServer: PollSource {
   private let restoredFrom: String?
   /// Live snapshots answered before their copy finished (`wait: false`), by directory.
   private var liveJobs: [String: LiveSnapshotJob] = [:]
-  /// Test seam: slows the live copier (microseconds per 64 pages), from FORKD_TEST_LIVE_COPY_DELAY_US.
-  private let liveCopyDelay: UInt32 =
-    getenv("FORKD_TEST_LIVE_COPY_DELAY_US").flatMap { UInt32(String(cString: $0)) } ?? 0
+  /// Test seam (debug builds only): slows the live copier (microseconds per 64 pages), from
+  /// FORKD_TEST_LIVE_COPY_DELAY_US.
+  #if FORKD_TEST_SEAMS
+    private let liveCopyDelay: UInt32 =
+      getenv("FORKD_TEST_LIVE_COPY_DELAY_US").flatMap { UInt32(String(cString: $0)) } ?? 0
+  #else
+    private let liveCopyDelay: UInt32 = 0
+  #endif
   /// Set by `stop`: the process exits after answering.
   private(set) var stopRequested = false
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLISupport
 import ForkdClient
 import Protocol
 import Syscalls
@@ -72,7 +73,7 @@ extension Demo {
     let allAnsweredMS = ms(Clock.monotonicNanoseconds() - t0)
     let rtt = Summary(pongs.rtts)
     print(
-      "ping      all \(ids.count - failed.count) of \(ids.count) answered \(format(allAnsweredMS)) ms after the spawn request began (agent round trip p50 \(format(rtt.p50)) ms, p90 \(format(rtt.p90)) ms)"
+      "ping      all \(ids.count - failed.count) of \(ids.count) answered \(format(allAnsweredMS)) ms after the spawn request began (agent round trip p50 \(format(rtt.p50)) ms, p90 \(Summary.text(rtt.p90IfEnough)) ms)"
     )
 
     // 3. Memory per child: the PSS of its forkd-vmm and forkd-pager, summed.

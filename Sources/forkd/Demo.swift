@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLISupport
 import ForkdClient
 import Protocol
 import Syscalls
@@ -162,10 +163,10 @@ struct Demo: ParsableCommand {
     let reply = Summary(firstReplyMS)
     print("")
     print(
-      "restore→ready       p50 \(format(ready.p50)) ms  p90 \(format(ready.p90)) ms  (process spawn to control socket ready)"
+      "restore→ready       p50 \(format(ready.p50)) ms  p90 \(Summary.text(ready.p90IfEnough)) ms  (process spawn to control socket ready)"
     )
     print(
-      "restore→first reply p50 \(format(reply.p50)) ms  p90 \(format(reply.p90)) ms  (spawn to the agent's first ping reply)"
+      "restore→first reply p50 \(format(reply.p50)) ms  p90 \(Summary.text(reply.p90IfEnough)) ms  (spawn to the agent's first ping reply)"
     )
     print(
       "fan-out: \(childCount) children restored and answering in \(format(fanOutMS)) ms; all checksums (\(pages) pages each) in \(format(checksumAllMS)) ms"

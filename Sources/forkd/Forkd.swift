@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLISupport
 
 @main
 struct Forkd: AsyncParsableCommand {
@@ -8,7 +9,7 @@ struct Forkd: AsyncParsableCommand {
     subcommands: [
       Spawn.self, Branch.self, List.self, Remove.self, Ping.self, Exec.self, SnapshotCommand.self, Serve.self,
       Doctor.self,
-      Demo.self, Bench.self,
+      Demo.self, BenchCommand.self,
     ])
 }
 

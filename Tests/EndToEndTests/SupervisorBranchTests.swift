@@ -158,8 +158,19 @@ struct SupervisorBranchTests {
     #expect(doomed.json?["status"] == .string("writing"), "\(doomed.text)")
     let victim = pid_t(try #require(try api.request("GET", "/v1/sandboxes/\(ids[1])").json?["pid"]?.int64Value))
     kill(victim, SIGKILL)
-    Clock.sleep(milliseconds: 300)
-    #expect(try api.request("GET", "/v1/snapshots/l3/info").status == 404)
+    // The failure is visible: on the source sandbox and in the tag's 404.
+    var source: JSONValue?
+    for _ in 0..<500 {
+      source = try api.request("GET", "/v1/sandboxes/\(ids[1])").json
+      if source?["last_branch_status"] == .string("failed") { break }
+      Clock.sleep(milliseconds: 20)
+    }
+    #expect(source?["last_branch_status"] == .string("failed"), "\(String(describing: source))")
+    #expect(source?["last_branch_tag"] == .string("l3"))
+    #expect(source?["last_branch_error"]?.stringValue?.contains(ids[1]) == true, "\(String(describing: source))")
+    let gone = try api.request("GET", "/v1/snapshots/l3/info")
+    #expect(gone.status == 404)
+    #expect(gone.json?["error"]?.stringValue?.contains("\"failed\"") == true, "\(gone.text)")
     #expect(try api.request("GET", "/v1/snapshots").json?.arrayValue?.contains { $0["tag"] == .string("l3") } == false)
     #expect(sup.stop() == .exited(0))
     let restarted = try TestSupervisor("live", reusing: sup.scratch)

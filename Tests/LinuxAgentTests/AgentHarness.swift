@@ -58,7 +58,8 @@ final class RunningAgent: @unchecked Sendable {
   var logPath: String { scratch.path + "/agent.log" }
   private var reaped: ChildProcess.Termination?
 
-  init() throws {
+  /// `environment`: extra variables for the agent (e.g. FORKD_AGENT_PYTHON).
+  init(environment: [String] = []) throws {
     let binary = try agentBinary.get()
     scratch = try ScratchDirectory("run")
     let console = try FileDescriptor.open(scratch.path + "/console", [.writeOnly, .create], mode: 0o600)
@@ -68,6 +69,7 @@ final class RunningAgent: @unchecked Sendable {
     pid = try ChildProcess.spawn(
       path: binary,
       arguments: [binary, "--listen", "unix:" + scratch.path + "/agent.sock", "--console", scratch.path + "/console"],
+      environment: environment.isEmpty ? nil : ChildProcess.currentEnvironment() + environment,
       stdoutFD: log, stderrFD: log)
     // Ready once the socket accepts a connection.
     let deadline = Clock.monotonicNanoseconds() + 5_000_000_000

@@ -9,6 +9,11 @@ struct AgentProtocolTests {
     .kvSet(key: [], value: []), .kvGet(key: Array("k".utf8)), .exit(code: 3),
     .exec(args: ["/bin/echo", "hé llo", ""], timeoutSeconds: 30), .exec(args: [], timeoutSeconds: 0),
     .console(Array("a console line".utf8)), .console([]), .attack(kind: 7),
+    .eval(code: "x = 41\nx + 1", timeoutSeconds: 30), .eval(code: "", timeoutSeconds: 0),
+    .exec(
+      args: ["/bin/cat"], timeoutSeconds: 5,
+      options: ExecOptions(environment: ["A=1", "B="], workingDirectory: "/tmp", stdin: [0, 1, 2])),
+    .exec(args: ["env"], timeoutSeconds: 5, options: ExecOptions(stdin: Array("in".utf8))),
   ]
 
   static func answer(_ r: AgentRequest) -> AgentResponse {
@@ -24,6 +29,7 @@ struct AgentProtocolTests {
     case .exec: return .exec(AgentExecResult(exitCode: -1, stdout: Array("out".utf8), stderr: [], timedOut: true))
     case .console: return .consoleWritten
     case .attack: return .attacking
+    case .eval: return .eval(AgentEvalResult(exitCode: 1, result: Array("42".utf8), error: [0xFF], stdout: []))
     }
   }
 
@@ -74,12 +80,24 @@ struct AgentProtocolTests {
         == [0xFE, 0xFF, 0xFF, 0xFF, 0, 1, 0, 0, 0, 0x6F, 2, 0, 0, 0, 0x65, 0x65])
     #expect(
       AgentCodec.payload(of: .error(AgentError(code: 3, message: "no"))) == [3, 0, 0, 0, 2, 0, 0, 0, 0x6E, 0x6F])
+    // exec with options: after the arguments, u32 envc + strings, cwd, stdin (each length-prefixed).
+    #expect(
+      AgentCodec.payload(
+        of: .exec(args: ["a"], timeoutSeconds: 1, options: ExecOptions(environment: ["X=1"], stdin: [7])))
+        == [
+          1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0x61, 1, 0, 0, 0, 3, 0, 0, 0, 0x58, 0x3D, 0x31, 0, 0, 0, 0, 1, 0, 0, 0, 7,
+        ])
+    // eval: u32 timeout, u32 length + code; answer i32 status, then result, error, stdout.
+    #expect(AgentCodec.payload(of: .eval(code: "1", timeoutSeconds: 2)) == [2, 0, 0, 0, 1, 0, 0, 0, 0x31])
+    #expect(
+      AgentCodec.payload(of: .eval(AgentEvalResult(exitCode: -1, result: [0x32], error: [], stdout: [0x6F])))
+        == [0xFF, 0xFF, 0xFF, 0xFF, 1, 0, 0, 0, 0x32, 0, 0, 0, 0, 1, 0, 0, 0, 0x6F])
     #expect(AgentCodec.payload(of: .kvSet) == [])
     #expect(AgentCodec.payload(of: .exiting) == [])
   }
 
   @Test func typeBytes() {
-    #expect(Self.requests.map(\.frameType) == [1, 2, 2, 3, 4, 5, 5, 6, 6, 7, 8, 9, 9, 10, 10, 11])
+    #expect(Self.requests.map(\.frameType) == [1, 2, 2, 3, 4, 5, 5, 6, 6, 7, 8, 9, 9, 10, 10, 11, 0x20, 0x20, 9, 9])
     for r in Self.requests {
       #expect(Self.answer(r).frameType == r.frameType | 0x80)
     }

@@ -27,6 +27,7 @@ enum {
   T_EXIT = 8,
   T_EXEC = 9,
   T_CONSOLE = 10,
+  T_EVAL = 0x20,
 };
 
 enum {
@@ -35,6 +36,7 @@ enum {
   E_BAD_ARGUMENT = 3,
   E_UNSUPPORTED = 4,
   E_TOO_LARGE = 5,
+  E_BUSY = 6,
 };
 
 /* A growable byte buffer. Allocation failure is fatal (the agent is the guest's workload). */
@@ -67,6 +69,7 @@ struct conn {
   int exit_pending;        /* power off (or exit) once `out` is flushed */
   uint32_t exit_code;
   struct job *job;         /* the exec in flight, if any */
+  int eval_pending;        /* an eval of this connection runs in the interpreter */
 };
 
 /* An exec in flight. */
@@ -101,9 +104,17 @@ void reply_frame(struct conn *c, uint8_t type, uint32_t request_id, const uint8_
 #define MAX_JOBS 64
 extern struct job *jobs[MAX_JOBS];
 extern int njobs;
+/* What an exec may set besides its arguments (the optional tail of the exec payload). */
+struct exec_opts {
+  char **env;              /* NULL-terminated "NAME=value" overrides of the agent's environment, or NULL */
+  char *cwd;               /* working directory, or NULL for the agent's */
+  const uint8_t *stdin_data; /* the program's whole stdin (else /dev/null) */
+  uint32_t stdin_len;
+};
 /* Starts argv (NULL-terminated) for connection c and sets c->job; if it cannot even start,
- * answers with an error itself. Takes ownership of argv and its strings. */
-void exec_start(struct conn *c, uint32_t request_id, uint32_t timeout_s, char **argv);
+ * answers with an error itself. Takes ownership of argv, opts->env, opts->cwd and their strings;
+ * stdin_data is copied before it returns. */
+void exec_start(struct conn *c, uint32_t request_id, uint32_t timeout_s, char **argv, struct exec_opts *opts);
 /* Reads what is available on one of a job's pipes (fd is job->out_fd or job->err_fd). */
 void job_read(struct job *j, int fd);
 /* Reaps exited children (after SIGCHLD). */
@@ -117,6 +128,22 @@ void job_orphan(struct job *j);
 /* Largest bytes of stdout or stderr an exec response carries (each); the rest is dropped. */
 #define EXEC_OUTPUT_MAX (512u * 1024u - 64u)
 #define EXEC_DEFAULT_TIMEOUT_S 60
+
+/* eval.c: the long-lived Python interpreter (one eval at a time, agent-wide). */
+#define EVAL_DEFAULT_TIMEOUT_S 30
+/* Sends the code of an eval request to the interpreter (started on first use) and sets
+ * c->eval_pending; answers errors itself. */
+void eval_start(struct conn *c, uint32_t request_id, const uint8_t *p, uint32_t plen);
+/* The interpreter's answer pipe while an eval runs, else -1. */
+int eval_fd(void);
+/* Reads the interpreter's answer; answers the eval once it is complete. */
+void eval_read(void);
+/* Kills an interpreter whose eval ran past its timeout and answers it. */
+void eval_tick(void);
+/* Milliseconds until the running eval's deadline, -1 if none. */
+int eval_wakeup_ms(void);
+/* The connection went away: its eval's answer is discarded. */
+void eval_orphan(struct conn *c);
 
 int64_t now_ms(void);
 void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

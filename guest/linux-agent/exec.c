@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,13 +20,39 @@ struct job *jobs[MAX_JOBS];
 int njobs;
 
 static void free_argv(char **argv) {
+  if (!argv) return;
   for (char **a = argv; *a; a++) free(*a);
   free(argv);
 }
 
-void exec_start(struct conn *c, uint32_t request_id, uint32_t timeout_s, char **argv) {
-  int out[2] = {-1, -1}, err[2] = {-1, -1};
+/* The program's stdin as a memfd holding all of it: no pipe to feed from the poll loop, and a
+ * program that never reads it cannot block the agent. */
+static int stdin_memfd(const uint8_t *data, uint32_t len) {
+  int fd = memfd_create("exec-stdin", MFD_CLOEXEC);
+  if (fd < 0) return -1;
+  for (uint32_t done = 0; done < len;) {
+    ssize_t w = write(fd, data + done, len - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      close(fd);
+      return -1;
+    }
+    done += (uint32_t)w;
+  }
+  if (lseek(fd, 0, SEEK_SET) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void exec_start(struct conn *c, uint32_t request_id, uint32_t timeout_s, char **argv, struct exec_opts *opts) {
+  int out[2] = {-1, -1}, err[2] = {-1, -1}, in = -1;
   char msg[160];
+  if (opts->stdin_len && (in = stdin_memfd(opts->stdin_data, opts->stdin_len)) < 0) {
+    snprintf(msg, sizeof msg, "exec: cannot hold %u bytes of stdin: %s", opts->stdin_len, strerror(errno));
+    goto fail;
+  }
   if (njobs == MAX_JOBS) {
     snprintf(msg, sizeof msg, "exec: %d programs already running", MAX_JOBS);
     goto fail;
@@ -45,10 +72,15 @@ void exec_start(struct conn *c, uint32_t request_id, uint32_t timeout_s, char **
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
     setpgid(0, 0);
-    int null = open("/dev/null", O_RDONLY);
-    if (null >= 0) dup2(null, 0);
+    int input = in >= 0 ? in : open("/dev/null", O_RDONLY);
+    if (input >= 0) dup2(input, 0);
     dup2(out[1], 1);
     dup2(err[1], 2);
+    for (char **e = opts->env; e && *e; e++) putenv(*e);
+    if (opts->cwd && chdir(opts->cwd) != 0) {
+      dprintf(2, "forkd-agent: cannot change to directory %s: %s\n", opts->cwd, strerror(errno));
+      _exit(126);
+    }
     execvp(argv[0], argv);
     int e = errno;
     dprintf(2, "forkd-agent: cannot run %s: %s\n", argv[0], strerror(e));
@@ -59,7 +91,10 @@ void exec_start(struct conn *c, uint32_t request_id, uint32_t timeout_s, char **
   close(err[1]);
   fcntl(out[0], F_SETFL, O_NONBLOCK);
   fcntl(err[0], F_SETFL, O_NONBLOCK);
+  if (in >= 0) close(in);
   free_argv(argv);
+  free_argv(opts->env);
+  free(opts->cwd);
 
   struct job *j = calloc(1, sizeof *j);
   if (!j) {
@@ -81,7 +116,10 @@ fail:
     if (out[i] >= 0) close(out[i]);
     if (err[i] >= 0) close(err[i]);
   }
+  if (in >= 0) close(in);
   free_argv(argv);
+  free_argv(opts->env);
+  free(opts->cwd);
   reply_error(c, request_id, E_UNSUPPORTED, msg);
 }
 

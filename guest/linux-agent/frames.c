@@ -185,6 +185,7 @@ static void do_console(struct conn *c, uint32_t id, const uint8_t *p, uint32_t p
 
 /* exec payload: u32 timeout_s, u32 argc, argc × (u32 length, bytes). */
 static void do_exec(struct conn *c, uint32_t id, const uint8_t *p, uint32_t plen) {
+  struct exec_opts opts = {0};
   if (plen < 8) FAIL(c, id, E_BAD_ARGUMENT, "exec: payload of %u bytes has no u32 timeout and u32 argc", plen);
   uint32_t timeout = ld32(p), argc = ld32(p + 4);
   if (argc == 0) FAIL(c, id, E_BAD_ARGUMENT, "exec: argc is 0, nothing to run");
@@ -212,19 +213,76 @@ static void do_exec(struct conn *c, uint32_t id, const uint8_t *p, uint32_t plen
     }
     pos += len;
   }
+  /* The optional tail: u32 envc and "NAME=value" strings, u32 length + cwd (0: the agent's),
+   * u32 length + stdin. Absent (pos == plen): none of them, as older hosts send. */
   if (pos != plen) {
-    fail(c, id, E_BAD_ARGUMENT, "exec: %u trailing bytes after the arguments", plen - pos);
-    goto bad;
+    uint32_t envc = plen - pos >= 4 ? ld32(p + pos) : UINT32_MAX;
+    if (envc == UINT32_MAX || envc > EXEC_ARGC_MAX || (uint64_t)envc * 4 > plen - pos - 4) {
+      fail(c, id, E_BAD_ARGUMENT, "exec: bad environment count at offset %u", pos);
+      goto bad;
+    }
+    pos += 4;
+    opts.env = calloc((size_t)envc + 1, sizeof *opts.env);
+    if (!opts.env) {
+      fail(c, id, E_TOO_LARGE, "exec: out of memory");
+      goto bad;
+    }
+    for (uint32_t i = 0; i < envc; i++) {
+      uint32_t len = plen - pos >= 4 ? ld32(p + pos) : UINT32_MAX;
+      if (len == UINT32_MAX || len > plen - pos - 4) {
+        fail(c, id, E_BAD_ARGUMENT, "exec: environment entry %u runs past the payload", i);
+        goto bad;
+      }
+      pos += 4;
+      const char *eq = memchr(p + pos, '=', len);
+      if (memchr(p + pos, 0, len) || !eq || eq == (const char *)p + pos) {
+        fail(c, id, E_BAD_ARGUMENT, "exec: environment entry %u is not NAME=value", i);
+        goto bad;
+      }
+      if (!(opts.env[i] = strndup((const char *)p + pos, len))) {
+        fail(c, id, E_TOO_LARGE, "exec: out of memory");
+        goto bad;
+      }
+      pos += len;
+    }
+    uint32_t cwd_len = plen - pos >= 4 ? ld32(p + pos) : UINT32_MAX;
+    if (cwd_len == UINT32_MAX || cwd_len > plen - pos - 4) {
+      fail(c, id, E_BAD_ARGUMENT, "exec: the working directory runs past the payload");
+      goto bad;
+    }
+    pos += 4;
+    if (cwd_len) {
+      if (memchr(p + pos, 0, cwd_len) || p[pos] != '/') {
+        fail(c, id, E_BAD_ARGUMENT, "exec: the working directory must be an absolute path without NUL");
+        goto bad;
+      }
+      if (!(opts.cwd = strndup((const char *)p + pos, cwd_len))) {
+        fail(c, id, E_TOO_LARGE, "exec: out of memory");
+        goto bad;
+      }
+      pos += cwd_len;
+    }
+    uint32_t stdin_len = plen - pos >= 4 ? ld32(p + pos) : UINT32_MAX;
+    if (stdin_len == UINT32_MAX || stdin_len != plen - pos - 4) {
+      fail(c, id, E_BAD_ARGUMENT, "exec: stdin length does not match the rest of the payload");
+      goto bad;
+    }
+    opts.stdin_data = p + pos + 4;
+    opts.stdin_len = stdin_len;
   }
   if (argv[0][0] == 0) {
     fail(c, id, E_BAD_ARGUMENT, "exec: the program name is empty");
     goto bad;
   }
-  exec_start(c, id, timeout, argv);
+  exec_start(c, id, timeout, argv, &opts);
   return;
 bad:
   for (uint32_t i = 0; i < argc; i++) free(argv[i]);
   free(argv);
+  if (opts.env)
+    for (char **e = opts.env; *e; e++) free(*e);
+  free(opts.env);
+  free(opts.cwd);
 }
 
 static void handle(struct conn *c, uint8_t type, uint32_t id, const uint8_t *p, uint32_t plen) {
@@ -273,13 +331,16 @@ static void handle(struct conn *c, uint8_t type, uint32_t id, const uint8_t *p, 
   case T_CONSOLE:
     do_console(c, id, p, plen);
     return;
+  case T_EVAL:
+    eval_start(c, id, p, plen);
+    return;
   default:
     FAIL(c, id, E_UNKNOWN_TYPE, "unknown request type 0x%02x", type);
   }
 }
 
 void frames_process(struct conn *c) {
-  while (!c->closing && !c->job && !c->exit_pending) {
+  while (!c->closing && !c->job && !c->eval_pending && !c->exit_pending) {
     struct buf *in = &c->in;
     if (c->skip) { /* discarding an oversized frame's payload */
       size_t k = c->skip < in->len ? (size_t)c->skip : in->len;

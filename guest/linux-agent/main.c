@@ -136,6 +136,7 @@ static int listen_unix(const char *path) {
 static void conn_drop(int i) {
   struct conn *c = conns[i];
   if (c->job) job_orphan(c->job);
+  if (c->eval_pending) eval_orphan(c);
   close(c->fd);
   buf_free(&c->in);
   buf_free(&c->out);
@@ -189,7 +190,7 @@ static int conn_read(struct conn *c) {
   return 0;
 }
 
-enum { TAG_LISTEN, TAG_SIGNAL, TAG_CONN, TAG_JOB };
+enum { TAG_LISTEN, TAG_SIGNAL, TAG_CONN, TAG_JOB, TAG_EVAL };
 
 int main(int argc, char **argv) {
   const char *listen_spec = "vsock:1024";
@@ -236,11 +237,11 @@ int main(int argc, char **argv) {
   }
   logmsg("%d.%d ready on %s (pid %d)", AGENT_KIND, AGENT_VERSION, listen_spec, (int)getpid());
 
-  struct pollfd pfd[2 + MAX_CONNS + 2 * MAX_JOBS];
+  struct pollfd pfd[3 + MAX_CONNS + 2 * MAX_JOBS];
   struct {
     int tag;
     void *ptr;
-  } what[2 + MAX_CONNS + 2 * MAX_JOBS];
+  } what[3 + MAX_CONNS + 2 * MAX_JOBS];
   for (;;) {
     int n = 0;
     pfd[n] = (struct pollfd){.fd = lfd, .events = POLLIN};
@@ -250,7 +251,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nconns; i++) {
       struct conn *c = conns[i];
       short ev = 0;
-      if (!c->job && !c->closing && !c->exit_pending && !c->eof && c->out.len < OUT_HIGH_WATER) ev |= POLLIN;
+      if (!c->job && !c->eval_pending && !c->closing && !c->exit_pending && !c->eof && c->out.len < OUT_HIGH_WATER)
+        ev |= POLLIN;
       if (c->out.len) ev |= POLLOUT;
       pfd[n] = (struct pollfd){.fd = c->fd, .events = ev};
       what[n].tag = TAG_CONN;
@@ -265,7 +267,13 @@ int main(int argc, char **argv) {
         what[n++].ptr = jobs[i];
       }
     }
-    int r = poll(pfd, (nfds_t)n, jobs_wakeup_ms());
+    if (eval_fd() >= 0) {
+      pfd[n] = (struct pollfd){.fd = eval_fd(), .events = POLLIN};
+      what[n++].tag = TAG_EVAL;
+    }
+    int wait_ms = jobs_wakeup_ms(), eval_ms = eval_wakeup_ms();
+    if (eval_ms >= 0 && (wait_ms < 0 || eval_ms < wait_ms)) wait_ms = eval_ms;
+    int r = poll(pfd, (nfds_t)n, wait_ms);
     if (r < 0 && errno != EINTR) {
       logmsg("poll: %s", strerror(errno));
       return 1;
@@ -303,6 +311,9 @@ int main(int argc, char **argv) {
         job_read(j, pfd[k].fd);
         break;
       }
+      case TAG_EVAL:
+        eval_read();
+        break;
       case TAG_CONN:
         break; /* below, after jobs and accepts: conns[] may have been reordered */
       }
@@ -324,13 +335,14 @@ int main(int argc, char **argv) {
       } else if (pfd[k].revents & (POLLHUP | POLLERR)) {
         dead = 1; /* gone in both directions (or reset): nobody can read answers */
       }
-      if (dead || conn_flush(c) != 0 || (c->eof && !c->job && !c->out.len)) conn_drop(i);
+      if (dead || conn_flush(c) != 0 || (c->eof && !c->job && !c->eval_pending && !c->out.len)) conn_drop(i);
     }
     jobs_tick();
+    eval_tick();
     /* Answers produced by finished jobs go out now rather than at the next wakeup. */
     for (int i = 0; i < nconns;) {
       struct conn *c = conns[i];
-      if ((c->out.len && conn_flush(c) != 0) || (c->eof && !c->job && !c->out.len)) {
+      if ((c->out.len && conn_flush(c) != 0) || (c->eof && !c->job && !c->eval_pending && !c->out.len)) {
         conn_drop(i);
         continue;
       }

@@ -40,6 +40,7 @@ enum {
 #define KV_KEY_MAX 32
 #define KV_VALUE_MAX 256
 
+u8 agent_lying;
 static u64 served; /* request frames answered (errors too), the current one included */
 static u64 counter;
 
@@ -147,6 +148,14 @@ static void handle(struct conn *c, const u8 *f, u32 plen) {
   served++;
   switch (type) {
   case T_PING:
+    if (agent_lying) { /* u32/u64 maxima, and a counter past i64 */
+      st32(out, AGENT_KIND);
+      st32(out + 4, 0xffffffffu);
+      st64(out + 8, ~0ull);
+      st64(out + 16, 0x8000000000000000ull);
+      n = 24;
+      break;
+    }
     st32(out, AGENT_KIND);
     st32(out + 4, AGENT_VERSION);
     st64(out + 8, served);
@@ -216,6 +225,14 @@ static void handle(struct conn *c, const u8 *f, u32 plen) {
     c->exit_pending = 1;
     break;
   case T_EXEC:
+    if (agent_lying) { /* exit code INT32_MIN, then a stdout length of 4 GiB with 4 bytes behind it */
+      st32(out, 0x80000000u);
+      out[4] = 0;
+      st32(out + 5, 0xffffffffu);
+      st32(out + 9, 0x41414141u);
+      n = 13;
+      break;
+    }
     FAIL(E_UNSUPPORTED, "exec: not supported by the test guest");
   case T_CONSOLE: /* one line on COM1: lets a host put a mark in the guest's console log */
     if (plen > 256) FAIL(E_TOO_LARGE, "console: at most 256 bytes");

@@ -114,6 +114,8 @@ void reply_end(struct conn *c, u32 id, u32 len);
 void conn_abort(struct conn *c);
 void vsock_flush_tx(void);
 void vsock_attack(u32 kind);
+/* Hostile mode (attack 11): the agent answers with extreme values from then on. */
+extern u8 agent_lying;
 
 /* ---- net.c ---- */
 

@@ -225,30 +225,30 @@ void net_poll(void) {
   vq_kick(&txq);
 }
 
-/* ---- hostile mode: the NIC's queues (kinds 11...14, see vsock.c for the rest) ---- */
+/* ---- hostile mode: the NIC's queues (kinds 12...15, see vsock.c for the rest) ---- */
 
 void net_attack(u32 kind) {
   if (!net_up) return;
   int id = tx_get();
   if (id < 0) return;
   switch (kind) {
-  case 11: /* a tx descriptor far outside guest RAM */
+  case 12: /* a tx descriptor far outside guest RAM */
     txq.r.desc[id].addr = 0x00007ff000000000ull;
     txq.r.desc[id].len = 1024;
     vq_add(&txq, (u16)id);
     break;
-  case 12: /* rx avail.idx moved behind what the device consumed: ~65535 "new" buffers across the
+  case 13: /* rx avail.idx moved behind what the device consumed: ~65535 "new" buffers across the
             * u16 wrap (the device has consumed at most the VQ_SIZE buffers posted at start) */
     rxq.avail_idx -= VQ_SIZE + 1;
     vq_kick(&rxq);
     return;
-  case 13: /* a tx descriptor chained to itself */
+  case 14: /* a tx descriptor chained to itself */
     txq.r.desc[id].len = 64;
     txq.r.desc[id].flags = 1; /* NEXT */
     txq.r.desc[id].next = (u16)id;
     vq_add(&txq, (u16)id);
     break;
-  case 14: /* a tx chain too short for the virtio-net header and an Ethernet header */
+  case 15: /* a tx chain too short for the virtio-net header and an Ethernet header */
     txq.r.desc[id].len = 5;
     vq_add(&txq, (u16)id);
     break;

@@ -383,6 +383,7 @@ enum {
   ATTACK_PIO_SWEEP = 8,        /* every I/O port but COM1 and the power ports written */
   ATTACK_AVAIL_IDX_BACK = 9,   /* avail.idx one entry back: 65535 "new" entries across the wrap */
   ATTACK_WRAPPING_ADDR = 10,   /* a descriptor whose addr + len wraps around 2^64 into RAM */
+  ATTACK_LYING_REPLIES = 11,   /* the agent's later replies carry extreme values (agent.c) */
 };
 
 void vsock_attack(u32 kind) {
@@ -450,6 +451,9 @@ void vsock_attack(u32 kind) {
     /* and the next (unused) device slot */
     for (u32 off = 0; off < 0x200; off += 4) mmio_write(mmio_base + 0x1000 + off, 0xffffffffu);
     break;
+  case ATTACK_LYING_REPLIES:
+    agent_lying = 1;
+    break;
   case ATTACK_PIO_SWEEP:
     for (u32 port = 0; port < 0x10000; port++) {
       if ((port >= PORT_COM1 && port < PORT_COM1 + 8) || (port >= 0x600 && port < 0x610) || port == 0x64 ||
@@ -459,7 +463,7 @@ void vsock_attack(u32 kind) {
     }
     break;
   default:
-    net_attack(kind); /* 11...14: the NIC's queues */
+    net_attack(kind); /* 12...15: the NIC's queues */
     break;
   }
   console_write("hostile: attack done\n");

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLISupport
 import Protocol
 import Syscalls
 import VMMControl
@@ -6,14 +7,6 @@ import VMMControl
 #if canImport(Glibc)
   import Glibc
 #endif
-
-struct Bench: ParsableCommand {
-  static let configuration = CommandConfiguration(
-    abstract: "Benchmarks (results go to stdout as a table, or JSON with --json).",
-    subcommands: [
-      RestoreBench.self, BackendBench.self, SpawnBench.self, BranchBench.self, LoadBench.self, PagerTopologyBench.self,
-    ])
-}
 
 /// Restore-to-first-agent-reply for one child at a time, split into its phases.
 struct RestoreBench: ParsableCommand {
@@ -35,6 +28,9 @@ struct RestoreBench: ParsableCommand {
 
   @Flag(help: "Print JSON instead of a table.")
   var json = false
+
+  @Flag(help: "Skip the same-run C loop baseline (bench/restore-loop.c).")
+  var noBaseline = false
 
   func run() throws {
     let scratch = try ScratchDirectory(prefix: "forkd-bench", base: workDir)
@@ -72,6 +68,15 @@ struct RestoreBench: ParsableCommand {
     var host = [UInt8](repeating: 0, count: 256)
     gethostname(&host, host.count)
     let hostname = String(decoding: host.prefix(while: { $0 != 0 }), as: UTF8.self)
+    // The floor: the same snapshot restored in-process by the C loop, one child at a time to its
+    // first exit (its per-child figure is what restore_to_first_reply compares with).
+    let baseline =
+      try noBaseline
+      ? nil
+      : RestoreLoopBaseline(snapshot: snapshotDir, directory: scratch.path + "/c-loop")
+        .run(children: iterations, rounds: 1).first.map { Summary($0.firstExitMS) }
+    let ratio = baseline.map { Summary(phases["restore_to_first_reply"] ?? []).p50 / max($0.p50, 0.001) }
+
     if json {
       var object: [String: JSONValue] = [
         "bench": .string("restore"), "iterations": .integer(Int64(iterations)),
@@ -79,12 +84,14 @@ struct RestoreBench: ParsableCommand {
       ]
       for name in order {
         let s = Summary(phases[name] ?? [])
-        object[name + "_ms"] = .object([
-          "p50": .double(s.p50), "p90": .double(s.p90), "p99": .double(s.p99), "max": .double(s.max),
-        ])
+        object[name + "_ms"] = .object(percentiles(s))
       }
       let pss = Summary(memory)
-      object["vmm_pss_kib"] = .object(["p50": .double(pss.p50), "p90": .double(pss.p90), "max": .double(pss.max)])
+      object["vmm_pss_kib"] = .object(percentiles(pss))
+      if let baseline, let ratio {
+        object["c_loop_first_exit_ms"] = .object(percentiles(baseline))
+        object["restore_to_first_reply_vs_c_loop"] = .double(ratio)
+      }
       print(JSONValue.object(object).serialized(pretty: true))
     } else {
       print("restore bench: \(iterations) children, \(memoryMib) MiB guest, \(pages) warm pages, host \(hostname)")
@@ -92,11 +99,23 @@ struct RestoreBench: ParsableCommand {
       for name in order {
         let s = Summary(phases[name] ?? [])
         print(
-          "\(name.padding(28)) \(pad(format(s.p50, decimals: 3), 8))  \(pad(format(s.p90, decimals: 3), 8))  \(pad(format(s.p99, decimals: 3), 8))"
+          "\(name.padding(28)) \(pad(format(s.p50, decimals: 3), 8))  \(pad(Summary.text(s.p90IfEnough, decimals: 3), 8))  \(pad(Summary.text(s.p99IfEnough, decimals: 3), 8))"
         )
       }
       let pss = Summary(memory)
-      print("forkd-vmm PSS after first reply: p50 \(format(pss.p50 / 1024)) MiB, p90 \(format(pss.p90 / 1024)) MiB")
+      print(
+        "forkd-vmm PSS after first reply: p50 \(format(pss.p50 / 1024)) MiB, p90 \(Summary.text(pss.p90IfEnough.map { $0 / 1024 })) MiB"
+      )
+      if let baseline, let ratio {
+        print(
+          "\("c_loop_first_exit".padding(28)) \(pad(format(baseline.p50, decimals: 3), 8))  \(pad(Summary.text(baseline.p90IfEnough, decimals: 3), 8))  \(pad(Summary.text(baseline.p99IfEnough, decimals: 3), 8))"
+        )
+        print("restore_to_first_reply / c_loop_first_exit (p50): \(format(ratio))x")
+      }
+      if iterations < Summary.samplesForP99 {
+        print(
+          "(p90 needs \(Summary.samplesForP90) samples and p99 \(Summary.samplesForP99); \"-\" where there are fewer)")
+      }
     }
   }
 }
@@ -110,6 +129,10 @@ func proportionalSetSizeKiB(_ pid: pid_t) -> UInt64? {
   return nil
 }
 
-extension String {
-  func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+/// p50, max, the sample count, and p90/p99 only when there are enough samples for them.
+func percentiles(_ s: Summary) -> [String: JSONValue] {
+  var o: [String: JSONValue] = ["p50": .double(s.p50), "max": .double(s.max), "samples": .integer(Int64(s.count))]
+  if let p90 = s.p90IfEnough { o["p90"] = .double(p90) }
+  if let p99 = s.p99IfEnough { o["p99"] = .double(p99) }
+  return o
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLISupport
 import ForkdClient
 import Protocol
 import Syscalls
@@ -38,7 +39,7 @@ struct LoadBench: ParsableCommand {
     defer { scratch.remove() }
     let port = UInt16(20000 + getpid() % 20000)
     let daemon = try LocalDaemon(
-      directory: scratch.path, backend: backend, supervisorBinary: true,
+      directory: scratch.path, backend: backend,
       extraArguments: ["--listen-tcp", "127.0.0.1:\(port)"])
     defer { daemon.stop() }
     _ = try daemon.expect(

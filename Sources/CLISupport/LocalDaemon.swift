@@ -1,6 +1,7 @@
 import ArgumentParser
 import ForkdClient
 import Protocol
+import Synchronization
 import Syscalls
 import VMMControl
 
@@ -8,26 +9,25 @@ import VMMControl
   import Glibc
 #endif
 
-/// A supervisor this CLI run starts in the background (`forkd serve` in a scratch directory) and
+/// A supervisor this CLI run starts in the background (forkd-supervisor in a scratch directory) and
 /// stops at the end: the demo and the spawn bench talk to it through the v1 API like any client.
-final class LocalDaemon {
-  let pid: pid_t
-  let socket: String
-  let logPath: String
-  let api: APIClient
+public final class LocalDaemon {
+  public let pid: pid_t
+  public let socket: String
+  public let logPath: String
+  public let api: APIClient
   private var reaped = false
 
-  /// Starts `forkd serve` (or the `forkd-supervisor` binary, whose footprint the spawn bench
-  /// reports) with its state, run directory and socket under `directory`, and waits until
-  /// /healthz answers.
-  init(directory: String, backend: String, supervisorBinary: Bool = false, extraArguments: [String] = []) throws {
+  /// Starts forkd-supervisor (from beside this binary) with its state, run directory and socket
+  /// under `directory`, and waits until /healthz answers.
+  public init(directory: String, backend: String, extraArguments: [String] = []) throws {
     socket = directory + "/forkd.sock"
     logPath = directory + "/supervisor.log"
-    let executable = try supervisorBinary ? ForkdBinaries.path(of: "forkd-supervisor") : LocalDaemon.selfExecutable()
+    let executable = try ForkdBinaries.path(of: "forkd-supervisor")
     let log = try FileDescriptor.open(logPath, [.writeOnly, .create])
     pid = try ChildProcess.spawn(
       path: executable,
-      arguments: [executable] + (supervisorBinary ? [] : ["serve"]) + [
+      arguments: [executable] + [
         "--state-dir", directory + "/state", "--run-dir", directory + "/run", "--socket", socket,
         "--backend", backend,
       ] + extraArguments, stdoutFD: log, stderrFD: log)
@@ -51,7 +51,7 @@ final class LocalDaemon {
   }
 
   /// SIGTERM: the supervisor stops every child and exits; SIGKILL after a minute.
-  func stop() {
+  public func stop() {
     guard !reaped else { return }
     reaped = true
     kill(pid, SIGTERM)
@@ -59,10 +59,12 @@ final class LocalDaemon {
   }
 
   /// The supervisor's proportional set size in MiB.
-  var pssMiB: Double { Double(smapsRollupField(pid, "Pss") ?? 0) / 1024 }
+  public var pssMiB: Double { Double(smapsRollupField(pid, "Pss") ?? 0) / 1024 }
 
   /// Sends a request and turns anything but the expected status into an error naming the call.
-  func expect(_ status: Int, _ method: String, _ path: String, body: JSONValue? = nil) throws -> APIClient.Response {
+  public func expect(_ status: Int, _ method: String, _ path: String, body: JSONValue? = nil) throws
+    -> APIClient.Response
+  {
     let response = try api.request(method, path, body: body)
     guard response.status == status else {
       throw ValidationError("\(method) \(path): \(response.status) \(response.errorMessage ?? response.text)")
@@ -70,16 +72,10 @@ final class LocalDaemon {
     return response
   }
 
-  static func selfExecutable() throws -> String {
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-    guard n > 0 else { throw SyscallError("readlink", .current, detail: "/proc/self/exe") }
-    return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-  }
 }
 
 /// Runs `body` for every index in 0..<count on `width` threads; returns the indices that threw.
-func concurrently(_ count: Int, width: Int, _ body: @escaping @Sendable (Int) throws -> Void) throws -> [Int] {
+public func concurrently(_ count: Int, width: Int, _ body: @escaping @Sendable (Int) throws -> Void) throws -> [Int] {
   let failures = FailedIndices()
   let next = NextIndex()
   let workers = try (0..<min(width, count)).map { i in
@@ -93,18 +89,16 @@ func concurrently(_ count: Int, width: Int, _ body: @escaping @Sendable (Int) th
   return failures.all.sorted()
 }
 
-final class FailedIndices: @unchecked Sendable {
-  private let lock = ConditionLock()
-  private var indices: [Int] = []
-  func add(_ index: Int) { lock.withLock { indices.append(index) } }
-  var all: [Int] { lock.withLock { indices } }
+final class FailedIndices: Sendable {
+  private let indices = Mutex<[Int]>([])
+  func add(_ index: Int) { indices.withLock { $0.append(index) } }
+  var all: [Int] { indices.withLock { $0 } }
 }
 
-final class NextIndex: @unchecked Sendable {
-  private let lock = ConditionLock()
-  private var value = 0
+final class NextIndex: Sendable {
+  private let value = Mutex(0)
   func take(below limit: Int) -> Int? {
-    lock.withLock {
+    value.withLock { value in
       guard value < limit else { return nil }
       defer { value += 1 }
       return value

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CLISupport
 import ForkdClient
 import Protocol
 import Syscalls
@@ -20,11 +21,12 @@ struct SpawnBench: ParsableCommand {
   @Option(help: "Guest memory in MiB.") var memoryMib: Int = 32
   @Option(help: "Directory for the supervisor's state and run directories.") var workDir: String?
   @Flag(help: "Print JSON.") var json = false
+  @Flag(help: "Skip the same-run C loop baseline (bench/restore-loop.c).") var noBaseline = false
 
   func run() throws {
     let scratch = try ScratchDirectory(prefix: "forkd-bench-spawn", base: workDir)
     defer { scratch.remove() }
-    let daemon = try LocalDaemon(directory: scratch.path, backend: backend, supervisorBinary: true)
+    let daemon = try LocalDaemon(directory: scratch.path, backend: backend)
     defer { daemon.stop() }
     let api = daemon.api
     let idlePSS = Double(smapsRollupField(daemon.pid, "Pss") ?? 0) / 1024
@@ -32,7 +34,14 @@ struct SpawnBench: ParsableCommand {
       "POST", "/v1/snapshots", body: .object(["tag": .string("bench"), "memory_mib": .integer(Int64(memoryMib))]))
     guard created.status == 201 else { throw ValidationError("snapshot: \(created.text)") }
 
-    var results: [(size: Int, wall: Summary, spawn: Summary, pssPerChild: Double, supervisorPSS: Double)] = []
+    let baseline =
+      noBaseline
+      ? nil
+      : try RestoreLoopBaseline(
+        snapshot: scratch.path + "/state/snapshots/bench", directory: scratch.path + "/c-loop")
+
+    var results:
+      [(size: Int, wall: Summary, spawn: Summary, pssPerChild: Double, supervisorPSS: Double, cLoop: Summary?)] = []
     for size in sizes {
       var walls: [Double] = []
       var spawns: [Double] = []
@@ -65,33 +74,48 @@ struct SpawnBench: ParsableCommand {
         supervisorPSS = Double(smapsRollupField(daemon.pid, "Pss") ?? 0) / 1024
         for id in ids { _ = try? api.request("DELETE", "/v1/sandboxes/\(id)") }
       }
-      results.append((size, Summary(walls), Summary(spawns), Summary(pss).p50, supervisorPSS))
+      // The floor for this size, run right after forkd's rounds so both see the same machine.
+      let cLoop = try baseline.map { Summary(try $0.run(children: size, rounds: rounds).map(\.totalMS)) }
+      results.append((size, Summary(walls), Summary(spawns), Summary(pss).p50, supervisorPSS, cLoop))
+    }
+    func resultJSON(
+      _ r: (size: Int, wall: Summary, spawn: Summary, pssPerChild: Double, supervisorPSS: Double, cLoop: Summary?)
+    )
+      -> JSONValue
+    {
+      var o: [String: JSONValue] = [
+        "n": .integer(Int64(r.size)), "wall_ms_p50": .double(r.wall.p50), "wall_ms_max": .double(r.wall.max),
+        "spawn_response_ms_p50": .double(r.spawn.p50), "pss_per_child_mib": .double(r.pssPerChild),
+        "supervisor_pss_mib": .double(r.supervisorPSS),
+      ]
+      if let c = r.cLoop {
+        o["c_loop_ms_p50"] = .double(c.p50)
+        o["wall_vs_c_loop"] = .double(r.wall.p50 / max(c.p50, 0.001))
+        o["spawn_response_vs_c_loop"] = .double(r.spawn.p50 / max(c.p50, 0.001))
+      }
+      return .object(o)
     }
     if json {
       print(
         JSONValue.object([
           "bench": .string("spawn"), "backend": .string(backend), "memory_mib": .integer(Int64(memoryMib)),
           "supervisor_idle_pss_mib": .double(idlePSS),
-          "results": .array(
-            results.map {
-              .object([
-                "n": .integer(Int64($0.size)), "wall_ms_p50": .double($0.wall.p50), "wall_ms_max": .double($0.wall.max),
-                "spawn_response_ms_p50": .double($0.spawn.p50),
-                "pss_per_child_mib": .double($0.pssPerChild), "supervisor_pss_mib": .double($0.supervisorPSS),
-              ])
-            }),
+          "results": .array(results.map(resultJSON)),
         ]).serialized(pretty: true))
     } else {
       print(
         "spawn bench through the API: backend \(backend), \(memoryMib) MiB guest, \(rounds) rounds; supervisor idle PSS \(format(idlePSS)) MiB"
       )
       print(
-        "| children | spawn + every child answered ping, p50 ms (max) | of which the spawn request, p50 ms | PSS per child MiB (vmm + pager) | supervisor PSS MiB |"
+        "| children | spawn + every child answered ping, p50 ms (max) | of which the spawn request, p50 ms | C loop, same run, p50 ms | ping-all / C loop | spawn / C loop | PSS per child MiB (vmm + pager) | supervisor PSS MiB |"
       )
-      print("|---|---|---|---|---|")
+      print("|---|---|---|---|---|---|---|---|")
       for r in results {
+        let c = r.cLoop.map { format($0.p50) } ?? "-"
+        let wallRatio = r.cLoop.map { format(r.wall.p50 / max($0.p50, 0.001)) + "x" } ?? "-"
+        let spawnRatio = r.cLoop.map { format(r.spawn.p50 / max($0.p50, 0.001)) + "x" } ?? "-"
         print(
-          "| \(r.size) | \(format(r.wall.p50)) (\(format(r.wall.max))) | \(format(r.spawn.p50)) | \(format(r.pssPerChild)) | \(format(r.supervisorPSS)) |"
+          "| \(r.size) | \(format(r.wall.p50)) (\(format(r.wall.max))) | \(format(r.spawn.p50)) | \(c) | \(wallRatio) | \(spawnRatio) | \(format(r.pssPerChild)) | \(format(r.supervisorPSS)) |"
         )
       }
     }

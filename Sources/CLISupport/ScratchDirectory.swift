@@ -6,10 +6,10 @@ import Syscalls
 
 /// A private scratch directory for one CLI run: VM run directories and snapshots live here and
 /// all of it is removed at the end unless the user asks to keep it.
-struct ScratchDirectory {
-  let path: String
+public struct ScratchDirectory: Sendable {
+  public let path: String
 
-  init(prefix: String, base: String?) throws {
+  public init(prefix: String, base: String?) throws {
     let root = base ?? (getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp")
     var template = Array("\(root)/\(prefix)-XXXXXX".utf8CString)
     guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
@@ -18,5 +18,5 @@ struct ScratchDirectory {
     path = String(cString: made)
   }
 
-  func remove() { FileSystem.removeTree(path) }
+  public func remove() { FileSystem.removeTree(path) }
 }
