@@ -7,7 +7,8 @@ import VMMCore
 #endif
 
 /// Fuzz targets of what a guest controls: virtqueue descriptor tables and rings, virtio-mmio
-/// register writes, vsock packets and virtio-blk requests; plus the device sections of vmstate.bin.
+/// register writes, vsock packets, virtio-blk requests and virtio-net frames; plus the device
+/// sections of vmstate.bin.
 enum DeviceTargets {
   /// 2 MiB of guest RAM, mapped once. The first `window` bytes are where inputs place data.
   static let memory: GuestMemory = {
@@ -169,6 +170,51 @@ enum DeviceTargets {
     device.shutdown()
   }
 
+  /// virtio-net driven by a register program, its backend one end of a SOCK_SEQPACKET pair (one
+  /// frame per read/write, as a TAP). After the program, frames arrive from the wire into whatever
+  /// receive buffers it posted. Invariants: every frame the device put on the wire is an Ethernet
+  /// frame no longer than the limit; the state it saves restores.
+  static func net(_ bytes: [UInt8]) {
+    clearWindow()
+    var fds: [Int32] = [0, 0]
+    guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+      fatalError("socketpair: \(errno)")
+    }
+    let wire = FileDescriptor(rawValue: fds[0])
+    let end = FileDescriptor(rawValue: fds[1])
+    defer { wire.close() }
+    try? end.setNonBlocking()
+    try? wire.setNonBlocking()
+    let device = VirtioNet(
+      base: 0xd000_2000, config: NetworkConfig(backend: end), memory: memory, onGuestWork: {}, onHostWork: {},
+      onError: { _ in })
+    defer { device.shutdown() }
+    runDevice(device, queues: 2, bytes)
+    var frame = Array(bytes.suffix(64))
+    frame += [UInt8](repeating: 0, count: max(0, 14 - frame.count))
+    for size in [frame.count, 1514, 9000] {
+      let payload = (0..<size).map { frame[$0 % frame.count] }
+      _ = payload.withUnsafeBytes { Glibc.write(wire.rawValue, $0.baseAddress, $0.count) }
+      for (fd, _) in device.pollDescriptors() { device.handle(fd, .readable) }
+    }
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+      let n = buffer.withUnsafeMutableBytes { Glibc.read(wire.rawValue, $0.baseAddress, $0.count) }
+      guard n > 0 else { break }
+      check(n >= 14 && n <= VirtioNet.maxFrame, "a \(n)-byte frame reached the wire")
+    }
+    let state = device.saveState()
+    let restored = VirtioNet(
+      base: 0xd000_2000, config: NetworkConfig(backend: nil), memory: memory, onGuestWork: {}, onHostWork: {},
+      onError: { _ in })
+    do {
+      try restored.restoreState(state, source: "fuzz")
+    } catch {
+      check(false, "virtio-net state it saved does not restore: \(error)")
+    }
+    check(restored.saveState() == state, "virtio-net state round trip changed")
+  }
+
   /// A 64 KiB disk image shared by every virtio-blk run.
   static let diskPath: String = {
     let path = "/tmp/forkd-fuzz-disk-\(getpid()).img"
@@ -201,7 +247,7 @@ enum DeviceTargets {
     guard let selector = bytes.first else { return }
     let body = Array(bytes.dropFirst())
     clearWindow()
-    switch selector % 5 {
+    switch selector % 6 {
     case 0:
       var r = ByteReader(body, source: "fuzz")
       guard var transport = try? VirtioMMIOTransport.restore(from: &r, expectedDeviceID: 19),
@@ -226,6 +272,15 @@ enum DeviceTargets {
       var w = ByteWriter()
       state.encode(into: &w)
       check((try? VCPUState.decode(w.bytes, source: "again")) == state, "vCPU state round trip")
+    case 5:
+      // The VNET section: restored, then the guest's rings are used through notifications.
+      _ = try? VirtioNet.savedMAC(body, source: "fuzz")
+      let device = VirtioNet(
+        base: 0xd000_2000, config: NetworkConfig(backend: nil), memory: memory, onGuestWork: {}, onHostWork: {},
+        onError: { _ in })
+      guard (try? device.restoreState(body, source: "fuzz")) != nil else { return }
+      for q in 0..<2 { device.mmioWrite(offset: 0x050, size: 4, value: UInt64(q)) }
+      device.resumeDelivery()
     case 4:
       // The UART section: restore → save → restore gives the same bytes.
       let uart = UART16550(sink: { _ in })

@@ -27,7 +27,9 @@ public struct FuzzTarget: Sendable {
     FuzzTarget(
       name: "block", summary: "virtio-blk over virtio-mmio: registers, rings, requests", run: DeviceTargets.block),
     FuzzTarget(
-      name: "device_state", summary: "vmstate.bin device sections (transport, VSCK, VBLK)",
+      name: "net", summary: "virtio-net over virtio-mmio: registers, rings, frames both ways", run: DeviceTargets.net),
+    FuzzTarget(
+      name: "device_state", summary: "vmstate.bin device sections (transport, VSCK, VBLK, VNET)",
       run: DeviceTargets.deviceState),
     FuzzTarget(
       name: "api_server", summary: "raw bytes on a connection: HTTP decoder, router, handlers (no VMs)",

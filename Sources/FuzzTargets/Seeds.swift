@@ -9,7 +9,7 @@ public enum FuzzSeeds {
     [
       "json": json, "agent": agent, "pager_handshake": pager, "control": control, "api_requests": api,
       "manifest": manifest, "state_file": state, "page_index": pageIndex, "virtqueue": virtqueue,
-      "vsock": vsock, "block": block, "device_state": deviceState, "api_server": apiServer,
+      "vsock": vsock, "block": block, "net": net, "device_state": deviceState, "api_server": apiServer,
       "agent_replies": agentReplies,
     ]
   }
@@ -314,6 +314,37 @@ public enum FuzzSeeds {
     return seeds
   }
 
+  /// Frames the guest sends: a whole one, one split over two descriptors, one shorter than the
+  /// virtio-net header, one whose descriptor claims more than the largest frame, a self loop.
+  static var net: [[UInt8]] {
+    var seeds: [[UInt8]] = []
+    let frame = [UInt8](repeating: 0xFF, count: 6) + [2, 0, 0, 0, 0, 1, 0x08, 0x06] + [UInt8](repeating: 7, count: 46)
+    let packet = [UInt8](repeating: 0, count: 12) + frame
+    for variant in 0..<5 {
+      var p = Program()
+      p.setup(sizeShift: 3)
+      p.read(0x100)
+      p.read(0x104)
+      p.descriptor(queue: 0, index: 0, dataOffset: 0x1000, length: 2048, flags: Virtqueue.descriptorWrite, next: 0)
+      p.available(queue: 0, head: 0)
+      p.notify(0)
+      p.data(at: 0, packet)
+      switch variant {
+      case 0: p.descriptor(queue: 1, index: 0, dataOffset: 0, length: UInt16(packet.count), flags: 0, next: 0)
+      case 1:
+        p.descriptor(queue: 1, index: 0, dataOffset: 0, length: 10, flags: Virtqueue.descriptorNext, next: 1)
+        p.descriptor(queue: 1, index: 1, dataOffset: 10, length: UInt16(packet.count - 10), flags: 0, next: 0)
+      case 2: p.descriptor(queue: 1, index: 0, dataOffset: 0, length: 5, flags: 0, next: 0)
+      case 3: p.descriptor(queue: 1, index: 0, dataOffset: 0, length: 4000, flags: 0, next: 0)
+      default: p.descriptor(queue: 1, index: 0, dataOffset: 0, length: 64, flags: Virtqueue.descriptorNext, next: 0)
+      }
+      p.available(queue: 1, head: 0)
+      p.notify(1)
+      seeds.append(p.bytes)
+    }
+    return seeds
+  }
+
   /// A driven transport: status DRIVER_OK, queues of 8 at the runDevice layout, ready.
   static func transportBytes(deviceID: UInt32, queues: Int) -> [UInt8] {
     var t = VirtioMMIOTransport(deviceID: deviceID, deviceFeatures: 0, queueSizes: Array(repeating: 256, count: queues))
@@ -371,6 +402,7 @@ public enum FuzzSeeds {
     vcpu.u8(0)
     vcpu.lengthPrefixed([UInt8](repeating: 1, count: MemoryLayout<kvm_cpuid_entry2>.size))
     let uart = UART16550(sink: { _ in }).saveState()
-    return [transport, [1] + vsock, [2] + disk, [3] + vcpu.bytes, [4] + uart]
+    let nic = transportBytes(deviceID: 1, queues: 2) + NetworkConfig.defaultMAC
+    return [transport, [1] + vsock, [2] + disk, [3] + vcpu.bytes, [4] + uart, [5] + nic]
   }
 }

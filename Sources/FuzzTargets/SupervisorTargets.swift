@@ -71,14 +71,21 @@ private let documentedStatuses: Set<Int> = [
 
 /// Never starts a process: every spawn and snapshot fails as a launch failure would.
 struct NoVMLauncher: ChildLauncher {
-  func restore(snapshot: String, runDirectory: String, backend: ChildBackend, outputs: Child.OutputFactory?)
-    throws(ControlError) -> Child
+  func restore(
+    snapshot: String, runDirectory: String, backend: ChildBackend, outputs: Child.OutputFactory?,
+    vmmArguments: [String]
+  ) throws(ControlError) -> Child {
+    throw ControlError(.launch, "fuzz launcher: no VMs")
+  }
+
+  func boot(_ mode: VMMProcess.Mode, runDirectory: String, extraArguments: [String]) throws(ControlError)
+    -> VMMProcess
   {
     throw ControlError(.launch, "fuzz launcher: no VMs")
   }
 
-  func boot(_ mode: VMMProcess.Mode, runDirectory: String) throws(ControlError) -> VMMProcess {
-    throw ControlError(.launch, "fuzz launcher: no VMs")
+  func makeNetwork(for sandboxID: String, config: SupervisorConfig) throws(APIError) -> ChildNetwork {
+    throw .internalError("fuzz launcher: no networks")
   }
 }
 

@@ -407,6 +407,10 @@ public struct SandboxInfo: Equatable, Sendable {
   public var branchCount: Int
   public var lastBranchMemoryPath: String?
   public var pagerRestarts: Int
+  /// With `per_child_netns`: the child's namespace (a name `ip netns exec` accepts) and its
+  /// guest's address inside it.
+  public var netns: String?
+  public var guestAddr: String?
   /// The latest branch of this sandbox: its tag, "writing", "ready" or "failed", and why it failed.
   public var lastBranchTag: String?
   public var lastBranchStatus: String?
@@ -416,11 +420,13 @@ public struct SandboxInfo: Equatable, Sendable {
     id: String, snapshotTag: String, createdAtUnix: Int64, pid: Int32?, pagerPID: Int32?, backend: String,
     state: String, exitReason: String? = nil, memoryLimitMiB: UInt64? = nil, branchCount: Int = 0,
     lastBranchMemoryPath: String? = nil, pagerRestarts: Int = 0, lastBranchTag: String? = nil,
-    lastBranchStatus: String? = nil, lastBranchError: String? = nil
+    lastBranchStatus: String? = nil, lastBranchError: String? = nil, netns: String? = nil, guestAddr: String? = nil
   ) {
     self.lastBranchTag = lastBranchTag
     self.lastBranchStatus = lastBranchStatus
     self.lastBranchError = lastBranchError
+    self.netns = netns
+    self.guestAddr = guestAddr
     self.id = id
     self.snapshotTag = snapshotTag
     self.createdAtUnix = createdAtUnix
@@ -449,6 +455,8 @@ public struct SandboxInfo: Equatable, Sendable {
     if let lastBranchTag { o["last_branch_tag"] = .string(lastBranchTag) }
     if let lastBranchStatus { o["last_branch_status"] = .string(lastBranchStatus) }
     if let lastBranchError { o["last_branch_error"] = .string(lastBranchError) }
+    if let netns { o["netns"] = .string(netns) }
+    if let guestAddr { o["guest_addr"] = .string(guestAddr) }
     return .object(o)
   }
 }

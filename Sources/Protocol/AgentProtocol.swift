@@ -287,4 +287,14 @@ public enum HostileAttack: UInt32, CaseIterable, Sendable {
   /// Not a device attack: the agent's later replies carry extreme values (ping: agent version
   /// u32 max, requests served u64 max, counter 2^63; exec: a 4 GiB stdout length over 4 bytes).
   case lyingReplies = 11
+  /// The NIC's queues (a VM booted with a NIC; no-ops without one): a tx descriptor outside RAM,
+  /// rx `avail.idx` moved behind the device (a ring-wrap trick), a tx descriptor chained to itself,
+  /// a tx chain too short for a frame.
+  case netDescriptorOutsideRAM = 12
+  case netRxIndexBackward = 13
+  case netDescriptorLoop = 14
+  case netShortFrame = 15
+
+  /// Whether the attack targets the NIC (the victim needs one).
+  public var targetsNIC: Bool { rawValue >= 12 }
 }

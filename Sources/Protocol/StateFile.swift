@@ -7,9 +7,11 @@
 ///
 /// Version 2 has the same layout; it marks files that may hold Linux-guest sections (in-kernel
 /// irqchip, PIT, kvmclock, virtio-blk), so a forkd that only knows version 1 refuses them with a
-/// clear "newer than supported" instead of restoring half a VM. Version 1 files are still read.
+/// clear "newer than supported" instead of restoring half a VM. Version 3, the same again, may
+/// hold a NIC (`VNET`): a forkd without virtio-net refuses it rather than restore a guest whose
+/// network device is gone. Versions 1 and 2 are still read.
 public struct StateFile: Equatable, Sendable {
-  public static let currentVersion: UInt32 = 2
+  public static let currentVersion: UInt32 = 3
   public static let magic: [UInt8] = Array("FKDSTATE".utf8)
   /// Magic + version + count + CRC: the size of an empty file.
   public static let minimumSize = 8 + 4 + 4 + 4
@@ -154,6 +156,8 @@ public enum StateSectionTag {
   public static let pit: UInt32 = 0x5049_5432  // "PIT2"
   /// virtio-blk device state (transport, base image, overlay blocks).
   public static let block: UInt32 = 0x5642_4C4B  // "VBLK"
+  /// virtio-net device state (transport, queues, MAC).
+  public static let net: UInt32 = 0x564E_4554  // "VNET"
 
   /// The tag of a four-character ASCII code; traps unless `code` is exactly 4 bytes.
   public static func fourCC(_ code: String) -> UInt32 {

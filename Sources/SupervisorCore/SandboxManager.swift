@@ -15,6 +15,8 @@ final class Sandbox: @unchecked Sendable {
   let createdAt: Int64
   let child: Child
   let memoryLimitMiB: UInt64?
+  /// The child's own network namespace (`per_child_netns`), removed with the sandbox.
+  let network: ChildNetwork?
   /// Guards the fields below; held only for short reads and writes, never across I/O, so a GET,
   /// a list or a DELETE never waits on an agent call.
   let lock = ConditionLock()
@@ -29,7 +31,8 @@ final class Sandbox: @unchecked Sendable {
   /// Serialises agent requests: one connection per sandbox, one request on it at a time.
   private let agentCalls = ConditionLock()
 
-  init(id: String, snapshotTag: String, child: Child, memoryLimitMiB: UInt64?) {
+  init(id: String, snapshotTag: String, child: Child, memoryLimitMiB: UInt64?, network: ChildNetwork? = nil) {
+    self.network = network
     self.id = id
     self.snapshotTag = snapshotTag
     self.child = child
@@ -44,7 +47,8 @@ final class Sandbox: @unchecked Sendable {
         pagerPID: state == "running" ? child.pager?.pid : nil, backend: child.backend.name, state: state,
         exitReason: exitReason, memoryLimitMiB: memoryLimitMiB, branchCount: branchCount,
         lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts, lastBranchTag: lastBranch?.tag,
-        lastBranchStatus: lastBranch?.status, lastBranchError: lastBranch?.error)
+        lastBranchStatus: lastBranch?.status, lastBranchError: lastBranch?.error, netns: network?.name,
+        guestAddr: network == nil ? nil : ChildNetwork.guestAddress)
     }
   }
 
@@ -163,6 +167,7 @@ public final class SandboxManager: @unchecked Sendable {
     try FileSystem.makeDirectories(config.sandboxRecordsDirectory)
     try FileSystem.makeDirectories(config.sandboxRunDirectory)
     cleanUpLeftovers()
+    try ChildNetwork.prepare(config: config)
     monitorThread = try OSThread.start(name: "monitor") { [self] in monitorLoop() }
   }
 
@@ -202,20 +207,26 @@ public final class SandboxManager: @unchecked Sendable {
         guard index < count, !results.failed else { return }
         let id = newSandboxID()
         let t0 = Clock.monotonicNanoseconds()
+        var network: ChildNetwork? = nil
         do {
           let logs = self.logs
           let tag = request.snapshotTag
+          if request.perChildNetns { network = try launcher.makeNetwork(for: id, config: config) }
           let child = try launcher.restore(
             snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: backend,
-            outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) })
+            outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) },
+            vmmArguments: network?.vmmArguments ?? [])
           let sandbox = Sandbox(
-            id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB)
+            id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB,
+            network: network)
+          network = nil  // the sandbox owns it now
           if let limit = request.memoryLimitMiB {
             try CgroupLimit.apply(id: id, limitMiB: limit, pids: [child.vmm.pid] + (child.pager.map { [$0.pid] } ?? []))
           }
           metrics.spawnLatency.recordNanoseconds(Int64(Clock.monotonicNanoseconds() - t0))
           results.set(index, .success(sandbox))
         } catch {
+          network?.remove(config: config)
           results.set(index, .failure("\(error)"))
         }
       }
@@ -229,6 +240,7 @@ public final class SandboxManager: @unchecked Sendable {
       for sandbox in created {
         sandbox.child.stop()
         CgroupLimit.remove(id: sandbox.id)
+        sandbox.network?.remove(config: config)
       }
       logger.error("spawn from \(request.snapshotTag) failed", metadata: ["error": "\(message)"])
       throw .internalError("restore from \(request.snapshotTag) failed: \(message)")
@@ -274,6 +286,7 @@ public final class SandboxManager: @unchecked Sendable {
     sandbox.markDeleted()
     sandbox.child.stop()
     CgroupLimit.remove(id: id)
+    sandbox.network?.remove(config: config)
     _ = try? FileSystem.unlink(recordPath(id))
     metrics.sandboxesActive.record(activeCount())
     monitorWake.signal()
@@ -486,6 +499,7 @@ public final class SandboxManager: @unchecked Sendable {
       all[i].markDeleted()
       all[i].child.stop()
       CgroupLimit.remove(id: all[i].id)
+      all[i].network?.remove(config: config)
       _ = try? FileSystem.unlink(recordPath(all[i].id))
     }
     metrics.sandboxesActive.record(0)
@@ -635,6 +649,10 @@ public final class SandboxManager: @unchecked Sendable {
       for name in (try? FileSystem.listDirectory(directory)) ?? [] { FileSystem.removeTree(directory + "/" + name) }
     }
     CgroupLimit.removeAll()
+    let namespaces = ChildNetwork.removeLeftovers(config: config)
+    if namespaces > 0 {
+      logger.warning("removed \(namespaces) network namespaces left by a previous supervisor")
+    }
   }
 }
 

@@ -36,7 +36,11 @@ struct SnapshotCreator {
     let runDirectory = config.runDirectory + "/parents/" + request.tag + "-" + randomHex(4)
     let parent: VMMProcess
     do {
-      parent = try launcher.boot(mode, runDirectory: runDirectory)
+      // A test-guest parent gets a NIC without a backend, so its children can each get a TAP
+      // (`per_child_netns`); a child without a namespace has it unplugged.
+      var extra: [String] = []
+      if case .boot = mode { extra = ["--nic"] }
+      parent = try launcher.boot(mode, runDirectory: runDirectory, extraArguments: extra)
     } catch {
       throw .internalError("cannot boot the parent of \(request.tag): \(error)")
     }

@@ -73,10 +73,11 @@ public final class Child: @unchecked Sendable {
   /// `sharedPager` (experimental, benchmarks and tests of the daemon-wide pager mode): with a
   /// uffd or shmem backend, the child's VM connects to that already running shared pager instead
   /// of getting its own. The child then owns no pager: whoever owns the shared pager applies the
-  /// policy for all of its children (`attachPager`).
+  /// policy for all of its children (`attachPager`). `vmmArguments` go to forkd-vmm as they are
+  /// (e.g. the NIC's `--netns PATH --tap NAME`).
   public static func restore(
     snapshot: String, runDirectory: String, backend: ChildBackend, timeoutMS: Int = 30_000,
-    outputs: OutputFactory? = nil, sharedPager: PagerProcess? = nil
+    outputs: OutputFactory? = nil, sharedPager: PagerProcess? = nil, vmmArguments: [String] = []
   ) throws(ControlError) -> Child {
     do {
       try FileSystem.makeDirectories(runDirectory)
@@ -118,7 +119,8 @@ public final class Child: @unchecked Sendable {
     let vmm: VMMProcess
     do {
       vmm = try VMMProcess.launch(
-        .restore(snapshot: snapshot), runDirectory: runDirectory, extraArguments: extra, timeoutMS: timeoutMS,
+        .restore(snapshot: snapshot), runDirectory: runDirectory, extraArguments: extra + vmmArguments,
+        timeoutMS: timeoutMS,
         output: outputs?("vmm"), dependsOn: pager.map { ($0.pidFD, "forkd-pager (pid \($0.pid))") })
     } catch {
       var failure = error

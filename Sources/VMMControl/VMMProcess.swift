@@ -63,9 +63,12 @@ public final class VMMProcess: @unchecked Sendable {
   /// `dependsOn` (the pidfd of the child's pager, and its name): if that process ends before
   /// READY, forkd-vmm is killed at once instead of waiting out `timeoutMS` (a VM whose pager died
   /// mid-restore sleeps in a page fault nobody will serve).
+  /// `inheritedFDs` are passed on as (child descriptor number, descriptor), e.g. a TAP for
+  /// `--tap-fd` (numbers above 3; the caller keeps and closes its own copies).
   public static func launch(
     _ mode: Mode, runDirectory: String, binary: String? = nil, extraArguments: [String] = [], timeoutMS: Int = 30_000,
-    output: FileDescriptor? = nil, dependsOn: (fd: FileDescriptor, name: String)? = nil
+    output: FileDescriptor? = nil, dependsOn: (fd: FileDescriptor, name: String)? = nil,
+    inheritedFDs: [(Int32, FileDescriptor)] = []
   ) throws(ControlError) -> VMMProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-vmm") }
@@ -109,7 +112,8 @@ public final class VMMProcess: @unchecked Sendable {
     let pid: pid_t
     do {
       pid = try ChildProcess.spawn(
-        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log)
+        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)] + inheritedFDs, stdoutFD: log,
+        stderrFD: log)
     } catch {
       pipe.read.close()
       pipe.write.close()

@@ -38,16 +38,19 @@ public struct MachineConfig: Sendable {
   public var consoleSink: @Sendable (String) -> Void
   /// The virtio-blk disk of a Linux guest (none for the test guest).
   public var disk: BlockDeviceConfig?
+  /// The virtio-net NIC (none: the VM has no network device).
+  public var network: NetworkConfig?
 
   public init(
     memorySize: UInt64 = 64 << 20, vcpuCount: UInt32 = 1, guestCID: UInt32 = 3, vsockSocketPath: String,
-    disk: BlockDeviceConfig? = nil, consoleSink: @escaping @Sendable (String) -> Void
+    disk: BlockDeviceConfig? = nil, network: NetworkConfig? = nil, consoleSink: @escaping @Sendable (String) -> Void
   ) {
     self.memorySize = memorySize
     self.vcpuCount = vcpuCount
     self.guestCID = guestCID
     self.vsockSocketPath = vsockSocketPath
     self.disk = disk
+    self.network = network
     self.consoleSink = consoleSink
   }
 }
@@ -57,6 +60,7 @@ public enum LinuxIRQ {
   public static let uart: UInt32 = 4
   public static let vsock: UInt32 = 5
   public static let block: UInt32 = 6
+  public static let net: UInt32 = 7
 }
 
 /// One microVM: KVM VM, guest memory, vCPU threads and devices.
@@ -76,6 +80,8 @@ public final class VirtualMachine: @unchecked Sendable {
   let vsock: VirtioVsock
   /// The virtio-blk device of a Linux guest with a disk.
   let block: VirtioBlock?
+  /// The virtio-net NIC, in the third virtio-mmio window whether or not a disk exists.
+  let net: VirtioNet?
   let bus: IOBus
   /// A Linux guest: in-kernel irqchip and PIT, device interrupts through irqfds, ACPI.
   public let isLinux: Bool
@@ -165,6 +171,13 @@ public final class VirtualMachine: @unchecked Sendable {
     } else {
       block = nil
     }
+    if let network = config.network {
+      net = VirtioNet(
+        base: X86Layout.virtioMMIOBase + 2 * X86Layout.virtioMMIOStride, config: network, memory: memory,
+        onGuestWork: try interruptLine(LinuxIRQ.net), onHostWork: { loop.wake() }, onError: { log.warning("\($0)") })
+    } else {
+      net = nil
+    }
     interruptFDs = irqfds
     let power = PowerControl { event in
       switch event {
@@ -177,20 +190,27 @@ public final class VirtualMachine: @unchecked Sendable {
     if linux { ports.append(ACPISleepControl { wake.value?.finish(.poweredOff(exitCode: 0)) }) }
     var mmio: [any MMIODevice] = [vsock]
     if let block { mmio.append(block) }
+    if let net { mmio.append(net) }
     bus = IOBus(portDevices: ports, mmioDevices: mmio)
     wake.value = self
     eventLoop.add(vsock)
+    if let net { eventLoop.add(net) }
   }
 
   deinit {
     vsock.shutdown()
+    net?.shutdown()
     for fd in interruptFDs { fd.fd.close() }
   }
 
-  /// The virtio-mmio devices in window order (vsock first, then the disk), as ACPI lists them.
-  var virtioDevices: [ACPITables.VirtioDevice] { Self.virtioDevices(hasDisk: block != nil) }
+  /// The virtio-mmio devices in window order (vsock, the disk, the NIC), as ACPI lists them.
+  var virtioDevices: [ACPITables.VirtioDevice] { Self.virtioDevices(hasDisk: block != nil, hasNIC: net != nil) }
 
-  static func virtioDevices(hasDisk: Bool) -> [ACPITables.VirtioDevice] {
+  /// Windows the test guest's boot info announces: the NIC always has the third window, so a
+  /// VM with a NIC announces three (the second is empty without a disk: it reads magic 0).
+  var virtioWindowCount: UInt32 { net != nil ? 3 : block != nil ? 2 : 1 }
+
+  static func virtioDevices(hasDisk: Bool, hasNIC: Bool = false) -> [ACPITables.VirtioDevice] {
     var devices = [
       ACPITables.VirtioDevice(base: X86Layout.virtioMMIOBase, size: X86Layout.virtioMMIOStride, gsi: LinuxIRQ.vsock)
     ]
@@ -199,6 +219,12 @@ public final class VirtualMachine: @unchecked Sendable {
         ACPITables.VirtioDevice(
           base: X86Layout.virtioMMIOBase + X86Layout.virtioMMIOStride, size: X86Layout.virtioMMIOStride,
           gsi: LinuxIRQ.block))
+    }
+    if hasNIC {
+      devices.append(
+        ACPITables.VirtioDevice(
+          base: X86Layout.virtioMMIOBase + 2 * X86Layout.virtioMMIOStride, size: X86Layout.virtioMMIOStride,
+          gsi: LinuxIRQ.net))
     }
     return devices
   }
@@ -211,7 +237,8 @@ public final class VirtualMachine: @unchecked Sendable {
     let kvm = try KVMSystem()
     let memory = try GuestMemory.create(size: config.memorySize, backend: .anonymous)
     try X86Boot.writeBootStructures(
-      into: memory, vcpuCount: config.vcpuCount, virtioDevices: 1, guestCID: config.guestCID)
+      into: memory, vcpuCount: config.vcpuCount, virtioDevices: config.network == nil ? 1 : 3,
+      guestCID: config.guestCID)
     try elf.load(image, into: memory, source: imageSource)
     var digest = SHA256()
     digest.update(image)
@@ -267,6 +294,7 @@ public final class VirtualMachine: @unchecked Sendable {
     // Outside the run-control lock: the device takes its own lock and may wake vCPUs (lock order
     // device → control).
     vsock.suspendDelivery()
+    net?.suspendDelivery()
   }
 
   public func resume() {
@@ -275,6 +303,7 @@ public final class VirtualMachine: @unchecked Sendable {
       control.broadcast()
     }
     vsock.resumeDelivery()
+    net?.resumeDelivery()
   }
 
   /// Ends the VM with `reason` (the first reason wins) and releases every vCPU thread.
@@ -309,7 +338,13 @@ public final class VirtualMachine: @unchecked Sendable {
   }
 
   /// Releases host-side resources that outlive the vCPUs: the vsock socket file and connections.
-  public func close() { vsock.shutdown() }
+  public func close() {
+    vsock.shutdown()
+    net?.shutdown()
+  }
+
+  /// What the NIC counted (nil without a NIC).
+  public var networkStatistics: NetStatistics? { net?.statistics }
 
   /// Joins the vCPU threads after the VM has finished.
   public func join() {

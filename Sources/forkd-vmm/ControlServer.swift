@@ -223,6 +223,13 @@ final class ControlServer: PollSource {
       result["pager_attached"] = .bool(pager.isAttached)
       result["pager_policy"] = .string(pager.policy.rawValue)
     }
+    if let net = machine.networkStatistics {
+      result["net"] = .object([
+        "rx_frames": .integer(Int64(clamping: net.rxFrames)), "tx_frames": .integer(Int64(clamping: net.txFrames)),
+        "rx_dropped": .integer(Int64(clamping: net.rxDropped)),
+        "tx_dropped": .integer(Int64(clamping: net.txDropped)),
+      ])
+    }
     if let exit = machine.exit { result["exit"] = .string("\(exit)") }
     return result
   }

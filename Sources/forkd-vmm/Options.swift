@@ -27,6 +27,12 @@ struct Options {
   var console = "-"
   var readyFD: Int32?
   var logLevel = "info"
+  /// The NIC: a TAP opened by name (created if missing), an inherited TAP descriptor, or (boot
+  /// only) a NIC with no backend; `netns` is entered before the TAP is opened.
+  var tapName: String?
+  var tapFD: Int32?
+  var nic = false
+  var netns: String?
 
   static let usage = """
     usage: forkd-vmm boot --image PATH|builtin:test-guest --api-sock PATH --vsock-sock PATH
@@ -38,6 +44,7 @@ struct Options {
                           [--backend file|uffd|shmem --pager-sock PATH [--pager-policy fail|restart]
                            [--shmem-image PATH]]
                           [--console PATH|-|none] [--ready-fd N]
+           NIC (boot and restore): [--netns PATH] --tap NAME | --tap-fd N;  boot only: --nic (no backend)
     --kernel boots Linux (bzImage or ELF vmlinux, told apart by content) with ACPI-described
     virtio-mmio devices; the default command line is "\(LinuxBootSource.defaultCommandLine)".
     --disk is a read-only base image; the guest's writes stay in this VM (and its snapshots).
@@ -98,11 +105,30 @@ struct Options {
       case "--console": console = try value(flag)
       case "--ready-fd": readyFD = try number(flag, Int32.self)
       case "--log-level": logLevel = try value(flag)
+      case "--tap":
+        let name = try value(flag)
+        guard !name.isEmpty, name.utf8.count < 16, !name.contains("/") else {
+          throw UsageError(description: "--tap '\(name)': an interface name is 1 to 15 bytes without '/'")
+        }
+        tapName = name
+      case "--tap-fd":
+        let fd = try number(flag, Int32.self)
+        guard fd > 2 else { throw UsageError(description: "--tap-fd \(fd): expected an inherited descriptor above 2") }
+        tapFD = fd
+      case "--nic": nic = true
+      case "--netns": netns = try value(flag)
       default: throw UsageError(description: "unknown option '\(flag)'")
       }
     }
     guard controlSocket != nil else { throw UsageError(description: "--api-sock is required") }
     guard vsockSocket != nil else { throw UsageError(description: "--vsock-sock is required") }
+    if tapName != nil && tapFD != nil { throw UsageError(description: "--tap and --tap-fd exclude each other") }
+    if netns != nil && tapName == nil {
+      throw UsageError(description: "--netns is where --tap NAME is opened; it needs --tap")
+    }
+    if mode == .restore && nic {
+      throw UsageError(description: "--nic is for boot: a restored VM has a NIC when its snapshot has one")
+    }
     switch mode {
     case .boot:
       guard (image != nil) != (kernel != nil) else {

@@ -95,6 +95,24 @@ pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
 
 var timings = RestoreTimings()
 
+// The NIC's backend, opened before anything else runs: entering the child's network namespace
+// (if asked) happens while this is the process's only thread of ours.
+var tapBackend: FileDescriptor? = nil
+do throws(SyscallError) {
+  if let path = options.netns { try NetworkNamespace.enter(path: path) }
+  if let name = options.tapName {
+    tapBackend = try TapDevice.open(name: name).fd
+  } else if let raw = options.tapFD {
+    let fd = FileDescriptor(rawValue: raw)
+    try TapDevice.adopt(fd)
+    try fd.setCloseOnExec(true)
+    tapBackend = fd
+  }
+} catch {
+  fail(1, "cannot attach the NIC's TAP: \(error)", readyFD: options.readyFD)
+}
+let network: NetworkConfig? = tapBackend != nil || options.nic ? NetworkConfig(backend: tapBackend) : nil
+
 // The pager: the VM keeps the uffd; the pager gets a copy over its socket. It is attached as
 // soon as guest memory exists, before restoring state touches any page (VirtualMachine.restore).
 var pager: PagerLink? = nil
@@ -166,7 +184,7 @@ do {
     let config = MachineConfig(
       memorySize: options.memoryMiB << 20, vcpuCount: options.vcpus, guestCID: options.guestCID,
       vsockSocketPath: options.vsockSocket!, disk: options.disk.map { BlockDeviceConfig(basePath: $0) },
-      consoleSink: consoleSink)
+      network: network, consoleSink: consoleSink)
     machine = try VirtualMachine.bootLinux(config: config, source: source, logger: logger)
   case .boot:
     let imagePath = options.image!
@@ -182,13 +200,13 @@ do {
     }
     let config = MachineConfig(
       memorySize: options.memoryMiB << 20, vcpuCount: options.vcpus, guestCID: options.guestCID,
-      vsockSocketPath: options.vsockSocket!, consoleSink: consoleSink)
+      vsockSocketPath: options.vsockSocket!, network: network, consoleSink: consoleSink)
     machine = try VirtualMachine.boot(config: config, image: image, imageSource: imagePath, logger: logger)
   case .restore:
     // The pager owns guest memory before any state is restored (see VirtualMachine.restore).
     machine = try VirtualMachine.restore(
       from: options.snapshot!, backend: options.backend, shmemImage: options.shmemImage,
-      vsockSocketPath: options.vsockSocket!, diskBasePath: options.disk,
+      vsockSocketPath: options.vsockSocket!, diskBasePath: options.disk, tap: tapBackend,
       consoleSink: consoleSink, logger: logger, timings: &timings,
       memoryReady: { memory throws(VMMError) in try attachPager(memory) })
   }

@@ -38,9 +38,10 @@ final class TestSupervisor {
   var tcp: HTTPTestClient { HTTPTestClient(target: .tcp(host: "127.0.0.1", port: tcpPort)) }
 
   /// `reusing` starts a second supervisor on the state and run directories of an earlier one.
-  init(_ name: String, backend: String = "uffd", token: String? = nil, extra: [String] = [], reusing: Scratch? = nil)
-    throws
-  {
+  init(
+    _ name: String, backend: String = "uffd", token: String? = nil, extra: [String] = [], reusing: Scratch? = nil,
+    environment extraEnvironment: [String] = []
+  ) throws {
     scratch = try reusing ?? Scratch("sup-\(name)")
     socket = scratch.path + "/forkd.sock"
     logPath = scratch.path + "/supervisor.log"
@@ -57,6 +58,7 @@ final class TestSupervisor {
       // The tests' TCP clients are this process: loopback without a token, allowed explicitly.
       arguments.append("--insecure-loopback-without-token")
     }
+    environment += extraEnvironment
     arguments += extra
     let log = try FileDescriptor.open(logPath, [.writeOnly, .create, .append])
     defer { log.close() }
@@ -84,4 +86,3 @@ final class TestSupervisor {
     if kill(pid, 0) == 0 { stop() }
   }
 }
-

@@ -24,7 +24,8 @@ struct HostileGuestTests {
     _ = try siblingAgent.counter(add: 1)
 
     let victim = try VMMProcess.launch(
-      .boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/victim")
+      .boot(image: "builtin:test-guest", memoryMiB: 32, vcpus: 1), runDirectory: scratch.path + "/victim",
+      extraArguments: kind.targetsNIC ? ["--nic"] : [])
     let agent = try victim.agent()
     #expect(try agent.request(.attack(kind: kind.rawValue)) == .attacking)
 
@@ -51,17 +52,20 @@ struct HostileGuestTests {
       #expect(status["state"] != nil, "\(status)")
       print("hostile \(kind): survived; vmm log: \(lastLines(of: victim.vmmLog, count: 2))")
       // The device says what the guest did wrong (and refuses to go on) rather than guessing.
-      let expected: String? =
+      let expected: [String] =
         switch kind {
         case .descriptorOutsideRAM, .descriptorLoop, .hugeLength, .badAvailEntry, .availIndexJump,
           .availIndexBackward, .wrappingAddress:
-          "device needs reset"
-        case .bogusPacket: "dropped"
-        case .mmioSweep, .pioSweep, .lyingReplies: nil
+          ["device needs reset"]
+        case .netDescriptorOutsideRAM, .netRxIndexBackward, .netDescriptorLoop:
+          ["virtio-net: ", "device needs reset"]
+        case .bogusPacket: ["dropped"]
+        case .netShortFrame: ["virtio-net: ", "dropped"]
+        case .mmioSweep, .pioSweep, .lyingReplies: []
         }
-      if let expected {
-        let log = String(decoding: try FileSystem.readFile(victim.vmmLog), as: UTF8.self)
-        #expect(log.contains(expected), "\(kind): \(log.suffix(400))")
+      let log = String(decoding: try FileSystem.readFile(victim.vmmLog), as: UTF8.self)
+      for text in expected {
+        #expect(log.contains(text), "\(kind): \(log.suffix(400))")
       }
       let end = victim.stop(timeoutMS: 10_000)
       #expect(end == .exited(0), "forkd-vmm after \(kind): \(String(describing: end)) \(lastLines(of: victim.vmmLog))")

@@ -13,14 +13,21 @@ import VMMControl
 
 /// Fails every launch, as a broken forkd-vmm binary would: requests reach every handler without VMs.
 private struct FailingLauncher: ChildLauncher {
-  func restore(snapshot: String, runDirectory: String, backend: ChildBackend, outputs: Child.OutputFactory?)
-    throws(ControlError) -> Child
+  func restore(
+    snapshot: String, runDirectory: String, backend: ChildBackend, outputs: Child.OutputFactory?,
+    vmmArguments: [String]
+  ) throws(ControlError) -> Child {
+    throw ControlError(.launch, "test launcher: no VMs")
+  }
+
+  func boot(_ mode: VMMProcess.Mode, runDirectory: String, extraArguments: [String]) throws(ControlError)
+    -> VMMProcess
   {
     throw ControlError(.launch, "test launcher: no VMs")
   }
 
-  func boot(_ mode: VMMProcess.Mode, runDirectory: String) throws(ControlError) -> VMMProcess {
-    throw ControlError(.launch, "test launcher: no VMs")
+  func makeNetwork(for sandboxID: String, config: SupervisorConfig) throws(APIError) -> ChildNetwork {
+    throw .internalError("test launcher: no networks")
   }
 }
 

@@ -30,7 +30,7 @@ struct StateFileTests {
     f.append(tag: 0x0102_0304, version: 5, [0xEE])
     let bytes = f.serialized()
     let body: [UInt8] =
-      Array("FKDSTATE".utf8) + [2, 0, 0, 0] + [1, 0, 0, 0] + [4, 3, 2, 1] + [5, 0, 0, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + [
+      Array("FKDSTATE".utf8) + [3, 0, 0, 0] + [1, 0, 0, 0] + [4, 3, 2, 1] + [5, 0, 0, 0] + [1, 0, 0, 0, 0, 0, 0, 0] + [
         0xEE
       ]
     var crc = ByteWriter()
@@ -75,20 +75,23 @@ struct StateFileTests {
 
   @Test func newerVersion() {
     var bytes = Self.sample().serialized()
-    bytes[8] = 3
+    bytes[8] = 4
     let e = #expect(throws: ProtocolError.self) { try parse(resealed(bytes)) }
     #expect(
-      e == ProtocolError(.unsupportedVersion, "vmstate.bin: format version 3 is newer than this forkd supports (2)"))
+      e == ProtocolError(.unsupportedVersion, "vmstate.bin: format version 4 is newer than this forkd supports (3)"))
     bytes[8] = 0
     #expect((#expect(throws: ProtocolError.self) { try parse(resealed(bytes)) })?.code == .unsupportedVersion)
   }
 
-  /// Version 1 files (written before Linux guests) have the same layout and are still read.
-  @Test func versionOneStillRead() throws {
+  /// Version 1 files (written before Linux guests) and version 2 files (before the NIC) have the
+  /// same layout and are still read.
+  @Test func olderVersionsStillRead() throws {
     var bytes = Self.sample().serialized()
-    #expect(bytes[8] == 2)
-    bytes[8] = 1
-    #expect(try parse(resealed(bytes)) == Self.sample())
+    #expect(bytes[8] == 3)
+    for older: UInt8 in [1, 2] {
+      bytes[8] = older
+      #expect(try parse(resealed(bytes)) == Self.sample())
+    }
   }
 
   @Test func truncatedAnywhere() {

@@ -56,6 +56,19 @@ struct ACPITests {
     #expect(aml.firstRange(of: [0x08] + Array("_S5_".utf8) + [0x12]) != nil)
   }
 
+  @Test("a NIC is described in the third virtio-mmio window on GSI 7, with or without a disk")
+  func nicDevice() {
+    for hasDisk in [false, true] {
+      let devices = VirtualMachine.virtioDevices(hasDisk: hasDisk, hasNIC: true)
+      #expect(devices.count == (hasDisk ? 3 : 2))
+      #expect(devices.last == .init(base: 0xD000_2000, size: 0x1000, gsi: LinuxIRQ.net))
+      let aml = ACPITables.dsdtAML(virtio: devices, uartIRQ: 4)
+      #expect(aml.firstRange(of: [0x86, 0x09, 0x00, 0x01, 0x00, 0x20, 0x00, 0xD0, 0x00, 0x10, 0x00, 0x00]) != nil)
+      #expect(aml.firstRange(of: [0x89, 0x06, 0x00, 0x03, 0x01, 0x07, 0x00, 0x00, 0x00]) != nil)
+    }
+    #expect(VirtualMachine.virtioDevices(hasDisk: false).count == 1)
+  }
+
   @Test("every table checksums to zero and the RSDP points at the XSDT")
   func checksums() {
     let built = ACPITables.build(

@@ -117,6 +117,12 @@ void vsock_attack(u32 kind);
 /* Hostile mode (attack 11): the agent answers with extreme values from then on. */
 extern u8 agent_lying;
 
+/* ---- net.c ---- */
+
+const char *net_init(u64 mmio_base);
+void net_poll(void);
+void net_attack(u32 kind);
+
 /* ---- agent.c ---- */
 
 u32 agent_parse(struct conn *c, const u8 *data, u32 len);

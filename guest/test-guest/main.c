@@ -57,6 +57,11 @@ __attribute__((noreturn)) void guest_main(u64 rdi) {
   data_pages = end > DATA_BASE ? (end - DATA_BASE) / PAGE_SIZE : 0;
 
   vsock_init(mmio, bi->guest_cid);
+  /* A NIC, when the VMM gave one, is in the third window (docs/networking.md). */
+  if (bi->virtio_mmio_count >= 3 && mmio_read(mmio + 0x2008) == 1) {
+    const char *err = net_init(mmio + 0x2000);
+    if (err) fatal(err);
+  }
   /* "ready": the rx queue is live, a host may connect now. */
   console_write("forkd-test-guest " GUEST_VERSION " ready cid=");
   console_u64(bi->guest_cid);
@@ -64,6 +69,7 @@ __attribute__((noreturn)) void guest_main(u64 rdi) {
 
   for (;;) {
     vsock_poll();
+    net_poll();
     hlt(); /* the VMM resumes us when a device has work */
   }
 }

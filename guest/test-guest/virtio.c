@@ -33,18 +33,23 @@ enum {
 #define MMIO_MAGIC 0x74726976 /* "virt" */
 #define F_VERSION_1_HI 1u     /* feature bit 32: bit 0 of feature word 1 */
 
-const char *virtio_begin(u64 base, u32 device_id) {
+const char *virtio_begin(u64 base, u32 device_id) { return virtio_begin_features(base, device_id, 0); }
+
+const char *virtio_begin_features(u64 base, u32 device_id, u32 features_lo) {
   if (mmio_read(base + REG_MAGIC) != MMIO_MAGIC) return "virtio-mmio: bad magic";
   if (mmio_read(base + REG_VERSION) != 2) return "virtio-mmio: not version 2";
-  if (mmio_read(base + REG_DEVICE_ID) != device_id) return "virtio-mmio: device 0 is not vsock";
+  if (mmio_read(base + REG_DEVICE_ID) != device_id) return "virtio-mmio: not the expected device id";
   mmio_write(base + REG_STATUS, 0); /* reset */
   mmio_write(base + REG_STATUS, STATUS_ACKNOWLEDGE);
   mmio_write(base + REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
   mmio_write(base + REG_DEVICE_FEATURES_SEL, 1);
   if (!(mmio_read(base + REG_DEVICE_FEATURES) & F_VERSION_1_HI))
     return "virtio-mmio: VERSION_1 not offered";
+  mmio_write(base + REG_DEVICE_FEATURES_SEL, 0);
+  if ((mmio_read(base + REG_DEVICE_FEATURES) & features_lo) != features_lo)
+    return "virtio-mmio: a needed feature is not offered";
   mmio_write(base + REG_DRIVER_FEATURES_SEL, 0);
-  mmio_write(base + REG_DRIVER_FEATURES, 0);
+  mmio_write(base + REG_DRIVER_FEATURES, features_lo);
   mmio_write(base + REG_DRIVER_FEATURES_SEL, 1);
   mmio_write(base + REG_DRIVER_FEATURES, F_VERSION_1_HI);
   mmio_write(base + REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);

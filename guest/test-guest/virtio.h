@@ -55,6 +55,8 @@ struct vq {
 
 /* Device setup; each returns an error message or 0. */
 const char *virtio_begin(u64 base, u32 device_id);
+/* The same, also accepting device feature bits 0..31 `features_lo` (all must be offered). */
+const char *virtio_begin_features(u64 base, u32 device_id, u32 features_lo);
 const char *vq_setup(struct vq *q, u64 base, u16 index);
 void virtio_driver_ok(u64 base);
 

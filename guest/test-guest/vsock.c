@@ -463,6 +463,7 @@ void vsock_attack(u32 kind) {
     }
     break;
   default:
+    net_attack(kind); /* 12...15: the NIC's queues */
     break;
   }
   console_write("hostile: attack done\n");

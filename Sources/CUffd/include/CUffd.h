@@ -2,6 +2,7 @@
 #pragma once
 #include "cuffd_beneath.h"
 #include "cuffd_linux.h"
+#include "cuffd_net.h"
 #include "cuffd_scm.h"
 #include "cuffd_thread.h"
 #include "cuffd_uffd.h"

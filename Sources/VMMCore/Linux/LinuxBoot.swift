@@ -41,7 +41,7 @@ extension VirtualMachine {
   {
     // Everything that can be checked without KVM first, so bad input is reported on any host.
     let kernel = try LinuxKernel(parsing: source.kernel, source: source.kernelSource)
-    let devices = virtioDevices(hasDisk: config.disk != nil)
+    let devices = virtioDevices(hasDisk: config.disk != nil, hasNIC: config.network != nil)
     let commandLine =
       source.commandLineDevices
       ? LinuxLayout.commandLine(source.commandLine, declaring: devices) : source.commandLine

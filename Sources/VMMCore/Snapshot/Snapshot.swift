@@ -238,7 +238,7 @@ extension VirtualMachine {
     file.append(
       tag: StateSectionTag.vmConfig, version: StoredVMConfig.version,
       StoredVMConfig(
-        guestCID: config.guestCID, virtioDevices: block == nil ? 1 : 2,
+        guestCID: config.guestCID, virtioDevices: virtioWindowCount,
         flags: vm.hasIrqchip ? StoredVMConfig.flagInKernelIrqchip : 0
       ).bytes)
     if vm.hasIrqchip {
@@ -264,6 +264,7 @@ extension VirtualMachine {
         tag: StateSectionTag.block, version: VirtioBlock.stateVersion,
         try block.snapshot(overlayPath: staging + "/" + BlockStore.overlayFileName))
     }
+    if let net { file.append(tag: StateSectionTag.net, version: VirtioNet.stateVersion, net.saveState()) }
     return file
   }
 
@@ -327,7 +328,8 @@ extension VirtualMachine {
   /// page touched there would be a zero page the pager's copy can no longer replace.
   public static func restore(
     from directory: String, backend: RestoreBackend = .file, shmemImage: String? = nil, vsockSocketPath: String,
-    diskBasePath: String? = nil, consoleSink: @escaping @Sendable (String) -> Void, logger: Logger,
+    diskBasePath: String? = nil, tap: FileDescriptor? = nil, consoleSink: @escaping @Sendable (String) -> Void,
+    logger: Logger,
     timings: UnsafeMutablePointer<RestoreTimings>? = nil,
     memoryReady: ((GuestMemory) throws(VMMError) -> Void)? = nil
   ) throws(VMMError) -> VirtualMachine {
@@ -391,6 +393,26 @@ extension VirtualMachine {
         )
       }
     }
+    // The NIC: the snapshot's MAC (every child keeps its parent's), this child's backend.
+    var network: NetworkConfig? = nil
+    if let section = loaded.state.section(StateSectionTag.net) {
+      do {
+        guard section.version == VirtioNet.stateVersion else {
+          throw ProtocolError(
+            .unsupportedVersion,
+            "\(loaded.stateSource): virtio-net state version \(section.version), this forkd reads \(VirtioNet.stateVersion)"
+          )
+        }
+        let mac = try VirtioNet.savedMAC(section.bytes, source: "\(loaded.stateSource) section VNET")
+        network = NetworkConfig(mac: mac, backend: tap)
+      } catch {
+        throw VMMError(.invalidSnapshot, "\(error)")
+      }
+    } else if tap != nil {
+      throw VMMError(
+        .invalidConfig,
+        "\(directory) has no NIC (its parent was booted without one): a TAP cannot be attached to its children")
+    }
     let vcpuSections = loaded.state.sections(StateSectionTag.vcpu)
     guard vcpuSections.count == Int(manifest.vcpuCount) else {
       throw VMMError(
@@ -400,7 +422,7 @@ extension VirtualMachine {
     }
     let config = MachineConfig(
       memorySize: manifest.memorySize, vcpuCount: manifest.vcpuCount, guestCID: storedConfig.guestCID,
-      vsockSocketPath: vsockSocketPath, disk: disk, consoleSink: consoleSink)
+      vsockSocketPath: vsockSocketPath, disk: disk, network: network, consoleSink: consoleSink)
     let hasIrqchip = storedConfig.flags & StoredVMConfig.flagInKernelIrqchip != 0
     guard hasIrqchip == (manifest.guestKind == linuxGuestKind) else {
       throw VMMError(
@@ -463,6 +485,9 @@ extension VirtualMachine {
       }
       if let block = machine.block, let section = loaded.state.section(StateSectionTag.block) {
         try block.restoreState(section.bytes, source: "\(loaded.stateSource) section VBLK")
+      }
+      if let net = machine.net, let section = loaded.state.section(StateSectionTag.net) {
+        try net.restoreState(section.bytes, source: "\(loaded.stateSource) section VNET")
       }
       // Like Firecracker: a Linux guest drops its connections (their host ends are gone) and
       // keeps its listeners when told the transport was reset.
