@@ -1,3 +1,4 @@
+import Jail
 import Protocol
 import Syscalls
 
@@ -15,18 +16,30 @@ public final class PagerProcess: @unchecked Sendable {
   private let reaper: Reaper
 
   /// Starts forkd-pager listening on `socket` and waits until it is listening.
+  /// `jail` (with the run directory `socket` lies in as its cell): the pager starts in that
+  /// directory and locks itself into it after its handshake, before the first fault is served.
   public static func launch(
     socket: String, logPath: String, recordWorkingSet: String? = nil, prefetch: String? = nil,
     handshakeTimeoutMS: Int = 5000, binary: String? = nil, timeoutMS: Int = 10_000, output: FileDescriptor? = nil,
-    shared: Bool = false, extraArguments: [String] = []
+    shared: Bool = false, extraArguments: [String] = [], jail: (spec: JailSpec, cell: String)? = nil
   ) throws(ControlError) -> PagerProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-pager") }
-    var arguments = [path, "--socket", socket, "--ready-fd", "3", "--handshake-timeout-ms", "\(handshakeTimeoutMS)"]
+    var socketArgument = socket
+    if let jail {
+      guard socket.hasPrefix(jail.cell + "/"), !socket.dropFirst(jail.cell.count + 1).contains("/") else {
+        throw ControlError(.launch, "a jailed pager's socket \(socket) must lie directly in its cell \(jail.cell)")
+      }
+      socketArgument = String(socket.dropFirst(jail.cell.count + 1))
+    }
+    var arguments = [
+      path, "--socket", socketArgument, "--ready-fd", "3", "--handshake-timeout-ms", "\(handshakeTimeoutMS)",
+    ]
     if let recordWorkingSet { arguments += ["--record-working-set", recordWorkingSet] }
     if let prefetch { arguments += ["--prefetch", prefetch] }
     if shared { arguments.append("--shared") }
     arguments += extraArguments
+    if let jail { arguments += jail.spec.arguments }
     let pipe: (read: FileDescriptor, write: FileDescriptor)
     let log: FileDescriptor
     do {
@@ -38,7 +51,8 @@ public final class PagerProcess: @unchecked Sendable {
     let pid: pid_t
     do {
       pid = try ChildProcess.spawn(
-        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log)
+        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log,
+        workingDirectory: jail?.cell)
     } catch {
       pipe.read.close()
       pipe.write.close()

@@ -1,3 +1,4 @@
+import Jail
 import Protocol
 import Syscalls
 
@@ -50,6 +51,9 @@ public final class VMMProcess: @unchecked Sendable {
   public let controlSocket: String
   public let vsockSocket: String
   public let ready: ReadyReport
+  /// Whether it runs in a jail: paths sent to it (attach_pager, snapshot directories) are then
+  /// relative to its run directory, the cell's root.
+  public let jailed: Bool
   /// Readable when the process exits (pidfd_open), for owners that watch many children.
   public private(set) var pidFD: FileDescriptor?
   private let reaper: Reaper
@@ -63,9 +67,12 @@ public final class VMMProcess: @unchecked Sendable {
   /// `dependsOn` (the pidfd of the child's pager, and its name): if that process ends before
   /// READY, forkd-vmm is killed at once instead of waiting out `timeoutMS` (a VM whose pager died
   /// mid-restore sleeps in a page fault nobody will serve).
+  /// `jail`: forkd-vmm starts in the run directory and, once restored and before the guest runs,
+  /// locks itself into it (docs/jail.md); every path it gets is then relative to the run
+  /// directory, which the caller has handed to the jail's uid (`JailLease.prepareCell`).
   public static func launch(
     _ mode: Mode, runDirectory: String, binary: String? = nil, extraArguments: [String] = [], timeoutMS: Int = 30_000,
-    output: FileDescriptor? = nil, dependsOn: (fd: FileDescriptor, name: String)? = nil
+    output: FileDescriptor? = nil, dependsOn: (fd: FileDescriptor, name: String)? = nil, jail: JailSpec? = nil
   ) throws(ControlError) -> VMMProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-vmm") }
@@ -76,6 +83,9 @@ public final class VMMProcess: @unchecked Sendable {
     }
     let control = runDirectory + "/api.sock"
     let vsock = runDirectory + "/vsock.sock"
+    // Jailed, the process works in its run directory: paths in it are given relative to it, so
+    // they name the same files before and after the cell's root moves there.
+    let inside: (String) -> String = { jail == nil ? runDirectory + "/" + $0 : $0 }
     var arguments = [path]
     switch mode {
     case .boot(let image, let memoryMiB, let vcpus):
@@ -91,10 +101,11 @@ public final class VMMProcess: @unchecked Sendable {
     // With an output descriptor (the owner forwards it, e.g. to the journal) the guest console
     // goes there too, each line prefixed "[guest] "; otherwise to console.log.
     arguments += [
-      "--api-sock", control, "--vsock-sock", vsock, "--console", output == nil ? runDirectory + "/console.log" : "-",
-      "--ready-fd", "3",
+      "--api-sock", inside("api.sock"), "--vsock-sock", inside("vsock.sock"),
+      "--console", output == nil ? inside("console.log") : "-", "--ready-fd", "3",
     ]
     arguments += extraArguments
+    if let jail { arguments += jail.arguments }
 
     let pipe: (read: FileDescriptor, write: FileDescriptor)
     let log: FileDescriptor
@@ -109,7 +120,8 @@ public final class VMMProcess: @unchecked Sendable {
     let pid: pid_t
     do {
       pid = try ChildProcess.spawn(
-        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log)
+        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log,
+        workingDirectory: jail == nil ? nil : runDirectory)
     } catch {
       pipe.read.close()
       pipe.write.close()
@@ -161,14 +173,15 @@ public final class VMMProcess: @unchecked Sendable {
       observedAt: observedAt)
     return VMMProcess(
       pid: pid, runDirectory: runDirectory, controlSocket: control, vsockSocket: vsock, ready: report,
-      pidFD: try? ChildProcess.pidFD(pid))
+      pidFD: try? ChildProcess.pidFD(pid), jailed: jail != nil)
   }
 
   private init(
     pid: pid_t, runDirectory: String, controlSocket: String, vsockSocket: String, ready: ReadyReport,
-    pidFD: FileDescriptor?
+    pidFD: FileDescriptor?, jailed: Bool
   ) {
     self.pid = pid
+    self.jailed = jailed
     reaper = Reaper(pid: pid)
     self.runDirectory = runDirectory
     self.controlSocket = controlSocket

@@ -285,14 +285,18 @@ final class PagerSession {
 }
 
 /// Writes the working-set record beside the snapshot: into a file opened before the seccomp
-/// filter (the pager may not open files afterwards), then renamed into place.
+/// filter (the pager may not open files afterwards), then renamed into place — by the pager, or,
+/// for a jailed pager (`renames: false`, the snapshot directory is outside its cell), by its
+/// owner once the pager has ended (`<path>.tmp-<pid>`).
 final class WorkingSetRecorder {
   let path: String
   private let staging: String
   private let fd: FileDescriptor
+  private let renames: Bool
 
-  init(path: String) throws(SyscallError) {
+  init(path: String, renames: Bool) throws(SyscallError) {
     self.path = path
+    self.renames = renames
     staging = path + ".tmp-\(getpid())"
     fd = try FileDescriptor.open(staging, [.writeOnly, .create, .exclusive], mode: 0o600)
   }
@@ -304,7 +308,7 @@ final class WorkingSetRecorder {
       try fd.truncate(to: 0)
       try fd.pwriteAll(bytes, at: 0)
       try fd.sync()
-      try FileSystem.rename(staging, to: path)
+      if renames { try FileSystem.rename(staging, to: path) }
       return set.pages.count
     } catch {
       writeLog("pager: cannot save the working set to \(path): \(error)")

@@ -1,3 +1,4 @@
+import Jail
 import Protocol
 import SeccompFilters
 import Syscalls
@@ -37,6 +38,8 @@ let listener: FileDescriptor
 do {
   listener = try UnixSocket.listen(path: options.socket)
   try listener.setNonBlocking()
+  // A jailed VM (re)connects as the jail's uid: the socket is its, inside its cell.
+  if let jail = options.jail { try FileSystem.changeOwner(options.socket, uid: jail.uid, gid: jail.gid) }
 } catch {
   fail("cannot listen on \(options.socket): \(error)")
 }
@@ -57,13 +60,22 @@ if let path = options.prefetchPath {
 }
 var recorder: WorkingSetRecorder? = nil
 if let path = options.recordPath {
-  do { recorder = try WorkingSetRecorder(path: path) } catch { writeLog("forkd-pager: not recording: \(error)") }
+  do { recorder = try WorkingSetRecorder(path: path, renames: options.jail == nil) } catch {
+    writeLog("forkd-pager: not recording: \(error)")
+  }
 }
 
 // The seccomp allow-list goes on right after the (first) handshake is validated, before the ack
 // and before any guest-driven fault is served.
 nonisolated(unsafe) var sandboxed = false
 func lockDown() throws(PagerError) {
+  if let jail = options.jail {
+    do {
+      try Jail.enter(jail)
+    } catch {
+      throw PagerError(code: "sandbox", message: error.description)
+    }
+  }
   do {
     try CompiledFilter.forRole(.pager).install()
     sandboxed = true
