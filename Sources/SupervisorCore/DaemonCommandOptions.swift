@@ -43,6 +43,15 @@ public struct DaemonCommandOptions: ParsableArguments {
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   public var logLevel: String = "info"
 
+  @Option(help: "First uid (and gid) of children's jails; each live child gets one of its own.")
+  public var jailUidBase: UInt32 = JailPool.defaultUIDBase
+
+  @Option(help: "How many uids the jails may use: the most children alive at once.")
+  public var jailUidCount: UInt32 = JailPool.defaultUIDCount
+
+  @Flag(help: "Run children unjailed (as root, in the daemon's mount namespace): for measuring the jail only.")
+  public var noJail = false
+
   public mutating func validate() throws {
     guard ["auto", "file", "uffd", "shmem"].contains(backend) else {
       throw ValidationError("--backend \(backend): auto, file, uffd or shmem")
@@ -51,6 +60,11 @@ public struct DaemonCommandOptions: ParsableArguments {
       throw ValidationError("--pager-policy \(pagerPolicy): restart or fail")
     }
     guard (1...64).contains(branchConcurrency) else { throw ValidationError("--branch-concurrency: 1...64") }
+    do {
+      _ = try JailPool(base: jailUidBase, count: jailUidCount)
+    } catch {
+      throw ValidationError(error.description)
+    }
     if let listenTcp, parseHostPort(listenTcp) == nil {
       throw ValidationError("--listen-tcp \(listenTcp): expected HOST:PORT")
     }
@@ -73,7 +87,7 @@ public struct DaemonCommandOptions: ParsableArguments {
     return SupervisorConfig(
       stateDirectory: stateDir, runDirectory: runDir, backend: childBackend,
       token: token?.isEmpty == true ? nil : token,
-      branchConcurrency: branchConcurrency)
+      branchConcurrency: branchConcurrency, jail: noJail ? nil : try JailPool(base: jailUidBase, count: jailUidCount))
   }
 
   /// Runs the daemon in the foreground until SIGTERM/SIGINT: listeners passed by systemd if any

@@ -126,7 +126,8 @@ public final class SandboxManager: @unchecked Sendable {
           let tag = request.snapshotTag
           let child = try Child.restore(
             snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: backend,
-            outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) })
+            outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) }, jail: config.jail,
+            branchDirectory: config.jail == nil ? nil : config.branchStagingDirectory + "/" + id)
           let sandbox = Sandbox(
             id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB)
           if let limit = request.memoryLimitMiB {
@@ -261,19 +262,35 @@ public final class SandboxManager: @unchecked Sendable {
     try store.reserve(tag, existsStatus: 409)
     defer { if !handedOff { store.release(tag) } }
     let directory = store.path(tag)
+    // A jailed source writes into its own branch directory (its cell's `branches`); the
+    // finished snapshot is then moved into the store.
+    let written = source.child.branchDirectory.map { JailedBranch(directory: $0, tag: tag) }
     var result: [String: JSONValue] = [:]
     do {
       result = try source.child.vmm.control().call(
         .snapshot(
-          directory: directory, parentTag: source.snapshotTag, diff: request.mode == .diff,
+          directory: written?.cellPath ?? directory, parentTag: source.snapshotTag, diff: request.mode == .diff,
           live: request.mode == .live, wait: request.wait),
         timeoutMS: 600_000)
+      if result["status"]?.stringValue != "writing" { try written?.adopt(into: store) }
+    } catch let error as APIError {
+      written?.discard()
+      throw error
     } catch {
       // The source died mid-branch: name it, remove what it was writing. The rename is the
       // commit point: a snapshot renamed into place before it died is complete and stays.
       let vmm = source.child.vmm
       guard let termination = vmm.ended(after: error) else {
+        written?.discard()
         throw .internalError("branch of \(id) failed: \(error)")
+      }
+      if let written {
+        written.removeStaging()
+        do throws(APIError) {
+          try written.adopt(into: store)
+        } catch {
+          written.discard()
+        }
       }
       guard store.settleAfterWriterDied(tag) else {
         throw .internalError(
@@ -301,7 +318,9 @@ public final class SandboxManager: @unchecked Sendable {
           lock.withLock { branchesInFlight -= 1 }
         }
         do {
-          let done = try vmm.control().call(.snapshotWait(directory: directory), timeoutMS: 3_600_000)
+          let done = try vmm.control().call(
+            .snapshotWait(directory: written?.cellPath ?? directory), timeoutMS: 3_600_000)
+          try written?.adopt(into: snapshots)
           metrics.snapshotsTotal.record(snapshots.count())
           log.info(
             "live branch written",
@@ -313,6 +332,7 @@ public final class SandboxManager: @unchecked Sendable {
           // A source that died mid-copy leaves its staging directory: nobody else will remove it.
           let termination = vmm.ended(after: error)
           if termination != nil { snapshots.removeStaging(of: tag) }
+          written?.discard()
           log.error(
             "live branch failed",
             metadata: [

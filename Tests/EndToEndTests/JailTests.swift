@@ -140,4 +140,63 @@ struct JailTests {
     // The snapshot is intact and the sibling still serves its guest.
     #expect(try sibling.vmm.agent().checksum(pages: parent.pages) == parent.checksum)
   }
+
+  @Test(
+    "through the daemon: a child runs jailed by default, branches full and diff from its cell into the store as root's files; --no-jail runs it as root"
+  )
+  func daemonChildren() throws {
+    let sup = try TestSupervisor("jail", backend: "auto")
+    defer { sup.stop() }
+    let api = sup.unix
+    #expect(
+      try api.request(
+        "POST", "/v1/snapshots",
+        body: #"{"tag":"base","memory_mib":32,"warmup":[{"op":"fill","pages":64,"seed":3},{"op":"counter","delta":2}]}"#
+      ).status == 201)
+    let spawned = try api.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"base","n":2}"#)
+    #expect(spawned.status == 201, "\(spawned.text)")
+    let children = try #require(spawned.json?.arrayValue)
+    let pids = children.compactMap { $0["pid"]?.int64Value }.map { pid_t($0) }
+    #expect(pids.count == 2)
+    let ownMountNamespace = namespaceLink(getpid(), "mnt")
+    var uids: [String] = []
+    for pid in pids {
+      let uid = try #require(procStatusField(pid, "Uid"))
+      #expect(!uid.hasPrefix("0\t"), "forkd-vmm \(pid) runs as \(uid)")
+      uids.append(uid)
+      #expect(namespaceLink(pid, "mnt") != ownMountNamespace)
+    }
+    #expect(Set(uids).count == 2, "two live children, two uids")
+
+    let id = try #require(children.first?["id"]?.stringValue)
+    for (tag, mode) in [("jfull", "full"), ("jdiff", "diff")] {
+      let r = try api.request("POST", "/v1/sandboxes/\(id)/branch", body: #"{"tag":"\#(tag)","mode":"\#(mode)"}"#)
+      #expect(r.status == 201, "\(r.text)")
+      let directory = sup.scratch.path + "/state/snapshots/" + tag
+      for name in try FileSystem.listDirectory(directory) + ["."] {
+        var st = stat()
+        #expect(lstat(directory + "/" + name, &st) == 0 && st.st_uid == 0 && st.st_mode & 0o077 == 0, "\(tag)/\(name)")
+      }
+    }
+    // The branch spawns and answers with the source's state.
+    let fromBranch = try api.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"jdiff"}"#)
+    #expect(fromBranch.status == 201, "\(fromBranch.text)")
+    let branchChild = try #require(fromBranch.json?.arrayValue?.first?["id"]?.stringValue)
+    #expect(try api.request("POST", "/v1/sandboxes/\(branchChild)/ping").json?["counter"]?.int64Value == 2)
+    // Deleting children removes their branch directories.
+    for child in children.compactMap({ $0["id"]?.stringValue }) + [branchChild] {
+      #expect(try api.request("DELETE", "/v1/sandboxes/\(child)").status == 204)
+    }
+    #expect(((try? FileSystem.listDirectory(sup.scratch.path + "/state/branches")) ?? []).isEmpty)
+
+    let unjailed = try TestSupervisor("nojail", backend: "auto", extra: ["--no-jail"])
+    defer { unjailed.stop() }
+    #expect(
+      try unjailed.unix.request(
+        "POST", "/v1/snapshots", body: #"{"tag":"base","memory_mib":32,"warmup":[{"op":"counter","delta":1}]}"#
+      ).status == 201)
+    let plain = try unjailed.unix.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"base"}"#)
+    let plainPID = try #require(plain.json?.arrayValue?.first?["pid"]?.int64Value)
+    #expect(procStatusField(pid_t(plainPID), "Uid")?.hasPrefix("0\t") == true)
+  }
 }
