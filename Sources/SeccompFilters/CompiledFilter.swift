@@ -45,8 +45,10 @@ extension CompiledFilter {
     switch role {
     case .pager: return sanitized ? .pagerUnderSanitizer : .pager
     case .vmm: return sanitized ? .vmmUnderSanitizer : .vmm
+    case .pagerJailed: return sanitized ? .pagerJailedUnderSanitizer : .pagerJailed
     }
   }
 
-  public enum Role: Sendable { case pager, vmm }
+  /// `pagerJailed`: a pager in its jail (docs/jail.md), which never renames its record itself.
+  public enum Role: Sendable { case pager, vmm, pagerJailed }
 }

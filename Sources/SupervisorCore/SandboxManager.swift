@@ -332,7 +332,11 @@ public final class SandboxManager: @unchecked Sendable {
           // A source that died mid-copy leaves its staging directory: nobody else will remove it.
           let termination = vmm.ended(after: error)
           if termination != nil { snapshots.removeStaging(of: tag) }
-          written?.discard()
+          // A jailed writer that died after its rename committed the branch: adopt it.
+          if let written {
+            written.removeStaging()
+            if termination == nil || (try? written.adopt(into: snapshots)) == nil { written.discard() }
+          }
           log.error(
             "live branch failed",
             metadata: [

@@ -77,7 +77,7 @@ func lockDown() throws(PagerError) {
     }
   }
   do {
-    try CompiledFilter.forRole(.pager).install()
+    try CompiledFilter.forRole(options.jail == nil ? .pager : .pagerJailed).install()
     sandboxed = true
   } catch {
     throw PagerError(code: "sandbox", message: "cannot install the seccomp filter: \(error)")

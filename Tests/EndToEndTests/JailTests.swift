@@ -199,4 +199,25 @@ struct JailTests {
     let plainPID = try #require(plain.json?.arrayValue?.first?["pid"]?.int64Value)
     #expect(procStatusField(pid_t(plainPID), "Uid")?.hasPrefix("0\t") == true)
   }
+
+  @Test("a jailed child's pager killed mid-run is replaced by a pager in the same jail; the guest goes on")
+  func pagerRestartInJail() throws {
+    let scratch = try Scratch("jail-restart")
+    let parent = try WarmParent(in: scratch, pages: 128)
+    let pool = try Self.pool()
+    let child = try Child.restore(
+      snapshot: parent.snapshot, runDirectory: scratch.path + "/child", backend: .uffd(policy: .restart), jail: pool)
+    defer { child.stop() }
+    let uid = try #require(child.jailUID)
+    let old = try #require(child.pager)
+    old.signal(SIGKILL)
+    #expect(child.waitForPagerExit(timeoutMS: 5000))
+    guard case .restarted(_, let newPID, _) = try #require(try child.handlePagerExit()) else {
+      Issue.record("expected a restart")
+      return
+    }
+    #expect(procStatusField(newPID, "Uid") == "\(uid)\t\(uid)\t\(uid)\t\(uid)")
+    #expect(namespaceLink(newPID, "mnt") != namespaceLink(getpid(), "mnt"))
+    #expect(try child.vmm.agent().checksum(pages: parent.pages) == parent.checksum)
+  }
 }
