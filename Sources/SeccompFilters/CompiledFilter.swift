@@ -49,6 +49,10 @@ extension CompiledFilter {
     }
   }
 
+  /// Whether this binary was built with ASan or TSan (scripts/sanitize): such builds also enter a
+  /// relaxed jail only (docs/jail.md).
+  public static var sanitizerBuild: Bool { cseccomp_sanitizer_runtime() != 0 }
+
   /// `pagerJailed`: a pager in its jail (docs/jail.md), which never renames its record itself.
   public enum Role: Sendable { case pager, vmm, pagerJailed }
 }

@@ -42,6 +42,8 @@ public final class VMMProcess: @unchecked Sendable {
     public var readFiles: UInt64
     public var kvmSetup: UInt64
     public var stateRestore: UInt64
+    /// Entering the jail (0 when not jailed).
+    public var jail: UInt64
     public var readyAt: UInt64
     public var observedAt: UInt64
   }
@@ -169,7 +171,7 @@ public final class VMMProcess: @unchecked Sendable {
     }
     let report = ReadyReport(
       spawnedAt: spawnedAt, mainEnteredAt: fields["main_ns"] ?? 0, readFiles: fields["files_ns"] ?? 0,
-      kvmSetup: fields["kvm_ns"] ?? 0, stateRestore: fields["state_ns"] ?? 0, readyAt: fields["ready_ns"] ?? 0,
+      kvmSetup: fields["kvm_ns"] ?? 0, stateRestore: fields["state_ns"] ?? 0, jail: fields["jail_ns"] ?? 0, readyAt: fields["ready_ns"] ?? 0,
       observedAt: observedAt)
     return VMMProcess(
       pid: pid, runDirectory: runDirectory, controlSocket: control, vsockSocket: vsock, ready: report,

@@ -71,7 +71,7 @@ nonisolated(unsafe) var sandboxed = false
 func lockDown() throws(PagerError) {
   if let jail = options.jail {
     do {
-      try Jail.enter(jail)
+      try Jail.enter(jail, relaxed: CompiledFilter.sanitizerBuild)
     } catch {
       throw PagerError(code: "sandbox", message: error.description)
     }

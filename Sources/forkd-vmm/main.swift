@@ -211,7 +211,7 @@ if let spec = options.jail {
   let t0 = Clock.monotonicNanoseconds()
   do {
     try SnapshotSources.prepare(restoredFrom: options.snapshot!, userfault: options.backend == .uffd)
-    try Jail.enter(spec)
+    try Jail.enter(spec, relaxed: CompiledFilter.sanitizerBuild)
   } catch let error as VMMError {
     machine.close()
     fail(1, "cannot prepare the jail: \(error)", readyFD: options.readyFD)

@@ -36,7 +36,11 @@ struct RestoreBench: ParsableCommand {
   @Flag(help: "Print JSON instead of a table.")
   var json = false
 
+  @Flag(help: "Jail each child as the daemon does (docs/jail.md) and report the jail's own time.")
+  var jail = false
+
   func run() throws {
+    let jails = jail ? try JailPool() : nil
     let scratch = try ScratchDirectory(prefix: "forkd-bench", base: workDir)
     defer { scratch.remove() }
     let parent = try VMMProcess.launch(
@@ -49,11 +53,20 @@ struct RestoreBench: ParsableCommand {
 
     var phases: [String: [Double]] = [:]
     var memory: [Double] = []
-    let order = [
+    var order = [
       "process_start", "read_files", "kvm_setup", "state_restore", "to_ready", "first_reply", "restore_to_first_reply",
     ]
+    if jail { order.insert("jail", at: 4) }
     for index in 0..<iterations {
-      let vm = try VMMProcess.launch(.restore(snapshot: snapshotDir), runDirectory: scratch.path + "/child-\(index)")
+      let runDirectory = scratch.path + "/child-\(index)"
+      var lease: JailLease? = nil
+      if let jails {
+        try FileSystem.makeDirectories(runDirectory)
+        lease = try jails.lease()
+        try lease?.prepareCell(runDirectory)
+      }
+      let vm = try VMMProcess.launch(.restore(snapshot: snapshotDir), runDirectory: runDirectory, jail: lease?.spec())
+      defer { withExtendedLifetime(lease) {} }
       let child = try vm.agent()
       _ = try child.ping()
       let answered = Clock.monotonicNanoseconds()
@@ -62,6 +75,7 @@ struct RestoreBench: ParsableCommand {
       phases["read_files", default: []].append(ms(r.readFiles))
       phases["kvm_setup", default: []].append(ms(r.kvmSetup))
       phases["state_restore", default: []].append(ms(r.stateRestore))
+      phases["jail", default: []].append(ms(r.jail))
       phases["to_ready", default: []].append(ms(r.observedAt - r.spawnedAt))
       phases["first_reply", default: []].append(ms(answered - r.observedAt))
       phases["restore_to_first_reply", default: []].append(ms(answered - r.spawnedAt))
@@ -76,6 +90,7 @@ struct RestoreBench: ParsableCommand {
       var object: [String: JSONValue] = [
         "bench": .string("restore"), "iterations": .integer(Int64(iterations)),
         "memory_mib": .integer(Int64(memoryMib)), "warm_pages": .integer(Int64(pages)), "host": .string(hostname),
+        "jailed": .bool(jail),
       ]
       for name in order {
         let s = Summary(phases[name] ?? [])
@@ -87,7 +102,9 @@ struct RestoreBench: ParsableCommand {
       object["vmm_pss_kib"] = .object(["p50": .double(pss.p50), "p90": .double(pss.p90), "max": .double(pss.max)])
       print(JSONValue.object(object).serialized(pretty: true))
     } else {
-      print("restore bench: \(iterations) children, \(memoryMib) MiB guest, \(pages) warm pages, host \(hostname)")
+      print(
+        "restore bench: \(iterations) children, \(memoryMib) MiB guest, \(pages) warm pages, host \(hostname)"
+          + (jail ? ", jailed" : ""))
       print("phase                         p50 ms    p90 ms    p99 ms")
       for name in order {
         let s = Summary(phases[name] ?? [])

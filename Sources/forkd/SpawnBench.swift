@@ -20,11 +20,14 @@ struct SpawnBench: ParsableCommand {
   @Option(help: "Guest memory in MiB.") var memoryMib: Int = 32
   @Option(help: "Directory for the supervisor's state and run directories.") var workDir: String?
   @Flag(help: "Print JSON.") var json = false
+  @Flag(help: "Run the supervisor with --no-jail (children unjailed), to measure what the jail costs.")
+  var noJail = false
 
   func run() throws {
     let scratch = try ScratchDirectory(prefix: "forkd-bench-spawn", base: workDir)
     defer { scratch.remove() }
-    let daemon = try LocalDaemon(directory: scratch.path, backend: backend, supervisorBinary: true)
+    let daemon = try LocalDaemon(
+      directory: scratch.path, backend: backend, supervisorBinary: true, extraArguments: noJail ? ["--no-jail"] : [])
     defer { daemon.stop() }
     let api = daemon.api
     let idlePSS = Double(smapsRollupField(daemon.pid, "Pss") ?? 0) / 1024

@@ -59,7 +59,7 @@ extension VirtualMachine {
     }
     guard !isPaused else { throw VMMError(.invalidConfig, "a live snapshot needs a running VM; this one is paused") }
     let origin: ChainImage
-    if let prepared = SnapshotSources.origin(of: restoredFrom) {
+    if let prepared = try SnapshotSources.origin(of: restoredFrom) {
       origin = prepared
     } else {
       do {

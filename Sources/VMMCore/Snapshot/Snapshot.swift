@@ -127,7 +127,7 @@ extension VirtualMachine {
     let started = Clock.monotonicNanoseconds()
     var origin: ChainImage?
     if case .userfault = memory.backend, let restoredFrom {
-      if let prepared = SnapshotSources.origin(of: restoredFrom) {
+      if let prepared = try SnapshotSources.origin(of: restoredFrom) {
         origin = prepared
       } else {
         do {
