@@ -55,7 +55,3 @@ int cuffd_rename_noreplace(const char *from, const char *to) {
 int cuffd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd) {
   return posix_spawn_file_actions_addclosefrom_np(actions, lowfd);
 }
-
-int cuffd_spawn_chdir(posix_spawn_file_actions_t *actions, const char *path) {
-  return posix_spawn_file_actions_addchdir_np(actions, path);
-}

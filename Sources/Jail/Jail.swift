@@ -16,22 +16,39 @@ public struct JailSpec: Sendable, Equatable {
   /// A host directory bind-mounted read-write onto a directory of the cell (relative path), e.g.
   /// the child's own branch directory onto `branches`. At most one: each mount costs time.
   public var bind: (source: String, target: String)?
+  /// The cell (the run directory, absolute): the process changes into it first thing, so its
+  /// relative paths name files in it, and its command line names its run directory (what a
+  /// restarted supervisor looks for to find a child it lost).
+  public var cell: String?
 
-  public init(uid: UInt32, gid: UInt32, bind: (source: String, target: String)? = nil) {
+  public init(uid: UInt32, gid: UInt32, bind: (source: String, target: String)? = nil, cell: String? = nil) {
     self.uid = uid
     self.gid = gid
     self.bind = bind
+    self.cell = cell
   }
 
   public static func == (a: JailSpec, b: JailSpec) -> Bool {
     a.uid == b.uid && a.gid == b.gid && a.bind?.source == b.bind?.source && a.bind?.target == b.bind?.target
+      && a.cell == b.cell
   }
 
-  /// The command-line form launchers pass and `parse` reads: `--jail UID:GID [--jail-bind SRC:DST]`.
+  /// The command-line form launchers pass and the per-child processes read:
+  /// `--jail UID:GID [--jail-cell DIR] [--jail-bind SRC:NAME]`.
   public var arguments: [String] {
     var result = ["--jail", "\(uid):\(gid)"]
+    if let cell { result += ["--jail-cell", cell] }
     if let bind { result += ["--jail-bind", "\(bind.source):\(bind.target)"] }
     return result
+  }
+
+  /// Changes into the cell (nothing without one); a process calls it before using any path.
+  public func enterCellDirectory() throws(JailError) {
+    guard let cell else { return }
+    guard chdir(cell) == 0 else {
+      throw JailError(
+        .enter, "cannot change into the cell \(cell)", cause: SyscallError("chdir", .current, detail: cell))
+    }
   }
 
   /// Reads `--jail UID:GID`. Root (0) is refused: a jail that

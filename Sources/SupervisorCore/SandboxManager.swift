@@ -529,7 +529,8 @@ public final class SandboxManager: @unchecked Sendable {
       }
       _ = try? FileSystem.unlink(path)
     }
-    for directory in [config.sandboxRunDirectory, parentsDirectory] {
+    // Jailed children's branch directories (whatever they held was never adopted).
+    for directory in [config.sandboxRunDirectory, parentsDirectory, config.branchStagingDirectory] {
       for name in (try? FileSystem.listDirectory(directory)) ?? [] { FileSystem.removeTree(directory + "/" + name) }
     }
     CgroupLimit.removeAll()

@@ -11,17 +11,11 @@ public enum ChildProcess {
   public static func spawn(
     path: String, arguments: [String], environment: [String]? = nil,
     inheritedFDs: [(child: Int32, parent: FileDescriptor)] = [], stdoutFD: FileDescriptor? = nil,
-    stderrFD: FileDescriptor? = nil, workingDirectory: String? = nil
+    stderrFD: FileDescriptor? = nil
   ) throws(SyscallError) -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
-    if let workingDirectory {
-      let rc = cuffd_spawn_chdir(&actions, workingDirectory)
-      guard rc == 0 else {
-        throw SyscallError("posix_spawn_file_actions_addchdir_np", Errno(rc), detail: workingDirectory)
-      }
-    }
     if let stdoutFD { posix_spawn_file_actions_adddup2(&actions, stdoutFD.rawValue, 1) }
     if let stderrFD { posix_spawn_file_actions_adddup2(&actions, stderrFD.rawValue, 2) }
     // A source whose number is one of the targets is moved out of the way first: dup2(3, 3)

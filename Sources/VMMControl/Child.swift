@@ -121,7 +121,7 @@ public final class Child: @unchecked Sendable {
           bind = (branchDirectory, "branches")
         }
         jail = (lease, branchDirectory)
-        vmmJail = lease.spec(bind: bind)
+        vmmJail = lease.spec(cell: runDirectory, bind: bind)
       } catch {
         if let branchDirectory { FileSystem.removeTree(branchDirectory) }
         FileSystem.removeTree(runDirectory)
@@ -132,7 +132,7 @@ public final class Child: @unchecked Sendable {
       FileSystem.removeTree(runDirectory)
       if let directory = jail?.branchDirectory { FileSystem.removeTree(directory) }
     }
-    let pagerJail = jail.map { (spec: $0.lease.spec(), cell: runDirectory) }
+    let pagerJail = jail.map { (spec: $0.lease.spec(cell: runDirectory), cell: runDirectory) }
     var pager: PagerProcess? = nil
     var recordPath: String? = nil
     var extra: [String] = []
@@ -205,7 +205,7 @@ public final class Child: @unchecked Sendable {
   ) {
     self.outputs = outputs
     jailUID = jail?.lease.uid
-    pagerJail = jail?.lease.spec()
+    pagerJail = jail?.lease.spec(cell: runDirectory)
     branchDirectory = jail?.branchDirectory
     lease = Mutex(jail?.lease)
     self.recordPath = recordPath

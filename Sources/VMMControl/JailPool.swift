@@ -86,7 +86,8 @@ public final class JailLease: Sendable {
     }
   }
 
-  public func spec(bind: (source: String, target: String)? = nil) -> JailSpec {
-    JailSpec(uid: uid, gid: gid, bind: bind)
+  /// The jail of a process whose cell is `cell` (its run directory).
+  public func spec(cell: String, bind: (source: String, target: String)? = nil) -> JailSpec {
+    JailSpec(uid: uid, gid: gid, bind: bind, cell: cell)
   }
 }

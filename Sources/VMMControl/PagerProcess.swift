@@ -16,7 +16,7 @@ public final class PagerProcess: @unchecked Sendable {
   private let reaper: Reaper
 
   /// Starts forkd-pager listening on `socket` and waits until it is listening.
-  /// `jail` (with the run directory `socket` lies in as its cell): the pager starts in that
+  /// `jail` (with the run directory `socket` lies in as its cell): the pager changes into that
   /// directory and locks itself into it after its handshake, before the first fault is served.
   public static func launch(
     socket: String, logPath: String, recordWorkingSet: String? = nil, prefetch: String? = nil,
@@ -39,7 +39,11 @@ public final class PagerProcess: @unchecked Sendable {
     if let prefetch { arguments += ["--prefetch", prefetch] }
     if shared { arguments.append("--shared") }
     arguments += extraArguments
-    if let jail { arguments += jail.spec.arguments }
+    if let jail {
+      var spec = jail.spec
+      spec.cell = jail.cell
+      arguments += spec.arguments
+    }
     let pipe: (read: FileDescriptor, write: FileDescriptor)
     let log: FileDescriptor
     do {
@@ -51,8 +55,7 @@ public final class PagerProcess: @unchecked Sendable {
     let pid: pid_t
     do {
       pid = try ChildProcess.spawn(
-        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log,
-        workingDirectory: jail?.cell)
+        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log)
     } catch {
       pipe.read.close()
       pipe.write.close()

@@ -69,7 +69,7 @@ public final class VMMProcess: @unchecked Sendable {
   /// `dependsOn` (the pidfd of the child's pager, and its name): if that process ends before
   /// READY, forkd-vmm is killed at once instead of waiting out `timeoutMS` (a VM whose pager died
   /// mid-restore sleeps in a page fault nobody will serve).
-  /// `jail`: forkd-vmm starts in the run directory and, once restored and before the guest runs,
+  /// `jail` (its cell: `runDirectory`): forkd-vmm changes into the run directory and, once restored and before the guest runs,
   /// locks itself into it (docs/jail.md); every path it gets is then relative to the run
   /// directory, which the caller has handed to the jail's uid (`JailLease.prepareCell`).
   public static func launch(
@@ -107,7 +107,10 @@ public final class VMMProcess: @unchecked Sendable {
       "--console", output == nil ? inside("console.log") : "-", "--ready-fd", "3",
     ]
     arguments += extraArguments
-    if let jail { arguments += jail.arguments }
+    if var jail {
+      jail.cell = runDirectory
+      arguments += jail.arguments
+    }
 
     let pipe: (read: FileDescriptor, write: FileDescriptor)
     let log: FileDescriptor
@@ -122,8 +125,7 @@ public final class VMMProcess: @unchecked Sendable {
     let pid: pid_t
     do {
       pid = try ChildProcess.spawn(
-        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log,
-        workingDirectory: jail == nil ? nil : runDirectory)
+        path: path, arguments: arguments, inheritedFDs: [(3, pipe.write)], stdoutFD: log, stderrFD: log)
     } catch {
       pipe.read.close()
       pipe.write.close()
@@ -171,7 +173,8 @@ public final class VMMProcess: @unchecked Sendable {
     }
     let report = ReadyReport(
       spawnedAt: spawnedAt, mainEnteredAt: fields["main_ns"] ?? 0, readFiles: fields["files_ns"] ?? 0,
-      kvmSetup: fields["kvm_ns"] ?? 0, stateRestore: fields["state_ns"] ?? 0, jail: fields["jail_ns"] ?? 0, readyAt: fields["ready_ns"] ?? 0,
+      kvmSetup: fields["kvm_ns"] ?? 0, stateRestore: fields["state_ns"] ?? 0, jail: fields["jail_ns"] ?? 0,
+      readyAt: fields["ready_ns"] ?? 0,
       observedAt: observedAt)
     return VMMProcess(
       pid: pid, runDirectory: runDirectory, controlSocket: control, vsockSocket: vsock, ready: report,

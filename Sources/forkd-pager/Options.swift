@@ -14,7 +14,7 @@ struct Options {
 
   static let usage = """
     usage: forkd-pager --socket PATH [--ready-fd N] [--handshake-timeout-ms N]
-                       [--record-working-set PATH] [--prefetch PATH] [--shared] [--jail UID:GID]
+                       [--record-working-set PATH] [--prefetch PATH] [--shared] [--jail UID:GID [--jail-cell DIR]]
     Serves one child's guest memory through the userfaultfd its VM sends over PATH (SCM_RIGHTS).
     Further connections on PATH may send {"op":"stats"} or {"op":"save_working_set"} lines.
     --shared (experimental): keep accepting VMs on PATH and serve all of them from one event
@@ -43,9 +43,13 @@ struct Options {
       case "--record-working-set": recordPath = try value(flag)
       case "--prefetch": prefetchPath = try value(flag)
       case "--shared": shared = true
+      case "--jail-cell":
+        var spec = jail ?? JailSpec(uid: 0, gid: 0)
+        spec.cell = try value(flag)
+        jail = spec
       case "--jail":
         switch JailSpec.parse(try value(flag)) {
-        case .success(let spec): jail = spec
+        case .success(let spec): jail = JailSpec(uid: spec.uid, gid: spec.gid, cell: jail?.cell)
         case .failure(let error): throw UsageError(description: error.message)
         }
       case "--handshake-timeout-ms":
@@ -61,6 +65,7 @@ struct Options {
     if shared && recordPath != nil {
       throw UsageError(description: "--record-working-set records one VM's faults; it cannot be used with --shared")
     }
+    if let jail, jail.uid == 0 { throw UsageError(description: "--jail-cell needs --jail UID:GID") }
     if shared && jail != nil {
       throw UsageError(description: "--jail cannot be used with --shared (its VMs' sockets lie outside any one cell)")
     }

@@ -19,6 +19,12 @@ do {
   exit(2)
 }
 do {
+  try options.jail?.enterCellDirectory()
+} catch {
+  writeLog("forkd-pager: \(error)")
+  exit(1)
+}
+do {
   try KillPoint.arm(role: .pager)
 } catch {
   writeLog("forkd-pager: \(error)")

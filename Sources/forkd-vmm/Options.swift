@@ -40,9 +40,9 @@ struct Options {
            forkd-vmm restore --snapshot DIR --api-sock PATH --vsock-sock PATH [--disk PATH]
                           [--backend file|uffd|shmem --pager-sock PATH [--pager-policy fail|restart]
                            [--shmem-image PATH]]
-                          [--console PATH|-|none] [--ready-fd N] [--jail UID:GID [--jail-bind DIR:NAME]]
-    --jail: once restored, lock this process into its working directory (a private mount
-    namespace rooted there) as UID:GID with no capabilities; --jail-bind mounts DIR on NAME in it.
+                          [--console PATH|-|none] [--ready-fd N] [--jail UID:GID [--jail-cell DIR] [--jail-bind DIR:NAME]]
+    --jail: once restored, lock this process into its working directory (--jail-cell: change into
+    DIR first; a private mount namespace rooted there) as UID:GID with no capabilities; --jail-bind mounts DIR on NAME in it.
     --kernel boots Linux (bzImage or ELF vmlinux, told apart by content) with ACPI-described
     virtio-mmio devices; the default command line is "\(LinuxBootSource.defaultCommandLine)".
     --disk is a read-only base image; the guest's writes stay in this VM (and its snapshots).
@@ -105,9 +105,13 @@ struct Options {
       case "--log-level": logLevel = try value(flag)
       case "--jail":
         switch JailSpec.parse(try value(flag)) {
-        case .success(let spec): jail = JailSpec(uid: spec.uid, gid: spec.gid, bind: jail?.bind)
+        case .success(let spec): jail = JailSpec(uid: spec.uid, gid: spec.gid, bind: jail?.bind, cell: jail?.cell)
         case .failure(let error): throw UsageError(description: error.message)
         }
+      case "--jail-cell":
+        var spec = jail ?? JailSpec(uid: 0, gid: 0)
+        spec.cell = try value(flag)
+        jail = spec
       case "--jail-bind":
         var spec = jail ?? JailSpec(uid: 0, gid: 0)
         if let error = spec.parseBind(try value(flag)) { throw UsageError(description: error.message) }
@@ -115,7 +119,7 @@ struct Options {
       default: throw UsageError(description: "unknown option '\(flag)'")
       }
     }
-    if let jail, jail.uid == 0 { throw UsageError(description: "--jail-bind needs --jail UID:GID") }
+    if let jail, jail.uid == 0 { throw UsageError(description: "--jail-bind and --jail-cell need --jail UID:GID") }
     if jail != nil && mode != .restore {
       throw UsageError(description: "--jail is for restore (a boot writes its snapshot outside any cell)")
     }

@@ -45,6 +45,11 @@ do {
   exit(2)
 }
 do {
+  try options.jail?.enterCellDirectory()
+} catch {
+  fail(1, error.description, readyFD: options.readyFD)
+}
+do {
   try KillPoint.arm(role: .vmm)
 } catch {
   writeStderr("forkd-vmm: \(error)\n")

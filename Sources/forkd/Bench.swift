@@ -39,6 +39,9 @@ struct RestoreBench: ParsableCommand {
   @Flag(help: "Jail each child as the daemon does (docs/jail.md) and report the jail's own time.")
   var jail = false
 
+  @Flag(help: "Restore each child with its own forkd-pager (uffd backend) instead of mapping memory.bin.")
+  var uffd = false
+
   func run() throws {
     let jails = jail ? try JailPool() : nil
     let scratch = try ScratchDirectory(prefix: "forkd-bench", base: workDir)
@@ -60,15 +63,22 @@ struct RestoreBench: ParsableCommand {
     for index in 0..<iterations {
       let runDirectory = scratch.path + "/child-\(index)"
       var lease: JailLease? = nil
-      if let jails {
+      if let jails, !uffd {
         try FileSystem.makeDirectories(runDirectory)
         lease = try jails.lease()
         try lease?.prepareCell(runDirectory)
       }
-      let vm = try VMMProcess.launch(.restore(snapshot: snapshotDir), runDirectory: runDirectory, jail: lease?.spec())
+      let vm: VMMProcess
+      var child: Child? = nil
+      if uffd {
+        child = try Child.restore(snapshot: snapshotDir, runDirectory: runDirectory, backend: .uffd(), jail: jails)
+        vm = child!.vmm
+      } else {
+        vm = try VMMProcess.launch(
+          .restore(snapshot: snapshotDir), runDirectory: runDirectory, jail: lease?.spec(cell: runDirectory))
+      }
       defer { withExtendedLifetime(lease) {} }
-      let child = try vm.agent()
-      _ = try child.ping()
+      _ = try vm.agent().ping()
       let answered = Clock.monotonicNanoseconds()
       let r = vm.ready
       phases["process_start", default: []].append(ms(r.mainEnteredAt - r.spawnedAt))
@@ -80,7 +90,7 @@ struct RestoreBench: ParsableCommand {
       phases["first_reply", default: []].append(ms(answered - r.observedAt))
       phases["restore_to_first_reply", default: []].append(ms(answered - r.spawnedAt))
       if let pss = proportionalSetSizeKiB(vm.pid) { memory.append(Double(pss)) }
-      vm.stop()
+      if let child { child.stop() } else { vm.stop() }
     }
 
     var host = [UInt8](repeating: 0, count: 256)
@@ -90,7 +100,7 @@ struct RestoreBench: ParsableCommand {
       var object: [String: JSONValue] = [
         "bench": .string("restore"), "iterations": .integer(Int64(iterations)),
         "memory_mib": .integer(Int64(memoryMib)), "warm_pages": .integer(Int64(pages)), "host": .string(hostname),
-        "jailed": .bool(jail),
+        "jailed": .bool(jail), "backend": .string(uffd ? "uffd" : "file"),
       ]
       for name in order {
         let s = Summary(phases[name] ?? [])
@@ -104,7 +114,7 @@ struct RestoreBench: ParsableCommand {
     } else {
       print(
         "restore bench: \(iterations) children, \(memoryMib) MiB guest, \(pages) warm pages, host \(hostname)"
-          + (jail ? ", jailed" : ""))
+          + (jail ? ", jailed" : "") + (uffd ? ", uffd (a forkd-pager per child)" : ""))
       print("phase                         p50 ms    p90 ms    p99 ms")
       for name in order {
         let s = Summary(phases[name] ?? [])

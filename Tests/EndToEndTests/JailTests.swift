@@ -71,6 +71,8 @@ struct JailTests {
         let mount = namespaceLink(pid, "mnt")
         #expect(mount != nil && mount != ownMountNamespace, "pid \(pid) has its own mount namespace")
       }
+      // Its command line still names its run directory: how a restarted supervisor finds it.
+      #expect(Set(processes(mentioning: child.runDirectory)) == Set(pids))
       // The process's root is its run directory.
       var buffer = [CChar](repeating: 0, count: 4096)
       let n = readlink("/proc/\(child.vmm.pid)/root", &buffer, buffer.count - 1)

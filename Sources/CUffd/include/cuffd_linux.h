@@ -19,5 +19,3 @@ int cuffd_rename_noreplace(const char *from, const char *to);
 // only what was passed on purpose crosses exec: sockets of other clients, other children's pipes
 // and the like never leak into a VM process.
 int cuffd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd);
-// Makes the spawned child start in `path` (the jail's cell is the working directory).
-int cuffd_spawn_chdir(posix_spawn_file_actions_t *actions, const char *path);

@@ -17,7 +17,8 @@ public final class SnapshotSources: @unchecked Sendable {
   let parentContentDigest: String?
   let pagemap: FileDescriptor
 
-  private init(restoredFrom: String, layers: [ChainImage.Layer]?, parentContentDigest: String?, pagemap: FileDescriptor) {
+  private init(restoredFrom: String, layers: [ChainImage.Layer]?, parentContentDigest: String?, pagemap: FileDescriptor)
+  {
     self.restoredFrom = restoredFrom
     self.layers = layers
     self.parentContentDigest = parentContentDigest
