@@ -223,4 +223,40 @@ struct JailTests {
     #expect(namespaceLink(newPID, "mnt") != namespaceLink(getpid(), "mnt"))
     #expect(try child.vmm.agent().checksum(pages: parent.pages) == parent.checksum)
   }
+
+  @Test(
+    "the uid pool: never one uid for two live children, a freed uid is reused last, a full range is refused by name")
+  func uidPool() throws {
+    let pool = try JailPool(base: 1_900_600_000, count: 3)
+    var leases = try (0..<3).map { _ in try pool.lease() }
+    #expect(Set(leases.map(\.uid)) == [1_900_600_000, 1_900_600_001, 1_900_600_002])
+    do {
+      _ = try pool.lease()
+      Issue.record("a fourth lease from a range of three")
+    } catch {
+      #expect(error.message.contains("--jail-uid-count"), "\(error)")
+    }
+    let freed = leases.remove(at: 0).uid
+    #expect(pool.leased == 2)
+    leases.append(try pool.lease())
+    #expect(leases.last?.uid == freed, "the only free uid")
+    leases.removeAll()
+    #expect(pool.leased == 0)
+    // After a release, the next lease takes the uid after the last one handed out, not the freed one.
+    leases = [try pool.lease(), try pool.lease()]
+    #expect(leases[0].uid != leases[1].uid)
+    let released = leases.remove(at: 0).uid
+    #expect(try pool.lease().uid != released)
+
+    for (base, count, fragment) in [
+      (UInt32(0), UInt32(10), "root"), (1000, 0, "no uid"), (UInt32.max - 5, 10, "4294967294"),
+    ] {
+      do {
+        _ = try JailPool(base: base, count: count)
+        Issue.record("base \(base) count \(count) accepted")
+      } catch {
+        #expect(error.description.contains(fragment), "\(error)")
+      }
+    }
+  }
 }
