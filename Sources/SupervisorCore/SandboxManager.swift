@@ -440,11 +440,11 @@ public final class SandboxManager: @unchecked Sendable {
     }
     let log = logger(for: sandbox)
     do {
-      guard let event = try sandbox.child.handlePagerExit() else { return }
+      let id = sandbox.id
+      guard let event = try sandbox.child.handlePagerExit(adopt: { CgroupLimit.add(pid: $0, id: id) }) else { return }
       switch event {
       case .restarted(let old, let new, let termination):
         metrics.pagerRestarts.increment()
-        CgroupLimit.add(pid: new, id: sandbox.id)
         log.warning("pager \(old) \(termination); restarted as \(new)")
       case .failed(let termination, let vmm):
         sandbox.lock.withLock {

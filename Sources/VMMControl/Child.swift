@@ -224,7 +224,9 @@ public final class Child: @unchecked Sendable {
   }
 
   /// Applies the pager policy if the pager has died; nil while it runs (or with no pager).
-  public func handlePagerExit() throws(ControlError) -> PagerEvent? {
+  /// `adopt` runs with a restarted pager's pid before it is published (e.g. to put it in the
+  /// child's cgroup first: whoever sees the new pager sees it in place).
+  public func handlePagerExit(adopt: (pid_t) -> Void = { _ in }) throws(ControlError) -> PagerEvent? {
     lock.lock()
     defer { lock.unlock() }
     guard !stopping, let current = pager, current.hasExited, let policy = backend.pagerSettings?.policy else {
@@ -250,6 +252,7 @@ public final class Child: @unchecked Sendable {
         socket: socket, logPath: runDirectory + "/pager-\(pagerGeneration).log", output: outputs?("pager"),
         jail: pagerJail.map { (spec: $0, cell: runDirectory) })
       try vmm.control().call(.attachPager(socket: vmm.jailed ? name : socket))
+      adopt(next.pid)
       published.withLock {
         $0.pager = next
         $0.restarts += 1
