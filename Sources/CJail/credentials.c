@@ -6,13 +6,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-int cjail_drop_capability_sets(void) {
-  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) return -1;
-  // Up to whatever the running kernel knows (it may know more than these headers): EINVAL ends it.
-  for (int cap = 0; cap < 64; cap++) {
-    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) return cap > CAP_LAST_CAP / 2 ? 0 : -1;
-  }
-  return 0;
+int cjail_clear_ambient_capabilities(void) {
+  return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
 }
 
 int cjail_become(uid_t uid, gid_t gid) {

@@ -107,7 +107,7 @@ public enum Jail {
   /// Enters the cell described by `spec`, rooted at the current directory. The process must be
   /// single-threaded (a new mount namespace and root apply to the calling thread only) and still
   /// root. On return: own mount namespace, root = the former working directory, uid/gid from
-  /// `spec`, every capability set empty, no_new_privs. Any failure is thrown and the caller must
+  /// `spec`, the effective, permitted, inheritable and ambient capability sets empty, no_new_privs. Any failure is thrown and the caller must
   /// end: a half-entered jail is never used.
   ///
   /// `relaxed` (ASan/TSan builds only, docs/jail.md): the mount namespace and the bind, but no
@@ -120,7 +120,7 @@ public enum Jail {
     }
     if relaxed { return }
     try step("chroot into the run directory") { cjail_root_here() }
-    try step("drop the capability bounding and ambient sets") { cjail_drop_capability_sets() }
+    try step("clear the ambient capability set") { cjail_clear_ambient_capabilities() }
     try step("become uid \(spec.uid) gid \(spec.gid)") { cjail_become(spec.uid, spec.gid) }
     let left = cjail_has_capabilities()
     guard left == 0 else {

@@ -278,6 +278,7 @@ final class PagerSession {
     o["vm_pid"] = .integer(Int64(session.hello.vmPID))
     o["data_pages_in_source"] = .integer(Int64(session.source.dataPageCount))
     o["distinct_pages_faulted"] = .integer(Int64(distinctFaultedPages))
+    if jailNanoseconds > 0 { o["jail_ns"] = .integer(Int64(jailNanoseconds)) }
     return .object(o)
   }
 

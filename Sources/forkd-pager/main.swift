@@ -74,13 +74,17 @@ if let path = options.recordPath {
 // The seccomp allow-list goes on right after the (first) handshake is validated, before the ack
 // and before any guest-driven fault is served.
 nonisolated(unsafe) var sandboxed = false
+/// How long entering the jail took (stats `jail_ns`), 0 when not jailed.
+nonisolated(unsafe) var jailNanoseconds: UInt64 = 0
 func lockDown() throws(PagerError) {
   if let jail = options.jail {
+    let t0 = Clock.monotonicNanoseconds()
     do {
       try Jail.enter(jail, relaxed: CompiledFilter.sanitizerBuild)
     } catch {
       throw PagerError(code: "sandbox", message: error.description)
     }
+    jailNanoseconds = Clock.monotonicNanoseconds() - t0
   }
   do {
     try CompiledFilter.forRole(options.jail == nil ? .pager : .pagerJailed).install()

@@ -60,6 +60,7 @@ struct RestoreBench: ParsableCommand {
       "process_start", "read_files", "kvm_setup", "state_restore", "to_ready", "first_reply", "restore_to_first_reply",
     ]
     if jail { order.insert("jail", at: 4) }
+    if jail && uffd { order.insert("pager_jail", at: 5) }
     for index in 0..<iterations {
       let runDirectory = scratch.path + "/child-\(index)"
       var lease: JailLease? = nil
@@ -86,6 +87,9 @@ struct RestoreBench: ParsableCommand {
       phases["kvm_setup", default: []].append(ms(r.kvmSetup))
       phases["state_restore", default: []].append(ms(r.stateRestore))
       phases["jail", default: []].append(ms(r.jail))
+      if let pagerJail = try? child?.pager?.stats()["jail_ns"]?.int64Value {
+        phases["pager_jail", default: []].append(ms(UInt64(clamping: pagerJail)))
+      }
       phases["to_ready", default: []].append(ms(r.observedAt - r.spawnedAt))
       phases["first_reply", default: []].append(ms(answered - r.observedAt))
       phases["restore_to_first_reply", default: []].append(ms(answered - r.spawnedAt))
