@@ -38,6 +38,8 @@ let package = Package(
     // C shims, one concern each.
     .target(name: "CKVM"),
     .target(name: "CUffd"),
+    // Namespaces and credentials of the per-child jail (docs/jail.md).
+    .target(name: "CJail"),
     // libseccomp behind non-variadic calls (build hosts need libseccomp-dev).
     .target(name: "CSeccomp", linkerSettings: [.linkedLibrary("seccomp")]),
 
@@ -47,6 +49,9 @@ let package = Package(
     // Every wire and file format: agent, vmm control, snapshot manifest and state.
     // Hashing and parsing run on every snapshot and request: optimized even in debug builds.
     .target(name: "Protocol", swiftSettings: [.unsafeFlags(["-O"])]),
+
+    // The per-child jail: private mount namespace rooted at the run directory, own uid, no caps.
+    .target(name: "Jail", dependencies: ["CJail", "Syscalls"]),
 
     // Snapshots on disk: diff chains, layer digests, compaction (no KVM).
     .target(name: "SnapshotStorage", dependencies: ["Syscalls", "Protocol"]),
@@ -64,19 +69,19 @@ let package = Package(
     .target(name: "TestGuestImage", plugins: ["GuestBuildPlugin"]),
 
     // Launching forkd-vmm processes and talking to them (control socket, agent over vsock).
-    .target(name: "VMMControl", dependencies: ["Syscalls", "Protocol"]),
+    .target(name: "VMMControl", dependencies: ["Syscalls", "Protocol", "Jail"]),
 
     .executableTarget(
       name: "forkd-vmm",
       dependencies: [
-        "VMMCore", "SnapshotStorage", "TestGuestImage", "SeccompFilters",
+        "VMMCore", "SnapshotStorage", "TestGuestImage", "SeccompFilters", "Jail", "CJail",
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: testSeams,
       linkerSettings: perChildLinking
     ),
     .executableTarget(
-      name: "forkd-pager", dependencies: ["Syscalls", "Protocol", "SnapshotStorage", "SeccompFilters"],
+      name: "forkd-pager", dependencies: ["Syscalls", "Protocol", "SnapshotStorage", "SeccompFilters", "Jail"],
       linkerSettings: perChildLinking),
     // Build-time compilation of the role policies to BPF, embedded for the per-child processes.
     .target(name: "CSeccompLoad"),
@@ -87,7 +92,7 @@ let package = Package(
     // Per-role seccomp allow-lists for the per-child processes (no Foundation), and their probe.
     .target(name: "Sandbox", dependencies: ["CSeccomp", "Syscalls"]),
     .executableTarget(
-      name: "forkd-sandbox-probe", dependencies: ["Sandbox", "SeccompFilters", "Syscalls"],
+      name: "forkd-sandbox-probe", dependencies: ["Sandbox", "SeccompFilters", "Syscalls", "Jail"],
       linkerSettings: perChildLinking),
     // systemd integration for forkd-supervisor: socket activation, sd_notify, journald
     // (build hosts need libsystemd-dev), and a probe of it for tests and host checks.

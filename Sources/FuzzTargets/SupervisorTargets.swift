@@ -73,7 +73,7 @@ private let documentedStatuses: Set<Int> = [
 struct NoVMLauncher: ChildLauncher {
   func restore(
     snapshot: String, runDirectory: String, backend: ChildBackend, outputs: Child.OutputFactory?,
-    vmmArguments: [String]
+    vmmArguments: [String], jail: JailPool?, branchDirectory: String?
   ) throws(ControlError) -> Child {
     throw ControlError(.launch, "fuzz launcher: no VMs")
   }

@@ -64,11 +64,16 @@ extension SyscallGroup {
     ])
 
   /// Guest-initiated vsock connections become Unix-socket connections (socket itself: AF_UNIX only).
+  /// Both listeners (control, vsock) are bound, chmodded and listening before the filter: no chmod.
   public static let unixSockets = SyscallGroup(
     "unix sockets",
-    "guest vsock connects become Unix connections; socket() is allowed for AF_UNIX only (an argument rule); "
-      + "UnixSocket.listen chmods the socket path",
-    ["connect", "bind", "listen", "accept4", "accept", "getsockopt", "setsockopt", "sendmsg", "recvmsg", "chmod"])
+    "guest vsock connects become Unix connections; socket() is allowed for AF_UNIX only (an argument rule)",
+    ["connect", "bind", "listen", "accept4", "accept", "getsockopt", "setsockopt", "sendmsg", "recvmsg"])
+
+  /// A jailed pager leaves its working-set record for its owner to rename (docs/jail.md).
+  public static let recordFileInJail = SyscallGroup(
+    "record file (jailed)", "write and sync a file opened before the filter; the owner renames it into place",
+    ["pwrite64", "fsync", "fdatasync", "ftruncate", "lseek"])
 
   public static let vcpuThreads = SyscallGroup(
     "vcpu threads", "vCPU kicks (SIGUSR1 via tgkill), the signals thread's sigwait, thread names",
@@ -130,6 +135,17 @@ extension SeccompPolicy {
   /// No socket, connect, openat, execve, fork, clone or clone3: a pager never creates anything.
   public static let pager = SeccompPolicy(
     name: "pager", allowedSyscalls: pagerGroups.flatMap(\.syscalls),
+    allowedIoctls: userfaultfdIoctls + terminalIoctls)
+
+  /// A jailed forkd-pager (docs/jail.md): the pager's list without rename, renameat, renameat2.
+  public static let pagerJailedGroups: [SyscallGroup] = pagerGroups.map { $0 == .recordFile ? .recordFileInJail : $0 }
+
+  public static let pagerJailed = SeccompPolicy(
+    name: "pager-jailed", allowedSyscalls: pagerJailedGroups.flatMap(\.syscalls),
+    allowedIoctls: userfaultfdIoctls + terminalIoctls)
+
+  public static let pagerJailedUnderSanitizer = SeccompPolicy(
+    name: "pager-jailed-sanitized", allowedSyscalls: (pagerJailedGroups + [.sanitizerRuntime]).flatMap(\.syscalls),
     allowedIoctls: userfaultfdIoctls + terminalIoctls)
 
   /// The pager's policy plus the sanitizer runtime's calls, for ASan/TSan test builds only.

@@ -45,8 +45,14 @@ extension CompiledFilter {
     switch role {
     case .pager: return sanitized ? .pagerUnderSanitizer : .pager
     case .vmm: return sanitized ? .vmmUnderSanitizer : .vmm
+    case .pagerJailed: return sanitized ? .pagerJailedUnderSanitizer : .pagerJailed
     }
   }
 
-  public enum Role: Sendable { case pager, vmm }
+  /// Whether this binary was built with ASan or TSan (scripts/sanitize): such builds also enter a
+  /// relaxed jail only (docs/jail.md).
+  public static var sanitizerBuild: Bool { cseccomp_sanitizer_runtime() != 0 }
+
+  /// `pagerJailed`: a pager in its jail (docs/jail.md), which never renames its record itself.
+  public enum Role: Sendable { case pager, vmm, pagerJailed }
 }

@@ -8,9 +8,15 @@ public final class ChainImage: @unchecked Sendable {
   public struct Layer: Sendable {
     public let memory: String
     public let pageIndex: String?
-    public init(memory: String, pageIndex: String?) {
+    /// memory.bin already open (it is mapped from this descriptor, which stays the caller's) and
+    /// the page index already read: a process in its jail, which cannot open them by path.
+    public let openMemory: FileDescriptor?
+    public let pageIndexBytes: [UInt8]?
+    public init(memory: String, pageIndex: String?, openMemory: FileDescriptor? = nil, pageIndexBytes: [UInt8]? = nil) {
       self.memory = memory
       self.pageIndex = pageIndex
+      self.openMemory = openMemory
+      self.pageIndexBytes = pageIndexBytes
     }
   }
 
@@ -38,8 +44,8 @@ public final class ChainImage: @unchecked Sendable {
     var dataSets: [[UInt64]] = []
     for layer in layers {
       do {
-        let fd = try FileDescriptor.open(layer.memory, .readOnly)
-        defer { fd.close() }
+        let fd = try layer.openMemory ?? FileDescriptor.open(layer.memory, .readOnly)
+        defer { if layer.openMemory == nil { fd.close() } }
         let size = Int(try fd.size())
         let base = size == 0 ? nil : UnsafeRawPointer(try MemoryMapping.sharedFile(fd, size: size, protection: .read))
         mapped.append((base, size))
@@ -83,7 +89,8 @@ public final class ChainImage: @unchecked Sendable {
         throw SnapshotStorageError(.invalidSnapshot, "\(layer.memory): a layer above the base needs its page index")
       }
       do {
-        let index = try PageIndex.parse(FileSystem.readFile(indexPath), source: indexPath, expectedPages: pageCount)
+        let bytes = try layer.pageIndexBytes ?? FileSystem.readFile(indexPath)
+        let index = try PageIndex.parse(bytes, source: indexPath, expectedPages: pageCount)
         for page in index.pages { owner[page] = UInt8(depth) }
       } catch {
         throw SnapshotStorageError(.invalidSnapshot, "\(indexPath): \(error)")

@@ -4,10 +4,11 @@ import VMMControl
 /// forkd-vmm (and its pager); test doubles inject failures, or let the request-path fuzz target
 /// reach every handler without starting a VM.
 public protocol ChildLauncher: Sendable {
-  /// `vmmArguments` go to the child's forkd-vmm as they are (e.g. its NIC's `--netns`, `--tap`).
+  /// `vmmArguments` go to the child's forkd-vmm as they are (e.g. its NIC's `--netns`, `--tap`);
+  /// `jail` and `branchDirectory`: see `Child.restore` (docs/jail.md).
   func restore(
     snapshot: String, runDirectory: String, backend: ChildBackend, outputs: Child.OutputFactory?,
-    vmmArguments: [String]
+    vmmArguments: [String], jail: JailPool?, branchDirectory: String?
   ) throws(ControlError) -> Child
   func boot(_ mode: VMMProcess.Mode, runDirectory: String, extraArguments: [String]) throws(ControlError)
     -> VMMProcess
@@ -21,10 +22,11 @@ public struct ProcessLauncher: ChildLauncher {
 
   public func restore(
     snapshot: String, runDirectory: String, backend: ChildBackend, outputs: Child.OutputFactory?,
-    vmmArguments: [String]
+    vmmArguments: [String], jail: JailPool?, branchDirectory: String?
   ) throws(ControlError) -> Child {
     try Child.restore(
-      snapshot: snapshot, runDirectory: runDirectory, backend: backend, outputs: outputs, vmmArguments: vmmArguments)
+      snapshot: snapshot, runDirectory: runDirectory, backend: backend, outputs: outputs, vmmArguments: vmmArguments,
+      jail: jail, branchDirectory: branchDirectory)
   }
 
   public func boot(_ mode: VMMProcess.Mode, runDirectory: String, extraArguments: [String]) throws(ControlError)

@@ -28,13 +28,18 @@ public struct SupervisorConfig: Sendable {
   public var http = HTTPLimits()
   /// Without a journal, each child's log file (`<state>/logs/<id>.log`) stops growing here.
   public var maxChildLogBytes = 8 << 20
+  /// The uids children's jails run as (docs/jail.md); nil: children run unjailed (`--no-jail`,
+  /// for measuring what the jail costs).
+  public var jail: JailPool?
 
   public init(
     stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd",
     backend: BackendChoice = .auto(pagerPolicy: .restart),
     token: String? = nil, branchConcurrency: Int = 4, spawnParallelism: Int = 4, imageRoots: [String] = [],
-    insecureLoopbackWithoutToken: Bool = false, agentCalls: Int = 64, lifecycleCalls: Int = 16
+    insecureLoopbackWithoutToken: Bool = false, agentCalls: Int = 64, lifecycleCalls: Int = 16,
+    jail: JailPool? = nil
   ) {
+    self.jail = jail
     self.stateDirectory = stateDirectory
     self.runDirectory = runDirectory
     self.backend = backend
@@ -51,6 +56,9 @@ public struct SupervisorConfig: Sendable {
   public var sandboxRecordsDirectory: String { stateDirectory + "/sandboxes" }
   public var sandboxRunDirectory: String { runDirectory + "/sandboxes" }
   public var auditLogPath: String { stateDirectory + "/audit.jsonl" }
+  /// Jailed children's branch directories (`branches/<id>/`), beside the snapshots so a finished
+  /// branch is renamed into the store.
+  public var branchStagingDirectory: String { stateDirectory + "/branches" }
 }
 
 /// Which backend a spawn gets (docs/design/userfaultfd.md): mapping memory.bin is the cheapest

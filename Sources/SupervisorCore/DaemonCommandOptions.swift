@@ -79,6 +79,15 @@ public struct DaemonCommandOptions: ParsableArguments {
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   public var logLevel: String = "info"
 
+  @Option(help: "First uid (and gid) of children's jails; each live child gets one of its own.")
+  public var jailUidBase: UInt32 = JailPool.defaultUIDBase
+
+  @Option(help: "How many uids the jails may use: the most children alive at once.")
+  public var jailUidCount: UInt32 = JailPool.defaultUIDCount
+
+  @Flag(help: "Run children unjailed (as root, in the daemon's mount namespace): for measuring the jail only.")
+  public var noJail = false
+
   public mutating func validate() throws {
     guard ["auto", "file", "uffd", "shmem"].contains(backend) else {
       throw ValidationError("--backend \(backend): auto, file, uffd or shmem")
@@ -100,6 +109,11 @@ public struct DaemonCommandOptions: ParsableArguments {
     guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections: 1...65536") }
     guard (4096...(1 << 40)).contains(maxChildLogBytes) else {
       throw ValidationError("--max-child-log-bytes \(maxChildLogBytes): 4096...\(1 << 40)")
+    }
+    do {
+      _ = try JailPool(base: jailUidBase, count: jailUidCount)
+    } catch {
+      throw ValidationError(error.description)
     }
     if let listenTcp, parseHostPort(listenTcp) == nil {
       throw ValidationError("--listen-tcp \(listenTcp): expected HOST:PORT")
@@ -128,7 +142,7 @@ public struct DaemonCommandOptions: ParsableArguments {
       token: token?.isEmpty == true ? nil : token,
       branchConcurrency: branchConcurrency, imageRoots: imageRoot,
       insecureLoopbackWithoutToken: insecureLoopbackWithoutToken, agentCalls: agentCalls,
-      lifecycleCalls: lifecycleCalls)
+      lifecycleCalls: lifecycleCalls, jail: noJail ? nil : try JailPool(base: jailUidBase, count: jailUidCount))
     config.http.headerTimeoutMS = headerTimeoutMs
     config.http.bodyTimeoutMS = bodyTimeoutMs
     config.http.idleTimeoutMS = idleTimeoutMs

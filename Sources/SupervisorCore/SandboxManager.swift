@@ -215,7 +215,8 @@ public final class SandboxManager: @unchecked Sendable {
           let child = try launcher.restore(
             snapshot: snapshot, runDirectory: config.sandboxRunDirectory + "/" + id, backend: backend,
             outputs: { role in logs.output(sandboxID: id, snapshotTag: tag, role: role) },
-            vmmArguments: network?.vmmArguments ?? [])
+            vmmArguments: network?.vmmArguments ?? [], jail: config.jail,
+            branchDirectory: config.jail == nil ? nil : config.branchStagingDirectory + "/" + id)
           let sandbox = Sandbox(
             id: id, snapshotTag: request.snapshotTag, child: child, memoryLimitMiB: request.memoryLimitMiB,
             network: network)
@@ -381,19 +382,35 @@ public final class SandboxManager: @unchecked Sendable {
     try store.reserve(tag, existsStatus: 409)
     defer { if !handedOff { store.release(tag) } }
     let directory = store.path(tag)
+    // A jailed source writes into its own branch directory (its cell's `branches`); the
+    // finished snapshot is then moved into the store.
+    let written = source.child.branchDirectory.map { JailedBranch(directory: $0, tag: tag) }
     var result: [String: JSONValue] = [:]
     do {
       result = try source.child.vmm.control().call(
         .snapshot(
-          directory: directory, parentTag: source.snapshotTag, diff: request.mode == .diff,
+          directory: written?.cellPath ?? directory, parentTag: source.snapshotTag, diff: request.mode == .diff,
           live: request.mode == .live, wait: request.wait),
         timeoutMS: 600_000)
+      if result["status"]?.stringValue != "writing" { try written?.adopt(into: store) }
+    } catch let error as APIError {
+      written?.discard()
+      throw error
     } catch {
       // The source died mid-branch: name it, remove what it was writing. The rename is the
       // commit point: a snapshot renamed into place before it died is complete and stays.
       let vmm = source.child.vmm
       guard let termination = vmm.ended(after: error) else {
+        written?.discard()
         throw .internalError("branch of \(id) failed: \(error)")
+      }
+      if let written {
+        written.removeStaging()
+        do throws(APIError) {
+          try written.adopt(into: store)
+        } catch {
+          written.discard()
+        }
       }
       guard store.settleAfterWriterDied(tag) else {
         throw .internalError(
@@ -424,7 +441,9 @@ public final class SandboxManager: @unchecked Sendable {
           lock.withLock { branchesInFlight -= 1 }
         }
         do {
-          let done = try vmm.control().call(.snapshotWait(directory: directory), timeoutMS: 3_600_000)
+          let done = try vmm.control().call(
+            .snapshotWait(directory: written?.cellPath ?? directory), timeoutMS: 3_600_000)
+          try written?.adopt(into: snapshots)
           // The copy can also end without an error yet leave no snapshot (the writer gave up).
           guard snapshots.exists(tag) else {
             throw ControlError(.protocolViolation, "forkd-vmm reported the copy done, but \(directory) does not exist")
@@ -441,6 +460,19 @@ public final class SandboxManager: @unchecked Sendable {
           // A source that died mid-copy leaves its staging directory: nobody else will remove it.
           let termination = vmm.ended(after: error)
           if termination != nil { snapshots.removeStaging(of: tag) }
+          // A jailed writer that died after its rename committed the branch: adopt it.
+          if let written {
+            written.removeStaging()
+            if termination != nil, (try? written.adopt(into: snapshots)) != nil {
+              source.lock.withLock { source.lastBranch = (tag, "ready", nil) }
+              metrics.snapshotsTotal.record(snapshots.count())
+              log.warning(
+                "the live branch's forkd-vmm ended after its rename: the branch is complete",
+                metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)"])
+              return
+            }
+            written.discard()
+          }
           // Visible afterwards: on the source sandbox and in the 404 for the tag.
           let reason = "live branch from \(id) failed: \(error)\(termination.map { " (forkd-vmm \($0))" } ?? "")"
           source.lock.withLock { source.lastBranch = (tag, "failed", reason) }
@@ -556,11 +588,11 @@ public final class SandboxManager: @unchecked Sendable {
     }
     let log = logger(for: sandbox)
     do {
-      guard let event = try sandbox.child.handlePagerExit() else { return }
+      let id = sandbox.id
+      guard let event = try sandbox.child.handlePagerExit(adopt: { CgroupLimit.add(pid: $0, id: id) }) else { return }
       switch event {
       case .restarted(let old, let new, let termination):
         metrics.pagerRestarts.increment()
-        CgroupLimit.add(pid: new, id: sandbox.id)
         log.warning("pager \(old) \(termination); restarted as \(new)")
       case .failed(let termination, let vmm):
         sandbox.lock.withLock {
@@ -645,7 +677,8 @@ public final class SandboxManager: @unchecked Sendable {
       }
       _ = try? FileSystem.unlink(path)
     }
-    for directory in [config.sandboxRunDirectory, parentsDirectory] {
+    // Jailed children's branch directories (whatever they held was never adopted).
+    for directory in [config.sandboxRunDirectory, parentsDirectory, config.branchStagingDirectory] {
       for name in (try? FileSystem.listDirectory(directory)) ?? [] { FileSystem.removeTree(directory + "/" + name) }
     }
     CgroupLimit.removeAll()

@@ -20,6 +20,11 @@ public enum FileSystem {
     _ = try retryingEINTR("mkdir", detail: path) { mkdir(path, mode) }
   }
 
+  /// lchown(2): never follows a symlink at `path`.
+  public static func changeOwner(_ path: String, uid: UInt32, gid: UInt32) throws(SyscallError) {
+    _ = try retryingEINTR("lchown", detail: path) { lchown(path, uid, gid) }
+  }
+
   /// mkdir -p.
   public static func makeDirectories(_ path: String, mode: mode_t = 0o700) throws(SyscallError) {
     var current = path.hasPrefix("/") ? "" : "."

@@ -1,3 +1,4 @@
+import Jail
 import Protocol
 import Synchronization
 import Syscalls
@@ -54,6 +55,18 @@ public final class Child: @unchecked Sendable {
   public let backend: ChildBackend
   public let runDirectory: String
   public let snapshot: String
+  /// The child's jail uid (its forkd-vmm and pagers run as it), nil when not jailed.
+  public let jailUID: UInt32?
+  /// Where a jailed child writes branches: a host directory bind-mounted onto `branches` in its
+  /// cell (a snapshot op then names `branches/<tag>`), nil when not jailed or not asked for.
+  public let branchDirectory: String?
+  /// How the child's pagers are jailed (uid and gid, no bind), nil when not jailed.
+  private let pagerJail: JailSpec?
+  /// The uid stays leased until the child's processes are reaped (stop, or a failed pager).
+  private let lease: Mutex<JailLease?>
+  /// The working-set record the pager writes (a jailed pager cannot rename it into place: the
+  /// owner does once the pager has ended).
+  private let recordPath: String?
   /// The current pager and how often it was replaced: read by API requests on other threads while
   /// the monitor replaces the pager, so they have their own leaf lock (never held across calls).
   private let published = Mutex<(pager: PagerProcess?, restarts: Int)>((nil, 0))
@@ -75,16 +88,54 @@ public final class Child: @unchecked Sendable {
   /// of getting its own. The child then owns no pager: whoever owns the shared pager applies the
   /// policy for all of its children (`attachPager`). `vmmArguments` go to forkd-vmm as they are
   /// (e.g. the NIC's `--netns PATH --tap NAME`).
+  ///
+  /// `jail` (docs/jail.md): the child's processes run as a uid leased from the pool, each locked
+  /// into the run directory once set up. `branchDirectory` (a host directory, created for the
+  /// child and removed with it; on the same filesystem as the snapshot store) is where a jailed
+  /// child's branches are written. A child of a shared pager is not jailed (its pager's socket
+  /// lies outside the run directory).
   public static func restore(
     snapshot: String, runDirectory: String, backend: ChildBackend, timeoutMS: Int = 30_000,
-    outputs: OutputFactory? = nil, sharedPager: PagerProcess? = nil, vmmArguments: [String] = []
+    outputs: OutputFactory? = nil, sharedPager: PagerProcess? = nil, vmmArguments: [String] = [],
+    jail pool: JailPool? = nil, branchDirectory: String? = nil
   ) throws(ControlError) -> Child {
     do {
       try FileSystem.makeDirectories(runDirectory)
     } catch {
       throw ControlError(.launch, "cannot create the run directory \(runDirectory)", cause: error)
     }
+    var jail: (lease: JailLease, branchDirectory: String?)? = nil
+    var vmmJail: JailSpec? = nil
+    if let pool, sharedPager == nil {
+      do throws(ControlError) {
+        let lease = try pool.lease()
+        try lease.prepareCell(runDirectory)
+        var bind: (source: String, target: String)? = nil
+        if let branchDirectory {
+          do {
+            try FileSystem.makeDirectories(branchDirectory)
+            try FileSystem.makeDirectory(runDirectory + "/branches", mode: 0o700)
+          } catch {
+            throw ControlError(.launch, "cannot create the branch directory \(branchDirectory)", cause: error)
+          }
+          try lease.prepareCell(branchDirectory)
+          bind = (branchDirectory, "branches")
+        }
+        jail = (lease, branchDirectory)
+        vmmJail = lease.spec(cell: runDirectory, bind: bind)
+      } catch {
+        if let branchDirectory { FileSystem.removeTree(branchDirectory) }
+        FileSystem.removeTree(runDirectory)
+        throw error
+      }
+    }
+    func removeDirectories() {
+      FileSystem.removeTree(runDirectory)
+      if let directory = jail?.branchDirectory { FileSystem.removeTree(directory) }
+    }
+    let pagerJail = jail.map { (spec: $0.lease.spec(cell: runDirectory), cell: runDirectory) }
     var pager: PagerProcess? = nil
+    var recordPath: String? = nil
     var extra: [String] = []
     if let (policy, prefetch, record) = backend.pagerSettings {
       var shmemArguments: [String] = []
@@ -92,27 +143,28 @@ public final class Child: @unchecked Sendable {
         do {
           shmemArguments = ["--shmem-image", try ShmemImage.ensure(for: snapshot)]
         } catch {
-          FileSystem.removeTree(runDirectory)
+          removeDirectories()
           throw error
         }
       }
       let workingSet = snapshot + "/" + WorkingSet.fileName
       let socket = sharedPager?.socket ?? runDirectory + "/pager-0.sock"
       if sharedPager == nil {
+        recordPath = record && !FileSystem.exists(workingSet) ? workingSet : nil
         do {
           pager = try PagerProcess.launch(
-            socket: socket, logPath: runDirectory + "/pager-0.log",
-            recordWorkingSet: record && !FileSystem.exists(workingSet) ? workingSet : nil,
-            prefetch: prefetch && FileSystem.exists(workingSet) ? workingSet : nil, output: outputs?("pager"))
+            socket: socket, logPath: runDirectory + "/pager-0.log", recordWorkingSet: recordPath,
+            prefetch: prefetch && FileSystem.exists(workingSet) ? workingSet : nil, output: outputs?("pager"),
+            jail: pagerJail)
         } catch {
-          FileSystem.removeTree(runDirectory)
+          removeDirectories()
           throw error
         }
       }
       extra =
         [
-          "--backend", shmemArguments.isEmpty ? "uffd" : "shmem", "--pager-sock", socket, "--pager-policy",
-          policy.rawValue,
+          "--backend", shmemArguments.isEmpty ? "uffd" : "shmem", "--pager-sock", jail == nil ? socket : "pager-0.sock",
+          "--pager-policy", policy.rawValue,
         ]
         + shmemArguments
     }
@@ -121,7 +173,7 @@ public final class Child: @unchecked Sendable {
       vmm = try VMMProcess.launch(
         .restore(snapshot: snapshot), runDirectory: runDirectory, extraArguments: extra + vmmArguments,
         timeoutMS: timeoutMS,
-        output: outputs?("vmm"), dependsOn: pager.map { ($0.pidFD, "forkd-pager (pid \($0.pid))") })
+        output: outputs?("vmm"), dependsOn: pager.map { ($0.pidFD, "forkd-pager (pid \($0.pid))") }, jail: vmmJail)
     } catch {
       var failure = error
       if let pager {
@@ -137,21 +189,28 @@ public final class Child: @unchecked Sendable {
         }
         pager.signal(SIGKILL)
         pager.wait()
+        if let recordPath { _ = try? FileSystem.unlink(recordPath + ".tmp-\(pager.pid)") }
       }
-      FileSystem.removeTree(runDirectory)
+      removeDirectories()
       throw failure
     }
     return Child(
-      vmm: vmm, backend: backend, runDirectory: runDirectory, snapshot: snapshot, pager: pager, outputs: outputs)
+      vmm: vmm, backend: backend, runDirectory: runDirectory, snapshot: snapshot, pager: pager, outputs: outputs,
+      jail: jail, recordPath: recordPath)
   }
 
   private let outputs: OutputFactory?
 
   private init(
     vmm: VMMProcess, backend: ChildBackend, runDirectory: String, snapshot: String, pager: PagerProcess?,
-    outputs: OutputFactory?
+    outputs: OutputFactory?, jail: (lease: JailLease, branchDirectory: String?)?, recordPath: String?
   ) {
     self.outputs = outputs
+    jailUID = jail?.lease.uid
+    pagerJail = jail?.lease.spec(cell: runDirectory)
+    branchDirectory = jail?.branchDirectory
+    lease = Mutex(jail?.lease)
+    self.recordPath = recordPath
     self.vmm = vmm
     self.backend = backend
     self.runDirectory = runDirectory
@@ -167,7 +226,9 @@ public final class Child: @unchecked Sendable {
   }
 
   /// Applies the pager policy if the pager has died; nil while it runs (or with no pager).
-  public func handlePagerExit() throws(ControlError) -> PagerEvent? {
+  /// `adopt` runs with a restarted pager's pid before it is published (e.g. to put it in the
+  /// child's cgroup first: whoever sees the new pager sees it in place).
+  public func handlePagerExit(adopt: (pid_t) -> Void = { _ in }) throws(ControlError) -> PagerEvent? {
     lock.lock()
     defer { lock.unlock() }
     guard !stopping, let current = pager, current.hasExited, let policy = backend.pagerSettings?.policy else {
@@ -180,14 +241,20 @@ public final class Child: @unchecked Sendable {
       // The VM sees its pager connection close and stops with exit status 5.
       let vmmEnd = vmm.wait(timeoutMS: 10_000)
       published.withLock { $0.pager = nil }
+      publishWorkingSet(recordedBy: current.pid)
       FileSystem.removeTree(runDirectory)
+      if let branchDirectory { FileSystem.removeTree(branchDirectory) }
+      releaseJail()
       return .failed(termination: termination, vmm: vmmEnd)
     case .restart:
       pagerGeneration += 1
-      let socket = runDirectory + "/pager-\(pagerGeneration).sock"
+      let name = "pager-\(pagerGeneration).sock"
+      let socket = runDirectory + "/" + name
       let next = try PagerProcess.launch(
-        socket: socket, logPath: runDirectory + "/pager-\(pagerGeneration).log", output: outputs?("pager"))
-      try vmm.control().call(.attachPager(socket: socket))
+        socket: socket, logPath: runDirectory + "/pager-\(pagerGeneration).log", output: outputs?("pager"),
+        jail: pagerJail.map { (spec: $0, cell: runDirectory) })
+      try vmm.control().call(.attachPager(socket: vmm.jailed ? name : socket))
+      adopt(next.pid)
       published.withLock {
         $0.pager = next
         $0.restarts += 1
@@ -219,10 +286,32 @@ public final class Child: @unchecked Sendable {
       if let pager {
         pager.wait(timeoutMS: timeoutMS)
         published.withLock { $0.pager = nil }
+        publishWorkingSet(recordedBy: pager.pid)
       }
     }
     FileSystem.removeTree(runDirectory)
+    if let branchDirectory { FileSystem.removeTree(branchDirectory) }
+    if vmm.termination != nil && pager?.hasExited != false { releaseJail() }
     return end
+  }
+
+  /// Gives the uid back to the pool once no process of this child runs as it.
+  private func releaseJail() { lease.withLock { $0 = nil } }
+
+  /// A jailed pager leaves its working-set record in `<record>.tmp-<pid>` (it cannot rename in
+  /// the snapshot directory): renamed into place once the pager has ended, unless a record
+  /// exists already. An unjailed pager renamed it itself; nothing is left then.
+  private func publishWorkingSet(recordedBy pid: pid_t) {
+    guard let recordPath else { return }
+    let staging = recordPath + ".tmp-\(pid)"
+    guard FileSystem.exists(staging) else { return }
+    let complete = (try? FileSystem.readFile(staging, limit: 256 << 20)).map {
+      (try? WorkingSet.parse($0, source: staging)) != nil
+    }
+    if complete == true && !FileSystem.exists(recordPath) {
+      if (try? FileSystem.rename(staging, to: recordPath)) != nil { return }
+    }
+    _ = try? FileSystem.unlink(staging)
   }
 
   /// PSS (KiB) of every process of this child, summed.

@@ -1,3 +1,4 @@
+import Jail
 import Protocol
 import Syscalls
 
@@ -15,18 +16,34 @@ public final class PagerProcess: @unchecked Sendable {
   private let reaper: Reaper
 
   /// Starts forkd-pager listening on `socket` and waits until it is listening.
+  /// `jail` (with the run directory `socket` lies in as its cell): the pager changes into that
+  /// directory and locks itself into it after its handshake, before the first fault is served.
   public static func launch(
     socket: String, logPath: String, recordWorkingSet: String? = nil, prefetch: String? = nil,
     handshakeTimeoutMS: Int = 5000, binary: String? = nil, timeoutMS: Int = 10_000, output: FileDescriptor? = nil,
-    shared: Bool = false, extraArguments: [String] = []
+    shared: Bool = false, extraArguments: [String] = [], jail: (spec: JailSpec, cell: String)? = nil
   ) throws(ControlError) -> PagerProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-pager") }
-    var arguments = [path, "--socket", socket, "--ready-fd", "3", "--handshake-timeout-ms", "\(handshakeTimeoutMS)"]
+    var socketArgument = socket
+    if let jail {
+      guard socket.hasPrefix(jail.cell + "/"), !socket.dropFirst(jail.cell.count + 1).contains("/") else {
+        throw ControlError(.launch, "a jailed pager's socket \(socket) must lie directly in its cell \(jail.cell)")
+      }
+      socketArgument = String(socket.dropFirst(jail.cell.count + 1))
+    }
+    var arguments = [
+      path, "--socket", socketArgument, "--ready-fd", "3", "--handshake-timeout-ms", "\(handshakeTimeoutMS)",
+    ]
     if let recordWorkingSet { arguments += ["--record-working-set", recordWorkingSet] }
     if let prefetch { arguments += ["--prefetch", prefetch] }
     if shared { arguments.append("--shared") }
     arguments += extraArguments
+    if let jail {
+      var spec = jail.spec
+      spec.cell = jail.cell
+      arguments += spec.arguments
+    }
     let pipe: (read: FileDescriptor, write: FileDescriptor)
     let log: FileDescriptor
     do {

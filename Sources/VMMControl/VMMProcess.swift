@@ -1,3 +1,4 @@
+import Jail
 import Protocol
 import Syscalls
 
@@ -41,6 +42,8 @@ public final class VMMProcess: @unchecked Sendable {
     public var readFiles: UInt64
     public var kvmSetup: UInt64
     public var stateRestore: UInt64
+    /// Entering the jail (0 when not jailed).
+    public var jail: UInt64
     public var readyAt: UInt64
     public var observedAt: UInt64
   }
@@ -50,6 +53,9 @@ public final class VMMProcess: @unchecked Sendable {
   public let controlSocket: String
   public let vsockSocket: String
   public let ready: ReadyReport
+  /// Whether it runs in a jail: paths sent to it (attach_pager, snapshot directories) are then
+  /// relative to its run directory, the cell's root.
+  public let jailed: Bool
   /// Readable when the process exits (pidfd_open), for owners that watch many children.
   public private(set) var pidFD: FileDescriptor?
   private let reaper: Reaper
@@ -65,10 +71,14 @@ public final class VMMProcess: @unchecked Sendable {
   /// mid-restore sleeps in a page fault nobody will serve).
   /// `inheritedFDs` are passed on as (child descriptor number, descriptor), e.g. a TAP for
   /// `--tap-fd` (numbers above 3; the caller keeps and closes its own copies).
+  /// `jail` (its cell: `runDirectory`): forkd-vmm changes into the run directory and, once
+  /// restored and before the guest runs, locks itself into it (docs/jail.md); every path it gets
+  /// is then relative to the run directory, which the caller has handed to the jail's uid
+  /// (`JailLease.prepareCell`).
   public static func launch(
     _ mode: Mode, runDirectory: String, binary: String? = nil, extraArguments: [String] = [], timeoutMS: Int = 30_000,
     output: FileDescriptor? = nil, dependsOn: (fd: FileDescriptor, name: String)? = nil,
-    inheritedFDs: [(Int32, FileDescriptor)] = []
+    inheritedFDs: [(Int32, FileDescriptor)] = [], jail: JailSpec? = nil
   ) throws(ControlError) -> VMMProcess {
     let path: String
     if let binary { path = binary } else { path = try ForkdBinaries.path(of: "forkd-vmm") }
@@ -79,6 +89,9 @@ public final class VMMProcess: @unchecked Sendable {
     }
     let control = runDirectory + "/api.sock"
     let vsock = runDirectory + "/vsock.sock"
+    // Jailed, the process works in its run directory: paths in it are given relative to it, so
+    // they name the same files before and after the cell's root moves there.
+    let inside: (String) -> String = { jail == nil ? runDirectory + "/" + $0 : $0 }
     var arguments = [path]
     switch mode {
     case .boot(let image, let memoryMiB, let vcpus):
@@ -94,10 +107,14 @@ public final class VMMProcess: @unchecked Sendable {
     // With an output descriptor (the owner forwards it, e.g. to the journal) the guest console
     // goes there too, each line prefixed "[guest] "; otherwise to console.log.
     arguments += [
-      "--api-sock", control, "--vsock-sock", vsock, "--console", output == nil ? runDirectory + "/console.log" : "-",
-      "--ready-fd", "3",
+      "--api-sock", inside("api.sock"), "--vsock-sock", inside("vsock.sock"),
+      "--console", output == nil ? inside("console.log") : "-", "--ready-fd", "3",
     ]
     arguments += extraArguments
+    if var jail {
+      jail.cell = runDirectory
+      arguments += jail.arguments
+    }
 
     let pipe: (read: FileDescriptor, write: FileDescriptor)
     let log: FileDescriptor
@@ -161,18 +178,20 @@ public final class VMMProcess: @unchecked Sendable {
     }
     let report = ReadyReport(
       spawnedAt: spawnedAt, mainEnteredAt: fields["main_ns"] ?? 0, readFiles: fields["files_ns"] ?? 0,
-      kvmSetup: fields["kvm_ns"] ?? 0, stateRestore: fields["state_ns"] ?? 0, readyAt: fields["ready_ns"] ?? 0,
+      kvmSetup: fields["kvm_ns"] ?? 0, stateRestore: fields["state_ns"] ?? 0, jail: fields["jail_ns"] ?? 0,
+      readyAt: fields["ready_ns"] ?? 0,
       observedAt: observedAt)
     return VMMProcess(
       pid: pid, runDirectory: runDirectory, controlSocket: control, vsockSocket: vsock, ready: report,
-      pidFD: try? ChildProcess.pidFD(pid))
+      pidFD: try? ChildProcess.pidFD(pid), jailed: jail != nil)
   }
 
   private init(
     pid: pid_t, runDirectory: String, controlSocket: String, vsockSocket: String, ready: ReadyReport,
-    pidFD: FileDescriptor?
+    pidFD: FileDescriptor?, jailed: Bool
   ) {
     self.pid = pid
+    self.jailed = jailed
     reaper = Reaper(pid: pid)
     self.runDirectory = runDirectory
     self.controlSocket = controlSocket

@@ -32,7 +32,14 @@ struct RestoreBench: ParsableCommand {
   @Flag(help: "Skip the same-run C loop baseline (bench/restore-loop.c).")
   var noBaseline = false
 
+  @Flag(help: "Jail each child as the daemon does (docs/jail.md) and report the jail's own time.")
+  var jail = false
+
+  @Flag(help: "Restore each child with its own forkd-pager (uffd backend) instead of mapping memory.bin.")
+  var uffd = false
+
   func run() throws {
+    let jails = jail ? try JailPool() : nil
     let scratch = try ScratchDirectory(prefix: "forkd-bench", base: workDir)
     defer { scratch.remove() }
     let parent = try VMMProcess.launch(
@@ -45,24 +52,45 @@ struct RestoreBench: ParsableCommand {
 
     var phases: [String: [Double]] = [:]
     var memory: [Double] = []
-    let order = [
+    var order = [
       "process_start", "read_files", "kvm_setup", "state_restore", "to_ready", "first_reply", "restore_to_first_reply",
     ]
+    if jail { order.insert("jail", at: 4) }
+    if jail && uffd { order.insert("pager_jail", at: 5) }
     for index in 0..<iterations {
-      let vm = try VMMProcess.launch(.restore(snapshot: snapshotDir), runDirectory: scratch.path + "/child-\(index)")
-      let child = try vm.agent()
-      _ = try child.ping()
+      let runDirectory = scratch.path + "/child-\(index)"
+      var lease: JailLease? = nil
+      if let jails, !uffd {
+        try FileSystem.makeDirectories(runDirectory)
+        lease = try jails.lease()
+        try lease?.prepareCell(runDirectory)
+      }
+      let vm: VMMProcess
+      var child: Child? = nil
+      if uffd {
+        child = try Child.restore(snapshot: snapshotDir, runDirectory: runDirectory, backend: .uffd(), jail: jails)
+        vm = child!.vmm
+      } else {
+        vm = try VMMProcess.launch(
+          .restore(snapshot: snapshotDir), runDirectory: runDirectory, jail: lease?.spec(cell: runDirectory))
+      }
+      defer { withExtendedLifetime(lease) {} }
+      _ = try vm.agent().ping()
       let answered = Clock.monotonicNanoseconds()
       let r = vm.ready
       phases["process_start", default: []].append(ms(r.mainEnteredAt - r.spawnedAt))
       phases["read_files", default: []].append(ms(r.readFiles))
       phases["kvm_setup", default: []].append(ms(r.kvmSetup))
       phases["state_restore", default: []].append(ms(r.stateRestore))
+      phases["jail", default: []].append(ms(r.jail))
+      if let pagerJail = try? child?.pager?.stats()["jail_ns"]?.int64Value {
+        phases["pager_jail", default: []].append(ms(UInt64(clamping: pagerJail)))
+      }
       phases["to_ready", default: []].append(ms(r.observedAt - r.spawnedAt))
       phases["first_reply", default: []].append(ms(answered - r.observedAt))
       phases["restore_to_first_reply", default: []].append(ms(answered - r.spawnedAt))
       if let pss = proportionalSetSizeKiB(vm.pid) { memory.append(Double(pss)) }
-      vm.stop()
+      if let child { child.stop() } else { vm.stop() }
     }
 
     var host = [UInt8](repeating: 0, count: 256)
@@ -81,6 +109,7 @@ struct RestoreBench: ParsableCommand {
       var object: [String: JSONValue] = [
         "bench": .string("restore"), "iterations": .integer(Int64(iterations)),
         "memory_mib": .integer(Int64(memoryMib)), "warm_pages": .integer(Int64(pages)), "host": .string(hostname),
+        "jailed": .bool(jail), "backend": .string(uffd ? "uffd" : "file"),
       ]
       for name in order {
         let s = Summary(phases[name] ?? [])
@@ -94,7 +123,9 @@ struct RestoreBench: ParsableCommand {
       }
       print(JSONValue.object(object).serialized(pretty: true))
     } else {
-      print("restore bench: \(iterations) children, \(memoryMib) MiB guest, \(pages) warm pages, host \(hostname)")
+      print(
+        "restore bench: \(iterations) children, \(memoryMib) MiB guest, \(pages) warm pages, host \(hostname)"
+          + (jail ? ", jailed" : "") + (uffd ? ", uffd (a forkd-pager per child)" : ""))
       print("phase                         p50 ms    p90 ms    p99 ms")
       for name in order {
         let s = Summary(phases[name] ?? [])

@@ -22,11 +22,14 @@ struct SpawnBench: ParsableCommand {
   @Option(help: "Directory for the supervisor's state and run directories.") var workDir: String?
   @Flag(help: "Print JSON.") var json = false
   @Flag(help: "Skip the same-run C loop baseline (bench/restore-loop.c).") var noBaseline = false
+  @Flag(help: "Run the supervisor with --no-jail (children unjailed), to measure what the jail costs.")
+  var noJail = false
 
   func run() throws {
     let scratch = try ScratchDirectory(prefix: "forkd-bench-spawn", base: workDir)
     defer { scratch.remove() }
-    let daemon = try LocalDaemon(directory: scratch.path, backend: backend)
+    let daemon = try LocalDaemon(
+      directory: scratch.path, backend: backend, extraArguments: noJail ? ["--no-jail"] : [])
     defer { daemon.stop() }
     let api = daemon.api
     let idlePSS = Double(smapsRollupField(daemon.pid, "Pss") ?? 0) / 1024

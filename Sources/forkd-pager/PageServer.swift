@@ -278,6 +278,7 @@ final class PagerSession {
     o["vm_pid"] = .integer(Int64(session.hello.vmPID))
     o["data_pages_in_source"] = .integer(Int64(session.source.dataPageCount))
     o["distinct_pages_faulted"] = .integer(Int64(distinctFaultedPages))
+    if jailNanoseconds > 0 { o["jail_ns"] = .integer(Int64(jailNanoseconds)) }
     return .object(o)
   }
 
@@ -285,14 +286,18 @@ final class PagerSession {
 }
 
 /// Writes the working-set record beside the snapshot: into a file opened before the seccomp
-/// filter (the pager may not open files afterwards), then renamed into place.
+/// filter (the pager may not open files afterwards), then renamed into place — by the pager, or,
+/// for a jailed pager (`renames: false`, the snapshot directory is outside its cell), by its
+/// owner once the pager has ended (`<path>.tmp-<pid>`).
 final class WorkingSetRecorder {
   let path: String
   private let staging: String
   private let fd: FileDescriptor
+  private let renames: Bool
 
-  init(path: String) throws(SyscallError) {
+  init(path: String, renames: Bool) throws(SyscallError) {
     self.path = path
+    self.renames = renames
     staging = path + ".tmp-\(getpid())"
     fd = try FileDescriptor.open(staging, [.writeOnly, .create, .exclusive], mode: 0o600)
   }
@@ -304,7 +309,7 @@ final class WorkingSetRecorder {
       try fd.truncate(to: 0)
       try fd.pwriteAll(bytes, at: 0)
       try fd.sync()
-      try FileSystem.rename(staging, to: path)
+      if renames { try FileSystem.rename(staging, to: path) }
       return set.pages.count
     } catch {
       writeLog("pager: cannot save the working set to \(path): \(error)")

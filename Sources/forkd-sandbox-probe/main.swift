@@ -51,7 +51,7 @@ func report(_ call: String, _ rc: Int) -> Never {
 }
 
 let usage =
-  "usage: forkd-sandbox-probe <pager|vmm> "
+  "usage: forkd-sandbox-probe <pager|pager-jailed|vmm> "
   + "<allowed|socket|unix-socket|openat|execve|fork|ioctl|thread-socket|list> [kill|errno|log]"
 let arguments = Array(CommandLine.arguments.dropFirst())
 guard arguments.count == 2 || arguments.count == 3 else { fail(2, usage) }
@@ -60,6 +60,7 @@ var policy: SeccompPolicy
 switch arguments[0] {
 case "pager": policy = .pager
 case "vmm": policy = .vmm
+case "pager-jailed": policy = .pagerJailed
 default: fail(2, "unknown policy \(arguments[0])\n\(usage)")
 }
 if arguments.count == 3 {
@@ -115,7 +116,10 @@ do {
   if arguments.count == 3 && arguments[2] != "kill" {
     try Sandbox.install(policy)
   } else {
-    try (policy.name == "pager" ? CompiledFilter.pager : CompiledFilter.vmm).install()
+    let compiled: [String: CompiledFilter] = [
+      "pager": .pager, "vmm": .vmm, "pager-jailed": .pagerJailed,
+    ]
+    try compiled[policy.name, default: .vmm].install()
   }
 } catch {
   fail(3, "forkd-sandbox-probe: \(error)")

@@ -1,3 +1,4 @@
+import Jail
 import VMMCore
 
 /// Command line of forkd-vmm. Parsed by hand: this process must start in a couple of
@@ -33,6 +34,8 @@ struct Options {
   var tapFD: Int32?
   var nic = false
   var netns: String?
+  /// The jail entered once restored, before the guest runs (docs/jail.md); nil: unjailed.
+  var jail: JailSpec?
 
   static let usage = """
     usage: forkd-vmm boot --image PATH|builtin:test-guest --api-sock PATH --vsock-sock PATH
@@ -43,8 +46,10 @@ struct Options {
            forkd-vmm restore --snapshot DIR --api-sock PATH --vsock-sock PATH [--disk PATH]
                           [--backend file|uffd|shmem --pager-sock PATH [--pager-policy fail|restart]
                            [--shmem-image PATH]]
-                          [--console PATH|-|none] [--ready-fd N]
+                          [--console PATH|-|none] [--ready-fd N] [--jail UID:GID [--jail-cell DIR] [--jail-bind DIR:NAME]]
            NIC (boot and restore): [--netns PATH] --tap NAME | --tap-fd N;  boot only: --nic (no backend)
+    --jail: once restored, lock this process into its working directory (--jail-cell: change into
+    DIR first; a private mount namespace rooted there) as UID:GID with no capabilities; --jail-bind mounts DIR on NAME in it.
     --kernel boots Linux (bzImage or ELF vmlinux, told apart by content) with ACPI-described
     virtio-mmio devices; the default command line is "\(LinuxBootSource.defaultCommandLine)".
     --disk is a read-only base image; the guest's writes stay in this VM (and its snapshots).
@@ -117,8 +122,25 @@ struct Options {
         tapFD = fd
       case "--nic": nic = true
       case "--netns": netns = try value(flag)
+      case "--jail":
+        switch JailSpec.parse(try value(flag)) {
+        case .success(let spec): jail = JailSpec(uid: spec.uid, gid: spec.gid, bind: jail?.bind, cell: jail?.cell)
+        case .failure(let error): throw UsageError(description: error.message)
+        }
+      case "--jail-cell":
+        var spec = jail ?? JailSpec(uid: 0, gid: 0)
+        spec.cell = try value(flag)
+        jail = spec
+      case "--jail-bind":
+        var spec = jail ?? JailSpec(uid: 0, gid: 0)
+        if let error = spec.parseBind(try value(flag)) { throw UsageError(description: error.message) }
+        jail = spec
       default: throw UsageError(description: "unknown option '\(flag)'")
       }
+    }
+    if let jail, jail.uid == 0 { throw UsageError(description: "--jail-bind and --jail-cell need --jail UID:GID") }
+    if jail != nil && mode != .restore {
+      throw UsageError(description: "--jail is for restore (a boot writes its snapshot outside any cell)")
     }
     guard controlSocket != nil else { throw UsageError(description: "--api-sock is required") }
     guard vsockSocket != nil else { throw UsageError(description: "--vsock-sock is required") }

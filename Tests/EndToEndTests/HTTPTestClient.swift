@@ -1,5 +1,6 @@
 import ForkdClient
 import Protocol
+import Synchronization
 import Syscalls
 import VMMControl
 
@@ -27,6 +28,17 @@ struct HTTPTestClient {
   }
 }
 
+/// Jail uid ranges for test supervisors: one of its own per supervisor of this test process (and
+/// per test process), so children of two supervisors running at once never share a uid.
+private let nextJailRange = Mutex<UInt32>(0)
+func testJailUIDBase() -> UInt32 {
+  let index = nextJailRange.withLock { value -> UInt32 in
+    defer { value = (value + 1) % 64 }
+    return value
+  }
+  return 1_901_000_000 + UInt32(getpid() % 256) * 65_536 + index * 1024
+}
+
 /// A forkd-supervisor started for one test, stopped (SIGTERM, then checked) at the end.
 final class TestSupervisor {
   let scratch: Scratch
@@ -49,7 +61,8 @@ final class TestSupervisor {
     var arguments = [
       "forkd-supervisor", "--state-dir", scratch.path + "/state", "--run-dir", scratch.path + "/run", "--socket",
       socket,
-      "--listen-tcp", "127.0.0.1:\(tcpPort)", "--backend", backend,
+      "--listen-tcp", "127.0.0.1:\(tcpPort)", "--backend", backend, "--jail-uid-base", "\(testJailUIDBase())",
+      "--jail-uid-count", "1024",
     ]
     var environment = ChildProcess.currentEnvironment().filter { !$0.hasPrefix("FORKD_TOKEN=") }
     if let token {

@@ -132,18 +132,23 @@ struct PagerTests {
     #expect((service["p99"]?.int64Value ?? 0) >= (service["p50"]?.int64Value ?? 0))
   }
 
-  @Test("working-set prefetch: the first child records, later pagers copy those pages before they are asked")
-  func prefetch() throws {
+  @Test(
+    "working-set prefetch: the first child records, later pagers copy those pages before they are asked (jailed: the owner publishes the record)",
+    arguments: [false, true])
+  func prefetch(jailed: Bool) throws {
     let scratch = try Scratch("pager-prefetch")
+    let jail = jailed ? try JailPool(base: 1_900_400_000, count: 4) : nil
     let parent = try WarmParent(in: scratch, pages: 256)
     let recordPath = parent.snapshot + "/" + WorkingSet.fileName
     let first = try Child.restore(
       snapshot: parent.snapshot, runDirectory: scratch.path + "/first",
-      backend: .uffd(policy: .fail, prefetch: true, recordWorkingSet: true))
+      backend: .uffd(policy: .fail, prefetch: true, recordWorkingSet: true), jail: jail)
     #expect(try first.vmm.agent().checksum(pages: parent.pages) == parent.checksum)
     let firstStats = try #require(first.pager).stats()
     first.stop()
     let recorded = try WorkingSet.parse(try FileSystem.readFile(recordPath, limit: 16 << 20), source: recordPath)
+    let leftovers = try FileSystem.listDirectory(parent.snapshot).filter { $0.contains(".tmp-") }
+    #expect(leftovers.isEmpty, "no staging record is left: \(leftovers)")
     #expect(recorded.pages.count >= 256, "the record holds every page the first child faulted")
     // Saved when the pager exits, so it may hold a few pages faulted after the stats were read.
     #expect(recorded.pages.count >= Int(firstStats["distinct_pages_faulted"]?.int64Value ?? .max))
@@ -151,7 +156,7 @@ struct PagerTests {
 
     let second = try Child.restore(
       snapshot: parent.snapshot, runDirectory: scratch.path + "/second",
-      backend: .uffd(policy: .fail, prefetch: true, recordWorkingSet: true))
+      backend: .uffd(policy: .fail, prefetch: true, recordWorkingSet: true), jail: jail)
     defer { second.stop() }
     #expect(try second.vmm.agent().checksum(pages: parent.pages) == parent.checksum)
     let stats = try #require(second.pager).stats()

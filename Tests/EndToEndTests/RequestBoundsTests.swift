@@ -15,7 +15,7 @@ import VMMControl
 private struct FailingLauncher: ChildLauncher {
   func restore(
     snapshot: String, runDirectory: String, backend: ChildBackend, outputs: Child.OutputFactory?,
-    vmmArguments: [String]
+    vmmArguments: [String], jail: JailPool?, branchDirectory: String?
   ) throws(ControlError) -> Child {
     throw ControlError(.launch, "test launcher: no VMs")
   }

@@ -184,6 +184,24 @@ struct SandboxTests {
     #expect(vmm.isSuperset(of: pager))
     #expect(SeccompPolicy.vmm.argumentRules == [.init("socket", argument: 0, .equal(UInt64(AF_UNIX)))])
     #expect(SeccompPolicy.vmm.defaultAction == .killProcess)
+    // Its listeners exist before the filter: nothing changes a file's mode afterwards.
+    for name in ["chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat"] {
+      #expect(!vmm.contains(name), "vmm allows \(name)")
+    }
+  }
+
+  @Test("a jailed pager cannot rename, unlink or create anything: its owner publishes its record")
+  func jailedPagerContents() throws {
+    let jailed = Set(SeccompPolicy.pagerJailed.allowedSyscalls)
+    for name in [
+      "rename", "renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat", "chmod", "openat", "link",
+    ] {
+      #expect(!jailed.contains(name), "pager-jailed allows \(name)")
+    }
+    #expect(Set(SeccompPolicy.pager.allowedSyscalls).isSuperset(of: jailed))
+    #expect(jailed.isSuperset(of: ["pwrite64", "fsync", "read", "write", "poll"]))
+    #expect(try Sandbox.compile(.pagerJailed) == CompiledFilter.pagerJailed.program)
+    #expect(try Sandbox.compile(.pagerJailedUnderSanitizer) == CompiledFilter.pagerJailedUnderSanitizer.program)
   }
 
   /// Requests a VMM or pager issues only while it sets up (before the filter): creating VMs,

@@ -59,10 +59,14 @@ extension VirtualMachine {
     }
     guard !isPaused else { throw VMMError(.invalidConfig, "a live snapshot needs a running VM; this one is paused") }
     let origin: ChainImage
-    do {
-      origin = try ChainImage(chain: SnapshotChain.load(top: restoredFrom))
-    } catch {
-      throw VMMError(error)
+    if let prepared = try SnapshotSources.origin(of: restoredFrom) {
+      origin = prepared
+    } else {
+      do {
+        origin = try ChainImage(chain: SnapshotChain.load(top: restoredFrom))
+      } catch {
+        throw VMMError(error)
+      }
     }
     // Opened before the pause: the copier reads it per chunk while the guest runs.
     let pagemap = try Pagemap()

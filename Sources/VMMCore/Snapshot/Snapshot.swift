@@ -127,17 +127,26 @@ extension VirtualMachine {
     let started = Clock.monotonicNanoseconds()
     var origin: ChainImage?
     if case .userfault = memory.backend, let restoredFrom {
-      do {
-        origin = try ChainImage(chain: SnapshotChain.load(top: restoredFrom))
-      } catch {
-        throw VMMError(error)
+      if let prepared = try SnapshotSources.origin(of: restoredFrom) {
+        origin = prepared
+      } else {
+        do {
+          origin = try ChainImage(chain: SnapshotChain.load(top: restoredFrom))
+        } catch {
+          throw VMMError(error)
+        }
       }
     }
     // A diff layer records its parent's content digest; read it before pausing.
     var parentContentDigest: String?
     if case .diff(let parentDirectory) = mode {
-      let parentManifest = try LoadedSnapshot.readManifest(directory: parentDirectory)
-      guard let digest = parentManifest.contentDigest else {
+      let digest: String?
+      if let prepared = SnapshotSources.prepared, prepared.restoredFrom == parentDirectory {
+        digest = prepared.parentContentDigest
+      } else {
+        digest = try LoadedSnapshot.readManifest(directory: parentDirectory).contentDigest
+      }
+      guard let digest else {
         throw VMMError(
           .invalidSnapshot,
           "\(parentDirectory)/manifest.json has no content_digest (written by an older forkd): take a full snapshot instead"

@@ -50,11 +50,19 @@ final class Pagemap {
   private static let chunk = 8192
 
   private let fd: FileDescriptor
+  /// False for the descriptor opened before the jail (SnapshotSources): shared, never closed.
+  private let ownsFD: Bool
   private let entries = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: Pagemap.chunk)
 
   init() throws(VMMError) {
+    if let prepared = SnapshotSources.prepared {
+      fd = prepared.pagemap
+      ownsFD = false
+      return
+    }
     do {
       fd = try FileDescriptor.open("/proc/self/pagemap", .readOnly)
+      ownsFD = true
     } catch {
       entries.deallocate()
       throw VMMError(.io, "cannot read /proc/self/pagemap to find the pages this VM changed", cause: error)
@@ -62,7 +70,7 @@ final class Pagemap {
   }
 
   deinit {
-    fd.close()
+    if ownsFD { fd.close() }
     entries.deallocate()
   }
 
