@@ -98,8 +98,8 @@ public final class HTTPServer: Sendable {
     return ServerBootstrap(group: group)
       .serverChannelOption(ChannelOptions.backlog, value: 512)
       .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-      // Accept errors (EMFILE when descriptors run out) must not close the listener.
-      .serverChannelInitializer { channel in channel.pipeline.addHandler(AcceptErrorLogger()) }
+      // Out of descriptors (EMFILE, ENFILE): accepting pauses a moment instead of spinning.
+      .serverChannelInitializer { channel in channel.pipeline.addHandler(AcceptBackoffHandler()) }
       .childChannelInitializer { channel in
         guard connections.tryAdd(limit: limits.maxConnections) else {
           return channel.pipeline.addHandler(OverCapacity(limit: limits.maxConnections))
@@ -206,13 +206,6 @@ private final class OverCapacity: ChannelInboundHandler {
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 
   func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
-}
-
-/// Keeps the listening socket open when an accept fails (e.g. out of descriptors).
-private final class AcceptErrorLogger: ChannelInboundHandler {
-  typealias InboundIn = Channel
-
-  func errorCaught(context: ChannelHandlerContext, error: Error) {}
 }
 
 /// The per-phase deadlines of one connection. Sits in front of the HTTP decoder, so it sees the

@@ -161,6 +161,10 @@ final class ServerHarness: Sendable {
       if case .byteBuffer(var buffer) = part, let b = buffer.readBytes(length: buffer.readableBytes) { output += b }
     }
     _ = try? await channel.close()
+    // Timers still queued (the close after a final answer) hold the channel: run them, then end
+    // the loop, so nothing of this exchange outlives it.
+    await channel.testingEventLoop.advanceTime(by: .seconds(3600))
+    try? await channel.testingEventLoop.shutdownGracefully()
     if getenv("FORKD_FUZZ_SHOW") != nil { print(String(decoding: output, as: UTF8.self)) }
     checkResponses(output)
   }
