@@ -146,13 +146,16 @@ final class ServerHarness: Sendable {
         continue
       }
       if started == finished {
+        // Nothing is with a handler: a request task not yet running, or an early answer.
         quietRounds += 1
-        if quietRounds > 200 {
+        if quietRounds > 50 {
           quietRounds = 0
           advances += 1
           await channel.testingEventLoop.advanceTime(by: .seconds(2))
           if !channel.isActive || advances > 3 { break }
         }
+        await Task.yield()
+        continue
       }
       try? await Task.sleep(nanoseconds: 20_000)
     }
