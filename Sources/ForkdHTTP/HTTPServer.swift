@@ -173,7 +173,7 @@ private final class ConnectionCount: Sendable {
 /// A complete response written straight to the socket, for connections that never reach the
 /// HTTP handlers (over the cap, timed out).
 private func rawResponse(status: Int, reason: String, message: String) -> [UInt8] {
-  let body = "{\"error\":\"\(message)\"}"
+  let body = errorJSON(message)
   return Array(
     ("HTTP/1.1 \(status) \(reason)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
       + "Connection: close\r\n\r\n" + body).utf8)
@@ -379,8 +379,8 @@ private final class RequestHandler: ChannelInboundHandler {
       parserError == .headerOverflow
       ? HTTPResponse(
         status: 431,
-        json: "{\"error\":\"request header larger than \(limits.maxHeaderBytes) bytes (or more than 256 fields)\"}")
-      : HTTPResponse(status: 400, json: "{\"error\":\"malformed HTTP request: \(parserError)\"}")
+        json: errorJSON("request header larger than \(limits.maxHeaderBytes) bytes (or more than 256 fields)"))
+      : HTTPResponse(status: 400, json: errorJSON("malformed HTTP request: \(parserError)"))
     write(context: context, response: response, version: .http1_1, keepAlive: false)
   }
 
@@ -391,7 +391,7 @@ private final class RequestHandler: ChannelInboundHandler {
     write(
       context: context,
       response: HTTPResponse(
-        status: 413, json: "{\"error\":\"request body too large: \(what), the limit is \(limits.maxBodyBytes) bytes\"}"),
+        status: 413, json: errorJSON("request body too large: \(what), the limit is \(limits.maxBodyBytes) bytes")),
       version: version, keepAlive: false)
   }
 
@@ -416,6 +416,21 @@ private final class RequestHandler: ChannelInboundHandler {
       done.whenComplete { _ in finish(channel) }
     }
   }
+}
+
+/// `{"error": "<message>"}` with the message escaped (this module has no JSON encoder of its own).
+func errorJSON(_ message: String) -> String {
+  var out = "{\"error\":\""
+  for scalar in message.unicodeScalars {
+    switch scalar {
+    case "\"": out += "\\\""
+    case "\\": out += "\\\\"
+    case _ where scalar.value < 0x20:
+      out += "\\u00" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16)
+    default: out.unicodeScalars.append(scalar)
+    }
+  }
+  return out + "\"}"
 }
 
 /// Path, query parameters and the raw query of a request target. A parameter without "=" (or

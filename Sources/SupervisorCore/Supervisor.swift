@@ -145,6 +145,13 @@ public final class Supervisor: @unchecked Sendable {
       let id = captures.first ?? ""
       let value = try JSONObjectReader(JSONValue.parse(request.body, source: "request body"), source: "request body")
       let code = try value.string("code")
+      // python3 -c <code>: the three arguments must fit one agent frame, as exec's do.
+      guard 4 + 7 + 4 + 2 + 4 + code.utf8.count <= ExecRequest.maxArgumentBytes else {
+        throw ProtocolError(
+          .badValue,
+          "request body: field \"code\": expected at most \(ExecRequest.maxArgumentBytes - 21) bytes, got \(code.utf8.count) bytes"
+        )
+      }
       let manager = sandboxes
       let result = try await blocking {
         try manager.exec(id, ExecRequest(args: ["python3", "-c", code], timeoutSeconds: 30))
