@@ -102,8 +102,8 @@ public final class HTTPServer: Sendable {
     return ServerBootstrap(group: group)
       .serverChannelOption(ChannelOptions.backlog, value: 512)
       .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-      // Accept errors (EMFILE when descriptors run out) must not close the listener.
-      .serverChannelInitializer { channel in channel.pipeline.addHandler(AcceptErrorLogger()) }
+      // Out of descriptors (EMFILE, ENFILE): accepting pauses a moment instead of spinning.
+      .serverChannelInitializer { channel in channel.pipeline.addHandler(AcceptBackoffHandler()) }
       .childChannelInitializer { channel in
         guard connections.tryAdd(limit: limits.maxConnections) else {
           return channel.pipeline.addHandler(OverCapacity(limit: limits.maxConnections))
@@ -177,7 +177,7 @@ private final class ConnectionCount: Sendable {
 /// A complete response written straight to the socket, for connections that never reach the
 /// HTTP handlers (over the cap, timed out).
 private func rawResponse(status: Int, reason: String, message: String) -> [UInt8] {
-  let body = "{\"error\":\"\(message)\"}"
+  let body = errorJSON(message)
   return Array(
     ("HTTP/1.1 \(status) \(reason)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
       + "Connection: close\r\n\r\n" + body).utf8)
@@ -210,13 +210,6 @@ private final class OverCapacity: ChannelInboundHandler {
   func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 
   func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
-}
-
-/// Keeps the listening socket open when an accept fails (e.g. out of descriptors).
-private final class AcceptErrorLogger: ChannelInboundHandler {
-  typealias InboundIn = Channel
-
-  func errorCaught(context: ChannelHandlerContext, error: Error) {}
 }
 
 /// The per-phase deadlines of one connection. Sits in front of the HTTP decoder, so it sees the
@@ -390,8 +383,8 @@ private final class RequestHandler: ChannelInboundHandler {
       parserError == .headerOverflow
       ? HTTPResponse(
         status: 431,
-        json: "{\"error\":\"request header larger than \(limits.maxHeaderBytes) bytes (or more than 256 fields)\"}")
-      : HTTPResponse(status: 400, json: "{\"error\":\"malformed HTTP request: \(parserError)\"}")
+        json: errorJSON("request header larger than \(limits.maxHeaderBytes) bytes (or more than 256 fields)"))
+      : HTTPResponse(status: 400, json: errorJSON("malformed HTTP request: \(parserError)"))
     write(context: context, response: response, version: .http1_1, keepAlive: false)
   }
 
@@ -402,7 +395,7 @@ private final class RequestHandler: ChannelInboundHandler {
     write(
       context: context,
       response: HTTPResponse(
-        status: 413, json: "{\"error\":\"request body too large: \(what), the limit is \(limits.maxBodyBytes) bytes\"}"),
+        status: 413, json: errorJSON("request body too large: \(what), the limit is \(limits.maxBodyBytes) bytes")),
       version: version, keepAlive: false)
   }
 
@@ -427,6 +420,21 @@ private final class RequestHandler: ChannelInboundHandler {
       done.whenComplete { _ in finish(channel) }
     }
   }
+}
+
+/// `{"error": "<message>"}` with the message escaped (this module has no JSON encoder of its own).
+func errorJSON(_ message: String) -> String {
+  var out = "{\"error\":\""
+  for scalar in message.unicodeScalars {
+    switch scalar {
+    case "\"": out += "\\\""
+    case "\\": out += "\\\\"
+    case _ where scalar.value < 0x20:
+      out += "\\u00" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16)
+    default: out.unicodeScalars.append(scalar)
+    }
+  }
+  return out + "\"}"
 }
 
 /// Path, query parameters and the raw query of a request target. A parameter without "=" (or

@@ -317,26 +317,29 @@ public final class SandboxManager: @unchecked Sendable {
   public func ping(_ id: String) throws(APIError) -> JSONValue {
     let started = Clock.monotonicNanoseconds()
     let sandbox = try sandbox(id)
-    let response = try sandbox.agent(.ping, timeoutMS: 10_000)
     return try reported(sandbox) { () throws(APIError) in
-      try AgentReplies.ping(
+      let response = try sandbox.agent(.ping, timeoutMS: 10_000)
+      return try AgentReplies.ping(
         sandbox: id, response, rttMicroseconds: (Clock.monotonicNanoseconds() &- started) / 1000)
     }
   }
 
   public func exec(_ id: String, _ request: ExecRequest) throws(APIError) -> JSONValue {
     let sandbox = try sandbox(id)
-    let response = try sandbox.agent(
-      .exec(args: request.args, timeoutSeconds: request.timeoutSeconds, options: request.options),
-      timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
-    return try reported(sandbox) { () throws(APIError) in try AgentReplies.exec(sandbox: id, response) }
+    return try reported(sandbox) { () throws(APIError) in
+      let response = try sandbox.agent(
+        .exec(args: request.args, timeoutSeconds: request.timeoutSeconds, options: request.options),
+        timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
+      return try AgentReplies.exec(sandbox: id, response)
+    }
   }
 
-  /// A reply the API cannot carry goes into the child's log story as well as the response.
+  /// A reply the host refuses (502) goes into the child's log story as well as the response.
   private func reported(_ sandbox: Sandbox, _ body: () throws(APIError) -> JSONValue) throws(APIError) -> JSONValue {
     do {
       return try body()
     } catch {
+      guard error.status == 502 else { throw error }
       metrics.agentReplyRejections.increment()
       logger(for: sandbox).warning("agent reply rejected", metadata: ["error": "\(error.message)"])
       throw error
@@ -347,10 +350,12 @@ public final class SandboxManager: @unchecked Sendable {
   /// public API answers, plus what print() wrote as `stdout`.
   public func eval(_ id: String, _ request: EvalRequest) throws(APIError) -> JSONValue {
     let sandbox = try sandbox(id)
-    let response = try sandbox.agent(
-      .eval(code: request.code, timeoutSeconds: request.timeoutSeconds),
-      timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
-    return try reported(sandbox) { () throws(APIError) in try AgentReplies.eval(sandbox: id, response) }
+    return try reported(sandbox) { () throws(APIError) in
+      let response = try sandbox.agent(
+        .eval(code: request.code, timeoutSeconds: request.timeoutSeconds),
+        timeoutMS: Int(request.timeoutSeconds) * 1000 + 5000)
+      return try AgentReplies.eval(sandbox: id, response)
+    }
   }
 
   // MARK: Branch

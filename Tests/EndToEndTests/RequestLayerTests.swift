@@ -104,6 +104,12 @@ struct RequestLayerTests {
     garbage.send("\u{01}\u{02} NOT HTTP\r\n\r\n")
     let garbageAnswer = try #require(garbage.readUntilClosed())
     #expect(statusCode(garbageAnswer) == 400, "\(garbageAnswer)")
+    // Every answer the HTTP layer writes itself carries an {"error": …} JSON body.
+    for raw in [answer, chunkedAnswer, headerAnswer, garbageAnswer] {
+      let body = raw.components(separatedBy: "\r\n\r\n").dropFirst().joined(separator: "\r\n\r\n")
+      let parsed = try? JSONValue.parse(Array(body.utf8), source: "answer")
+      #expect(parsed?["error"]?.stringValue?.isEmpty == false, "\(raw.prefix(400))")
+    }
 
     #expect(processExists(sup.pid))
     #expect(try sup.unix.request("GET", "/healthz").status == 200)
