@@ -390,6 +390,9 @@ public final class SandboxManager: @unchecked Sendable {
     // A jailed source writes into its own branch directory (its cell's `branches`); the
     // finished snapshot is then moved into the store.
     let written = source.child.branchDirectory.map { JailedBranch(directory: $0, tag: tag) }
+    // The directory outlives a source that dies mid-branch until the branch is settled.
+    source.child.beginBranch()
+    defer { if !handedOff { source.child.endBranch() } }
     var result: [String: JSONValue] = [:]
     do {
       result = try source.child.vmm.control().call(
@@ -440,8 +443,10 @@ public final class SandboxManager: @unchecked Sendable {
       let snapshots = store
       let metrics = metrics
       // Waits up to an hour: its own thread, not a pool's (the API answered already).
+      let child = source.child
       let waiter = try? OSThread.start(name: "live-branch") { [self] in
         defer {
+          child.endBranch()
           snapshots.release(tag)
           lock.withLock { branchesInFlight -= 1 }
         }
@@ -491,6 +496,7 @@ public final class SandboxManager: @unchecked Sendable {
         }
       }
       guard let waiter else {
+        child.endBranch()
         snapshots.release(tag)
         lock.withLock { branchesInFlight -= 1 }
         throw .internalError("branch of \(id): cannot start the thread that waits for the live copy")

@@ -70,6 +70,9 @@ public final class Child: @unchecked Sendable {
   /// The current pager and how often it was replaced: read by API requests on other threads while
   /// the monitor replaces the pager, so they have their own leaf lock (never held across calls).
   private let published = Mutex<(pager: PagerProcess?, restarts: Int)>((nil, 0))
+  /// Branches being written into `branchDirectory`: when the child stops, the directory is left to
+  /// the last of them, which may still adopt what a writer renamed into place before it died.
+  private let branchWriters = Mutex<(inFlight: Int, stopped: Bool)>((0, false))
   public var pager: PagerProcess? { published.withLock { $0.pager } }
   public var pagerRestarts: Int { published.withLock { $0.restarts } }
   private var pagerGeneration = 0
@@ -243,7 +246,7 @@ public final class Child: @unchecked Sendable {
       published.withLock { $0.pager = nil }
       publishWorkingSet(recordedBy: current.pid)
       FileSystem.removeTree(runDirectory)
-      if let branchDirectory { FileSystem.removeTree(branchDirectory) }
+      removeBranchDirectoryUnlessWriting()
       releaseJail()
       return .failed(termination: termination, vmm: vmmEnd)
     case .restart:
@@ -290,9 +293,29 @@ public final class Child: @unchecked Sendable {
       }
     }
     FileSystem.removeTree(runDirectory)
-    if let branchDirectory { FileSystem.removeTree(branchDirectory) }
+    removeBranchDirectoryUnlessWriting()
     if vmm.termination != nil && pager?.hasExited != false { releaseJail() }
     return end
+  }
+
+  /// A branch of this child starts writing into `branchDirectory`; pair with `endBranch`.
+  public func beginBranch() { branchWriters.withLock { $0.inFlight += 1 } }
+
+  /// The branch is adopted or discarded; a child stopped meanwhile loses its branch directory now.
+  public func endBranch() {
+    let remove = branchWriters.withLock { state -> Bool in
+      state.inFlight -= 1
+      return state.inFlight == 0 && state.stopped
+    }
+    if remove, let branchDirectory { FileSystem.removeTree(branchDirectory) }
+  }
+
+  private func removeBranchDirectoryUnlessWriting() {
+    let remove = branchWriters.withLock { state -> Bool in
+      state.stopped = true
+      return state.inFlight == 0
+    }
+    if remove, let branchDirectory { FileSystem.removeTree(branchDirectory) }
   }
 
   /// Gives the uid back to the pool once no process of this child runs as it.
