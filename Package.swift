@@ -46,6 +46,10 @@ let package = Package(
     // Snapshots on disk: diff chains, layer digests, compaction (no KVM).
     .target(name: "SnapshotStorage", dependencies: ["Syscalls", "Protocol"]),
 
+    // Snapshots as OCI artifacts: the layout (config, layers, content-addressed memory chunks),
+    // push and pull of diff chains over any blob store (docs/snapshot-format.md).
+    .target(name: "SnapshotPack", dependencies: ["Protocol", "Syscalls", "SnapshotStorage"]),
+
     // The KVM microVM monitor as a library.
     .target(
       name: "VMMCore",
@@ -136,6 +140,7 @@ let package = Package(
     .executableTarget(name: "forkd-fuzz", dependencies: ["FuzzTargets", "CFuzz"]),
 
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
+    .testTarget(name: "SnapshotPackTests", dependencies: ["SnapshotPack", "Protocol", "Syscalls", "SnapshotStorage"]),
     .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
     .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),
