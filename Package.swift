@@ -50,6 +50,11 @@ let package = Package(
     // push and pull of diff chains over any blob store (docs/snapshot-format.md).
     .target(name: "SnapshotPack", dependencies: ["Protocol", "Syscalls", "SnapshotStorage"]),
 
+    // A client of the OCI distribution API (registries): references, auth challenges, blobs and
+    // manifests. HTTP through FoundationNetworking (libcurl: HTTPS with the system trust store),
+    // which ships with the toolchain and adds no package to build.
+    .target(name: "OCIDistribution", dependencies: ["Protocol"]),
+
     // The KVM microVM monitor as a library.
     .target(
       name: "VMMCore",
@@ -109,8 +114,8 @@ let package = Package(
     .target(
       name: "SupervisorCore",
       dependencies: [
-        "VMMControl", "Protocol", "Syscalls", "SnapshotStorage", "ForkdHTTP", "SystemdSupport",
-        .product(name: "Logging", package: "swift-log"),
+        "VMMControl", "Protocol", "Syscalls", "SnapshotStorage", "ForkdHTTP", "SystemdSupport", "SnapshotPack",
+        "OCIDistribution", .product(name: "Logging", package: "swift-log"),
         .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
@@ -140,7 +145,9 @@ let package = Package(
     .executableTarget(name: "forkd-fuzz", dependencies: ["FuzzTargets", "CFuzz"]),
 
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
-    .testTarget(name: "SnapshotPackTests", dependencies: ["SnapshotPack", "Protocol", "Syscalls", "SnapshotStorage"]),
+    .testTarget(
+      name: "SnapshotPackTests",
+      dependencies: ["SnapshotPack", "OCIDistribution", "Protocol", "Syscalls", "SnapshotStorage"]),
     .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
     .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),

@@ -15,6 +15,8 @@ public struct SupervisorConfig: Sendable {
   public var branchConcurrency: Int
   /// Children restored in parallel for one spawn request.
   public var spawnParallelism: Int
+  /// Registry logins for snapshot push/pull: a Docker-style config.json (nil: anonymous).
+  public var registryAuthFile: String?
 
   public init(
     stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd",

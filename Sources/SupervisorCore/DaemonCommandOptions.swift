@@ -40,6 +40,11 @@ public struct DaemonCommandOptions: ParsableArguments {
   @Option(help: "Concurrent branches before 503.")
   public var branchConcurrency: Int = 4
 
+  @Option(
+    help:
+      "Registry logins for snapshot push/pull: a Docker-style config.json (or set FORKD_REGISTRY_AUTH).")
+  public var registryAuth: String?
+
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   public var logLevel: String = "info"
 
@@ -70,10 +75,12 @@ public struct DaemonCommandOptions: ParsableArguments {
       case "uffd": .always(.uffd(policy: policy))
       default: .auto(pagerPolicy: policy)
       }
-    return SupervisorConfig(
+    var config = SupervisorConfig(
       stateDirectory: stateDir, runDirectory: runDir, backend: childBackend,
       token: token?.isEmpty == true ? nil : token,
       branchConcurrency: branchConcurrency)
+    config.registryAuthFile = registryAuth ?? getenv("FORKD_REGISTRY_AUTH").map { String(cString: $0) }
+    return config
   }
 
   /// Runs the daemon in the foreground until SIGTERM/SIGINT: listeners passed by systemd if any

@@ -10,6 +10,7 @@ public final class Supervisor: @unchecked Sendable {
   public let store: SnapshotStore
   public let sandboxes: SandboxManager
   public let metrics: SupervisorMetrics
+  let transfers: SnapshotTransfers
   let audit: AuditLog
   let logger: Logger
 
@@ -22,6 +23,7 @@ public final class Supervisor: @unchecked Sendable {
     metrics = SupervisorMetrics()
     sandboxes = try SandboxManager(config: config, store: store, metrics: metrics, logger: logger)
     audit = AuditLog(path: config.auditLogPath)
+    transfers = SnapshotTransfers(store: store, authFile: config.registryAuthFile, logger: logger)
     metrics.snapshotsTotal.record(store.count())
     metrics.sandboxesActive.record(0)
   }
@@ -104,6 +106,10 @@ public final class Supervisor: @unchecked Sendable {
       let info = try await blocking { try snapshots.compact(tag, to: body.to) }
       metrics.snapshotsTotal.record(store.count())
       return json(201, info.infoJSON)
+    }
+    if let (status, value) = try await transfers.route(method, parts, body: request.body) {
+      metrics.snapshotsTotal.record(store.count())
+      return json(status, value)
     }
     if match(method, parts, "GET", ["v1", "sandboxes"]) != nil {
       return json(200, .array(sandboxes.list().map(\.jsonValue)))

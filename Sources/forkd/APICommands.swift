@@ -223,7 +223,7 @@ struct Branch: ParsableCommand {
 struct SnapshotCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "snapshot", abstract: "Create, list, inspect and remove snapshots.",
-    subcommands: [Create.self, List.self, Info.self, Remove.self, Compact.self])
+    subcommands: [Create.self, List.self, Info.self, Remove.self, Compact.self, Push.self, Pull.self])
 
   struct Compact: ParsableCommand {
     static let configuration = CommandConfiguration(
