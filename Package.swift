@@ -129,7 +129,7 @@ let package = Package(
       name: "forkd",
       dependencies: [
         "VMMControl", "VMMCore", "Protocol", "TestGuestImage", "ForkdClient", "SupervisorCore", "SystemdSupport",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        "SnapshotPack", "OCIDistribution", .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
 

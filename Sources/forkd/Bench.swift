@@ -12,6 +12,7 @@ struct Bench: ParsableCommand {
     abstract: "Benchmarks (results go to stdout as a table, or JSON with --json).",
     subcommands: [
       RestoreBench.self, BackendBench.self, SpawnBench.self, BranchBench.self, LoadBench.self, PagerTopologyBench.self,
+      RegistryBench.self,
     ])
 }
 
