@@ -44,7 +44,9 @@ let package = Package(
     .target(name: "Protocol", swiftSettings: [.unsafeFlags(["-O"])]),
 
     // Snapshots on disk: diff chains, layer digests, compaction (no KVM).
-    .target(name: "SnapshotStorage", dependencies: ["Syscalls", "Protocol"]),
+    .target(name: "SnapshotStorage", dependencies: ["Syscalls", "Protocol", "CSharedBytes"]),
+    // Acquire/release loads and stores of bytes shared through a mapped file (lazy.map).
+    .target(name: "CSharedBytes"),
 
     // Snapshots as OCI artifacts: the layout (config, layers, content-addressed memory chunks),
     // push and pull of diff chains over any blob store (docs/snapshot-format.md).

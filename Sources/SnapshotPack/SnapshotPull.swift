@@ -14,6 +14,8 @@ public struct SnapshotPull: Sendable {
     /// A local snapshot with the same content that the chain was attached to instead of pulled.
     public var reusedTag: String?
     public var progress: TransferProgress
+    /// Lazy pulls: the directories whose memory a LazyFill must complete, base first.
+    public var lazyDirectories: [String] = []
   }
 
   /// One resolved layer of the remote chain.
@@ -31,7 +33,11 @@ public struct SnapshotPull: Sendable {
     self.snapshotsDirectory = snapshotsDirectory
   }
 
-  public func pull(reference: String, tag: String, progress: ProgressHandler? = nil) async throws(PackError) -> Result {
+  /// `lazy`: memory chunks are left for a LazyFill (the result's `lazyDirectories`); `origin`
+  /// (`HOST/REPOSITORY`) is recorded for it.
+  public func pull(
+    reference: String, tag: String, lazy: Bool = false, origin: String = "", progress: ProgressHandler? = nil
+  ) async throws(PackError) -> Result {
     guard SnapshotTag.isValid(tag) else { throw PackError(.invalidArtifact, "bad tag \"\(tag.prefix(80))\"") }
     guard !FileSystem.exists(snapshotsDirectory + "/" + tag) else {
       throw PackError(.exists, "snapshot \(tag) already exists")
@@ -72,8 +78,10 @@ public struct SnapshotPull: Sendable {
     var parentTag = reused
     do throws(PackError) {
       for (layer, name) in zip(remote, names) {
-        let unpack = SnapshotUnpack(
+        var unpack = SnapshotUnpack(
           store: store, layer: layer, directory: snapshotsDirectory + "/" + name, parentTag: parentTag)
+        unpack.lazy = lazy
+        unpack.origin = origin
         try await unpack.run(&state, progress)
         created.append(name)
         parentTag = name
@@ -82,7 +90,9 @@ public struct SnapshotPull: Sendable {
       for name in created.reversed() { FileSystem.removeTree(snapshotsDirectory + "/" + name) }
       throw error
     }
-    return Result(digest: remote.last?.digest ?? "", createdTags: created, reusedTag: reused, progress: state)
+    return Result(
+      digest: remote.last?.digest ?? "", createdTags: created, reusedTag: reused, progress: state,
+      lazyDirectories: lazy ? created.map { snapshotsDirectory + "/" + $0 } : [])
   }
 
   /// Fetches, checks and parses the manifest and config of `reference`.

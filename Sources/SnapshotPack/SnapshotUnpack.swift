@@ -10,6 +10,11 @@ struct SnapshotUnpack {
   let directory: String
   /// The local tag of the parent layer (diff layers), written into manifest.json.
   let parentTag: String?
+  /// Lazy pull: memory.bin is left sparse with a `lazy.map` for the fill (LazyFill) instead of
+  /// downloading the chunks now.
+  var lazy = false
+  /// Where the chunks come from (recorded for the fill after a restart).
+  var origin = ""
 
   /// Fetches `descriptor` and checks its size and digest.
   static func fetchVerified(_ store: any BlobStore, _ descriptor: Descriptor, what: String) async throws(PackError)
@@ -152,6 +157,10 @@ struct SnapshotUnpack {
         throw PackError(.invalidArtifact, "manifest \(layer.digest): two chunks at offset \(offset)")
       }
     }
+    if lazy {
+      try createLazy(path, size, chunks)
+      return
+    }
     let fd: FileDescriptor
     do {
       fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
@@ -177,6 +186,35 @@ struct SnapshotUnpack {
       try fd.sync()
     } catch {
       throw PackError(.io, "\(path): fsync: \(error)")
+    }
+  }
+
+  /// A sparse memory.bin of `size` bytes, its `lazy.map` (chunks of the artifact missing, the
+  /// others zero) and `lazy-chunks.json` (what to fetch, from where).
+  private func createLazy(_ path: String, _ size: UInt64, _ chunks: [Descriptor]) throws(PackError) {
+    let chunkSize = layer.config.chunkSize
+    let count = Int((size + chunkSize - 1) / chunkSize)
+    var states = [LazyMemoryMap.State](repeating: .zero, count: count)
+    for chunk in chunks {
+      let offset = UInt64(chunk.annotations[ForkdMediaType.chunkOffsetAnnotation] ?? "") ?? 0
+      states[Int(offset / chunkSize)] = .missing
+    }
+    do {
+      let fd = try FileDescriptor.open(path, [.writeOnly, .create, .exclusive], mode: 0o600)
+      defer { fd.close() }
+      try fd.truncate(to: Int64(size))
+      try fd.sync()
+    } catch {
+      throw PackError(.io, "\(path): cannot create: \(error)")
+    }
+    let directory = parentDirectory(of: path)
+    let plan = LazyPlan(
+      origin: origin, chunkSize: chunkSize, memoryFile: String(path.split(separator: "/").last ?? ""), chunks: chunks)
+    do throws(SnapshotStorageError) {
+      try LazyMemoryMap.create(directory + "/" + LazyMemoryMap.fileName, chunkSize: chunkSize, states: states)
+      try SnapshotFiles.write(directory + "/" + LazyPlan.fileName, plan.serialized())
+    } catch {
+      throw PackError(.io, error.description)
     }
   }
 

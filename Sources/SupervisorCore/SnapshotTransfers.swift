@@ -57,6 +57,40 @@ public final class SnapshotTransfers: Sendable {
     self.store = store
     self.authFile = authFile
     self.logger = logger
+    // Lazy pulls a previous run did not finish: their fills go on.
+    for name in ((try? FileSystem.listDirectory(store.directory)) ?? []).sorted()
+    where SnapshotTag.isValid(name) && LazyFill.isFilling(store.path(name)) {
+      guard let plan = try? LazyPlan.read(directory: store.path(name)),
+        let reference = try? ImageReference.parse(plan.origin + ":resume")
+      else {
+        logger.error("snapshot \(name): its lazy pull cannot be resumed (lazy-chunks.json unreadable)")
+        continue
+      }
+      startFill(directory: store.path(name), tag: name, reference: reference)
+    }
+  }
+
+  /// Completes a lazily pulled layer in the background (listed in GET /v1/transfers as `fill`).
+  func startFill(directory: String, tag: String, reference: ImageReference) {
+    let id = track("fill", tag, reference)
+    Task.detached { [self] in
+      defer { finish(id) }
+      do {
+        let client = try client(for: reference)
+        let outcome = try await LazyFill(store: RegistryBlobStore(client: client), directory: directory).run {
+          [weak self] in self?.update(id, $0)
+        }
+        if outcome.failed.isEmpty {
+          logger.info("lazy pull of \(tag): memory complete (\(outcome.fetched) chunks fetched)")
+        } else {
+          logger.error(
+            "lazy pull of \(tag): \(outcome.failed.count) chunks could not be fetched; children that need them fail: \(outcome.failed.first ?? "")"
+          )
+        }
+      } catch {
+        logger.error("lazy pull of \(tag): the fill failed: \(error)")
+      }
+    }
   }
 
   /// Handles the transfer routes; nil for any other request.
@@ -67,13 +101,14 @@ public final class SnapshotTransfers: Sendable {
     }
     if method == "POST", parts == ["v1", "snapshots", "pull"] {
       let r = try JSONObjectReader(JSONValue.parse(body, source: "request body"), source: "request body")
-      try r.rejectUnknownKeys(allowed: ["ref", "tag"])
+      try r.rejectUnknownKeys(allowed: ["ref", "tag", "lazy"])
+      let lazy = try r.optionalBool("lazy") ?? false
       let reference = try Self.reference(try r.string("ref"))
       let tag = try r.optionalString("tag") ?? Self.defaultTag(reference)
       guard SnapshotTag.isValid(tag) else {
         throw APIError.badRequest("bad tag \"\(tag.prefix(80))\": tags match ^[A-Za-z0-9_-]{1,64}$")
       }
-      return (201, try await pull(reference, tag: tag))
+      return (201, try await pull(reference, tag: tag, lazy: lazy))
     }
     if method == "POST", parts.count == 4, parts[0] == "v1", parts[1] == "snapshots", parts[3] == "push" {
       let tag = parts[2]
@@ -84,6 +119,10 @@ public final class SnapshotTransfers: Sendable {
       try r.rejectUnknownKeys(allowed: ["ref"])
       let reference = try Self.reference(try r.string("ref"))
       guard store.exists(tag) else { throw APIError.notFound("unknown snapshot tag \(tag)") }
+      if let filling = try store.chain(tag).layers.first(where: { LazyFill.isFilling($0.directory) }) {
+        throw APIError.conflict(
+          "snapshot \(tag) is still being filled by a lazy pull (\(filling.directory)); push it when the fill is done")
+      }
       return (200, try await push(tag, to: reference))
     }
     return nil
@@ -155,7 +194,7 @@ public final class SnapshotTransfers: Sendable {
     return .object(o)
   }
 
-  func pull(_ reference: ImageReference, tag: String) async throws -> JSONValue {
+  func pull(_ reference: ImageReference, tag: String, lazy: Bool = false) async throws -> JSONValue {
     let client = try client(for: reference)
     try store.reserve(tag, existsStatus: 409)
     defer { store.release(tag) }
@@ -165,7 +204,9 @@ public final class SnapshotTransfers: Sendable {
     let result: SnapshotPull.Result
     do {
       result = try await SnapshotPull(store: RegistryBlobStore(client: client), snapshotsDirectory: store.directory)
-        .pull(reference: reference.reference, tag: tag) { [weak self] in self?.update(id, $0) }
+        .pull(
+          reference: reference.reference, tag: tag, lazy: lazy, origin: reference.host + "/" + reference.repository
+        ) { [weak self] in self?.update(id, $0) }
     } catch {
       logger.warning("pull \(reference) as \(tag) failed: \(error.message)")
       throw Self.apiError(error, "pull \(reference)")
@@ -178,6 +219,10 @@ public final class SnapshotTransfers: Sendable {
     o["digest"] = .string(result.digest)
     o["created"] = .array(result.createdTags.map(JSONValue.string))
     o["reused"] = result.reusedTag.map(JSONValue.string) ?? .null
+    o["lazy"] = .bool(lazy)
+    for directory in result.lazyDirectories {
+      startFill(directory: directory, tag: String(directory.split(separator: "/").last ?? ""), reference: reference)
+    }
     return .object(o)
   }
 

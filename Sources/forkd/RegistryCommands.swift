@@ -37,11 +37,14 @@ extension SnapshotCommand {
       abstract: "Pull a snapshot from an OCI registry: forkd snapshot pull HOST:PORT/REPO:REF [--tag T].")
     @Argument(help: "Registry reference HOST[:PORT]/REPOSITORY[:TAG|@DIGEST].") var ref: String
     @Option(help: "Local tag (default: the reference's tag).") var tag: String?
+    @Flag(help: "Return once manifest and vmstate are here; memory arrives in the background and on first fault.")
+    var lazy = false
     @OptionGroup var connection: ConnectionOptions
 
     func run() throws {
       var body: [String: JSONValue] = ["ref": .string(ref)]
       if let tag { body["tag"] = .string(tag) }
+      if lazy { body["lazy"] = .bool(true) }
       let watcher = TransferWatcher(connection: connection, tag: tag, verb: "pulling")
       let response: APIClient.Response
       do {
@@ -56,6 +59,9 @@ extension SnapshotCommand {
           text += "\n  chain layers: " + created.map { string($0) }.joined(separator: ", ")
         }
         if let reused = v["reused"]?.stringValue { text += "\n  on top of the local snapshot \(reused)" }
+        if v["lazy"]?.boolValue == true {
+          text += "\n  lazy: memory is being fetched in the background (GET /v1/transfers)"
+        }
         return text
       }
     }

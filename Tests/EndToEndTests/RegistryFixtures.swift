@@ -186,3 +186,130 @@ func runProgram(_ path: String, _ arguments: [String], scratch: Scratch) throws 
   let status = ChildProcess.waitOrKill(pid, timeoutMS: 120_000)
   return (status, String(decoding: try FileSystem.readFile(outPath), as: UTF8.self))
 }
+
+/// A TCP proxy on 127.0.0.1 (ephemeral port) in front of `upstream` that holds back requests for
+/// chosen blobs: held until `release()`, or dropped (connection closed) after `fail()`. It reads
+/// the request line from what the client sends; curl writes a request in one piece.
+final class HoldingProxy: @unchecked Sendable {
+  enum Mode { case hold, release, fail }
+  let port: UInt16
+  private let listener: Int32
+  private let upstream: UInt16
+  private let lock = ConditionLock()
+  private var mode = Mode.hold
+  private var held: Set<String>
+  private var stopped = false
+  private(set) var heldRequests = 0
+  private var acceptThread: OSThread?
+
+  init(upstream: UInt16, holding digests: Set<String>) throws {
+    self.upstream = upstream
+    held = digests
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var address = CuttingProxy.loopback(port: 0)
+    let bound = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard fd >= 0, bound == 0, Glibc.listen(fd, 16) == 0 else { throw SyscallError("proxy", .current) }
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    port = UInt16(bigEndian: address.sin_port)
+    listener = fd
+    acceptThread = try OSThread.start(name: "hold-accept") { [self] in acceptLoop() }
+  }
+
+  func release() {
+    lock.withLock { mode = .release }
+    lock.broadcast()
+  }
+
+  func fail() {
+    lock.withLock { mode = .fail }
+    lock.broadcast()
+  }
+
+  var holding: Int { lock.withLock { heldRequests } }
+
+  private func acceptLoop() {
+    while true {
+      let client = accept(listener, nil, nil)
+      guard client >= 0 else { return }
+      let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+      var address = CuttingProxy.loopback(port: upstream)
+      let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+          connect(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+      }
+      guard connected == 0 else {
+        close(client)
+        close(server)
+        continue
+      }
+      let down = try? OSThread.start(name: "hold-down") { HoldingProxy.copy(from: server, to: client) }
+      _ = try? OSThread.start(name: "hold-up") { [self] in
+        upLoop(client: client, server: server)
+        shutdown(client, Int32(SHUT_RDWR))
+        shutdown(server, Int32(SHUT_RDWR))
+        down?.join()
+        close(client)
+        close(server)
+      }
+    }
+  }
+
+  /// Client to upstream; a request for a held blob waits for release, or ends the connection.
+  private func upLoop(client: Int32, server: Int32) {
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+      let n = buffer.withUnsafeMutableBytes { read(client, $0.baseAddress, $0.count) }
+      guard n > 0 else { return }
+      let text = String(decoding: buffer[0..<n], as: UTF8.self)
+      let isHeld = lock.withLock { held.contains { text.contains("/blobs/" + $0) } }
+      if isHeld {
+        let proceed = lock.withLock { () -> Bool in
+          heldRequests += 1
+          while mode == .hold && !stopped { lock.wait() }
+          return mode == .release
+        }
+        guard proceed else { return }
+      }
+      var sent = 0
+      while sent < n {
+        let m = buffer.withUnsafeBytes { write(server, $0.baseAddress! + sent, n - sent) }
+        guard m > 0 else { return }
+        sent += m
+      }
+    }
+  }
+
+  private static func copy(from: Int32, to: Int32) {
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+      let n = buffer.withUnsafeMutableBytes { read(from, $0.baseAddress, $0.count) }
+      guard n > 0 else {
+        shutdown(to, Int32(SHUT_WR))
+        return
+      }
+      var sent = 0
+      while sent < n {
+        let m = buffer.withUnsafeBytes { write(to, $0.baseAddress! + sent, n - sent) }
+        guard m > 0 else { return }
+        sent += m
+      }
+    }
+  }
+
+  func stop() {
+    lock.withLock {
+      stopped = true
+      mode = .fail
+    }
+    lock.broadcast()
+    shutdown(listener, Int32(SHUT_RDWR))
+    close(listener)
+    acceptThread?.join()
+  }
+}
