@@ -50,7 +50,9 @@ let package = Package(
 
     // Snapshots as OCI artifacts: the layout (config, layers, content-addressed memory chunks),
     // push and pull of diff chains over any blob store (docs/snapshot-format.md).
-    .target(name: "SnapshotPack", dependencies: ["Protocol", "Syscalls", "SnapshotStorage"]),
+    .target(name: "SnapshotPack", dependencies: ["Protocol", "Syscalls", "SnapshotStorage", "CSHA256"]),
+    // SHA-256 of memory chunks through libcrypto (build hosts need libssl-dev).
+    .target(name: "CSHA256", linkerSettings: [.linkedLibrary("crypto")]),
 
     // A client of the OCI distribution API (registries): references, auth challenges, blobs and
     // manifests. HTTP through FoundationNetworking (libcurl: HTTPS with the system trust store),

@@ -5,6 +5,12 @@ public struct ImageReference: Equatable, Sendable, CustomStringConvertible {
   /// A tag or a `sha256:` digest.
   public var reference: String
 
+  public init(host: String, repository: String, reference: String) {
+    self.host = host
+    self.repository = repository
+    self.reference = reference
+  }
+
   public var description: String {
     host + "/" + repository + (reference.hasPrefix("sha256:") ? "@" : ":") + reference
   }

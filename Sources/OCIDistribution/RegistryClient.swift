@@ -18,6 +18,7 @@ public final class RegistryClient: Sendable {
   public let baseURL: String
   let login: RegistryCredentials.Login?
   let session: URLSession
+  let challenges = ChallengeCapture()
   /// The Authorization header that last worked (Basic or Bearer).
   private let authorization = Mutex<String?>(nil)
 
@@ -31,7 +32,9 @@ public final class RegistryClient: Sendable {
     configuration.timeoutIntervalForRequest = 60
     configuration.httpMaximumConnectionsPerHost = 4
     configuration.urlCache = nil
-    session = URLSession(configuration: configuration)
+    // Challenges are answered here, from WWW-Authenticate: URLSession's own 401 handling is
+    // turned off (without a delegate, corelibs-foundation waits on it and never completes).
+    session = URLSession(configuration: configuration, delegate: challenges, delegateQueue: nil)
   }
 
   deinit { session.finishTasksAndInvalidate() }
@@ -174,6 +177,8 @@ public final class RegistryClient: Sendable {
     for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
     if let authorization { request.setValue(authorization, forHTTPHeaderField: "Authorization") }
     request.setValue("forkd", forHTTPHeaderField: "User-Agent")
+    let id = UUID().uuidString
+    request.setValue(id, forHTTPHeaderField: ChallengeCapture.header)
     do {
       let (data, response): (Data, URLResponse)
       if let body {
@@ -181,21 +186,29 @@ public final class RegistryClient: Sendable {
       } else {
         (data, response) = try await session.data(for: request)
       }
+      _ = challenges.take(id)
       guard let http = response as? HTTPURLResponse else {
         throw RegistryError(.http, "\(method) \(url): not an HTTP response")
       }
-      var fields: [String: String] = [:]
-      for (key, value) in http.allHeaderFields {
-        if let k = key as? String, let v = value as? String { fields[k] = v }
-      }
-      return Response(status: http.statusCode, headers: fields, body: [UInt8](data))
+      return Response(status: http.statusCode, headers: Self.fields(http), body: [UInt8](data))
     } catch let error as RegistryError {
       throw error
     } catch let error as URLError {
+      if let challenged = challenges.take(id) {
+        return Response(status: challenged.statusCode, headers: Self.fields(challenged), body: [])
+      }
       throw RegistryError(.connection, "\(method) \(url): \(describe(error))")
     } catch {
       throw RegistryError(.connection, "\(method) \(url): \(error)")
     }
+  }
+
+  static func fields(_ http: HTTPURLResponse) -> [String: String] {
+    var fields: [String: String] = [:]
+    for (key, value) in http.allHeaderFields {
+      if let k = key as? String, let v = value as? String { fields[k] = v }
+    }
+    return fields
   }
 
   private func describe(_ error: URLError) -> String {
@@ -223,5 +236,29 @@ public final class RegistryClient: Sendable {
   private func failure(_ what: String, _ r: Response) -> RegistryError {
     RegistryError(
       r.status == 404 ? .notFound : .http, "\(what) on \(host)/\(repository): HTTP \(r.status)\(errorText(r))")
+  }
+}
+
+/// Takes a 401's challenge away from URLSession's credential logic (which, without credentials
+/// of its own, never completes in corelibs-foundation): keeps the response with its
+/// WWW-Authenticate header under the request's id and cancels the task; RegistryClient answers
+/// the challenge itself.
+final class ChallengeCapture: NSObject, URLSessionTaskDelegate, @unchecked Sendable {
+  static let header = "X-Forkd-Request"
+  private let lock = NSLock()
+  private var captured: [String: HTTPURLResponse] = [:]
+
+  func take(_ id: String) -> HTTPURLResponse? { lock.withLock { captured.removeValue(forKey: id) } }
+
+  func urlSession(
+    _ session: URLSession, task: URLSessionTask, didReceive challenge: URLAuthenticationChallenge,
+    completionHandler: @escaping @Sendable (URLSession.AuthChallengeDisposition, URLCredential?) -> Void
+  ) {
+    if let id = task.originalRequest?.value(forHTTPHeaderField: ChallengeCapture.header),
+      let response = challenge.failureResponse as? HTTPURLResponse
+    {
+      lock.withLock { captured[id] = response }
+    }
+    completionHandler(.cancelAuthenticationChallenge, nil)
   }
 }

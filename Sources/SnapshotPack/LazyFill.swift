@@ -92,7 +92,9 @@ public struct LazyFill: Sendable {
     let state = FillState()
     let byChunk = chunkTable
     state.withLock { s in
-      s.outcome.progress.totalBytes = plan.chunks.reduce(0) { $0 + $1.size }
+      s.outcome.progress.totalBytes = plan.chunks.reduce(0) {
+        $0.addingReportingOverflow($1.size).overflow ? .max : $0 + $1.size
+      }
     }
     let order = byChunk.keys.sorted()
     /// The next chunk to fetch: one a pager asked for, else the next in order.

@@ -44,7 +44,7 @@ public final class OCILayoutStore: BlobStore {
   }
 
   public func putBlob(_ bytes: [UInt8], descriptor: Descriptor) async throws(PackError) {
-    guard SHA256.isDigestString(descriptor.digest), SHA256.digestString(of: bytes) == descriptor.digest else {
+    guard SHA256.isDigestString(descriptor.digest), ChunkDigest.digestString(bytes) == descriptor.digest else {
       throw PackError(.digestMismatch, "blob \(descriptor.digest): bytes do not match the digest")
     }
     do {

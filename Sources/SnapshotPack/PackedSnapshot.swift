@@ -60,9 +60,8 @@ public struct PackedSnapshot: Sendable {
       let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
       try readFully(fd, into: view, at: offset, path: path)
       if !isZero(UnsafeRawBufferPointer(view)) {
-        var hasher = SHA256()
-        hasher.update(UnsafeRawBufferPointer(view))
-        chunks.append(Chunk(offset: offset, length: length, digest: "sha256:" + SHA256.hex(of: hasher.finalize())))
+        chunks.append(
+          Chunk(offset: offset, length: length, digest: ChunkDigest.digestString(UnsafeRawBufferPointer(view))))
       }
       offset += UInt64(length)
     }

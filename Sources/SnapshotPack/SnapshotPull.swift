@@ -72,7 +72,10 @@ public struct SnapshotPull: Sendable {
       }
     }
     var state = TransferProgress()
-    state.totalBytes = remote.reduce(0) { sum, layer in layer.manifest.layers.reduce(sum) { $0 + $1.size } }
+    // Sizes come from the registry: added without trapping (a hostile size fails its fetch later).
+    state.totalBytes = remote.reduce(0) { sum, layer in
+      layer.manifest.layers.reduce(sum) { $0.addingReportingOverflow($1.size).overflow ? .max : $0 + $1.size }
+    }
     progress?(state)
     var created: [String] = []
     var parentTag = reused

@@ -61,7 +61,7 @@ public struct SnapshotPush: Sendable {
           case ForkdMediaType.pageIndex: bytes = p.pageIndexBytes ?? []
           default: bytes = try p.chunkBytes(p.chunks[index - (manifest.layers.count - p.chunks.count)])
           }
-          guard SHA256.digestString(of: bytes) == layer.digest else {
+          guard ChunkDigest.digestString(bytes) == layer.digest else {
             throw PackError(
               .digestMismatch,
               "\(p.directory): the chunk at \(layer.annotations[ForkdMediaType.chunkOffsetAnnotation] ?? "?") changed while it was pushed"

@@ -26,7 +26,7 @@ struct SnapshotUnpack {
         .sizeMismatch,
         "\(what) (\(descriptor.digest)): got \(bytes.count) bytes, the descriptor says \(descriptor.size)")
     }
-    let digest = SHA256.digestString(of: bytes)
+    let digest = ChunkDigest.digestString(bytes)
     guard digest == descriptor.digest else {
       throw PackError(.digestMismatch, "\(what): expected \(descriptor.digest), the bytes received hash to \(digest)")
     }

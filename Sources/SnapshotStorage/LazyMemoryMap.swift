@@ -68,7 +68,8 @@ public final class LazyMemoryMap: @unchecked Sendable {
     let count = base.loadUnaligned(fromByteOffset: 16, as: UInt64.self).littleEndian
     self.chunkSize = chunkSize
     chunkCount = Int(clamping: count)
-    guard magic == LazyMemoryMap.magic, version == 1, chunkSize >= 4096, chunkSize % 4096 == 0,
+    guard magic == LazyMemoryMap.magic, version == 1, chunkSize >= 4096, chunkSize <= 1 << 30, chunkSize % 4096 == 0,
+      count <= 1 << 28,
       count <= UInt64((length - LazyMemoryMap.headerSize) / 2),
       UInt64(LazyMemoryMap.headerSize) + 2 * count == UInt64(length)
     else {

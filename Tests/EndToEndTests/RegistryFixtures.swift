@@ -15,13 +15,19 @@ final class TestRegistry {
   let storage: String
   var host: String { "127.0.0.1:\(port)" }
 
-  init(in scratch: Scratch, name: String = "registry") throws {
+  /// `htpasswd`: lines `user:bcrypt-hash`; the registry then asks for HTTP Basic auth.
+  init(in scratch: Scratch, name: String = "registry", htpasswd: String? = nil) throws {
     guard FileSystem.exists(TestRegistry.binary) else {
       throw SyscallError(
         "docker-registry", .invalid, detail: "\(TestRegistry.binary) missing: run scripts/install-deps")
     }
     storage = scratch.path + "/\(name)-storage"
     let config = scratch.path + "/\(name).yml"
+    var auth = ""
+    if let htpasswd {
+      try FileSystem.writeAtomically(scratch.path + "/\(name).htpasswd", Array(htpasswd.utf8))
+      auth = "auth:\n  htpasswd:\n    realm: forkd-test\n    path: \(scratch.path)/\(name).htpasswd\n"
+    }
     let log = scratch.path + "/\(name).log"
     try FileSystem.writeAtomically(
       config,
@@ -38,7 +44,8 @@ final class TestRegistry {
         http:
           addr: 127.0.0.1:0
           secret: forkd-test
-        """.utf8))
+
+        """.utf8) + Array(auth.utf8))
     let fd = try FileDescriptor.open(log, [.writeOnly, .create, .append])
     defer { fd.close() }
     pid = try ChildProcess.spawn(

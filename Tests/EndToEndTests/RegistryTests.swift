@@ -168,4 +168,62 @@ struct RegistryTests {
     #expect(try b.unix.request("GET", "/v1/snapshots/head/info").json?["chain_depth"] == .integer(1))
     #expect(try counter(b, try spawnOne(b, "head")) == 7)
   }
+
+  @Test(
+    "a registry that asks for HTTP Basic auth: refused without a login, with a wrong one; push and pull with --registry-auth"
+  )
+  func basicAuth() throws {
+    let scratch = try Scratch("registry-auth")
+    // bcrypt (cost 4) of "forkd-pass"; distribution's htpasswd accepts only bcrypt.
+    let registry = try TestRegistry(
+      in: scratch, htpasswd: "forkd:$2b$04$cGIZc6ue4LojRRPCkgft.ebpPoYXxwb7WQQa1w2vlv/CKHvvPONA2\n")
+    func authFile(_ name: String, password: String) throws -> String {
+      let path = scratch.path + "/\(name).json"
+      let encoded = base64("forkd:\(password)")
+      try FileSystem.writeAtomically(path, Array(#"{"auths":{"\#(registry.host)":{"auth":"\#(encoded)"}}}"#.utf8))
+      return path
+    }
+    let anonymous = try TestSupervisor("rega-anon")
+    let wrong = try TestSupervisor("rega-wrong", extra: ["--registry-auth", try authFile("wrong", password: "nope")])
+    let good = try TestSupervisor(
+      "rega-good", extra: ["--registry-auth", try authFile("good", password: "forkd-pass")])
+    for sup in [anonymous, wrong, good] {
+      #expect(try sup.unix.request("POST", "/v1/snapshots", body: RegistryTests.parentBody).status == 201)
+    }
+    let body = #"{"ref":"\#(registry.host)/forkd/auth:v1"}"#
+    let refused = try anonymous.unix.request("POST", "/v1/snapshots/base/push", body: body)
+    #expect(refused.status == 502, "\(refused.text)")
+    #expect(refused.json?["error"]?.stringValue?.contains("none is configured") == true, "\(refused.text)")
+    let denied = try wrong.unix.request("POST", "/v1/snapshots/base/push", body: body)
+    #expect(denied.status == 502, "\(denied.text)")
+    #expect(denied.json?["error"]?.stringValue?.contains("401 after authenticating as forkd") == true, "\(denied.text)")
+    let pushed = try good.unix.request("POST", "/v1/snapshots/base/push", body: body)
+    #expect(pushed.status == 200, "\(pushed.text)")
+    let pulled = try good.unix.request(
+      "POST", "/v1/snapshots/pull", body: #"{"ref":"\#(registry.host)/forkd/auth:v1","tag":"copy"}"#)
+    #expect(pulled.status == 201, "\(pulled.text)")
+    let pullRefused = try anonymous.unix.request(
+      "POST", "/v1/snapshots/pull", body: #"{"ref":"\#(registry.host)/forkd/auth:v1","tag":"copy"}"#)
+    #expect(pullRefused.status == 502, "\(pullRefused.text)")
+    #expect(try snapshotEntries(anonymous) == ["base"])
+  }
+}
+
+/// Standard base64 (the `auth` field of a Docker config.json).
+func base64(_ text: String) -> String {
+  let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+  let bytes = Array(text.utf8)
+  var out = ""
+  var i = 0
+  while i < bytes.count {
+    let b0 = Int(bytes[i])
+    let b1 = i + 1 < bytes.count ? Int(bytes[i + 1]) : 0
+    let b2 = i + 2 < bytes.count ? Int(bytes[i + 2]) : 0
+    out.append(alphabet[b0 >> 2])
+    out.append(alphabet[((b0 & 3) << 4) | (b1 >> 4)])
+    out.append(i + 1 < bytes.count ? alphabet[((b1 & 15) << 2) | (b2 >> 6)] : "=")
+    out.append(i + 2 < bytes.count ? alphabet[b2 & 63] : "=")
+    i += 3
+  }
+  return out
 }
