@@ -54,7 +54,21 @@ let package = Package(
     .target(name: "Jail", dependencies: ["CJail", "Syscalls"]),
 
     // Snapshots on disk: diff chains, layer digests, compaction (no KVM).
-    .target(name: "SnapshotStorage", dependencies: ["Syscalls", "Protocol"]),
+    .target(name: "SnapshotStorage", dependencies: ["Syscalls", "Protocol", "CSharedBytes"]),
+    // Acquire/release loads and stores of bytes shared through a mapped file (lazy.map).
+    .target(name: "CSharedBytes"),
+
+    // Snapshots as OCI artifacts: the layout (config, layers, content-addressed memory chunks),
+    // push and pull of diff chains over any blob store (docs/snapshot-format.md).
+    .target(
+      name: "SnapshotPack", dependencies: ["Protocol", "Syscalls", "SnapshotStorage", "CSHA256", "OCIDistribution"]),
+    // SHA-256 of memory chunks through libcrypto (build hosts need libssl-dev).
+    .target(name: "CSHA256", linkerSettings: [.linkedLibrary("crypto")]),
+
+    // A client of the OCI distribution API (registries): references, auth challenges, blobs and
+    // manifests. HTTP through FoundationNetworking (libcurl: HTTPS with the system trust store),
+    // which ships with the toolchain and adds no package to build.
+    .target(name: "OCIDistribution", dependencies: ["Protocol"]),
 
     // The KVM microVM monitor as a library.
     .target(
@@ -116,8 +130,9 @@ let package = Package(
     .target(
       name: "SupervisorCore",
       dependencies: [
-        "VMMControl", "Protocol", "Syscalls", "SnapshotStorage", "ForkdHTTP", "SystemdSupport",
-        .product(name: "Logging", package: "swift-log"), .product(name: "NIOPosix", package: "swift-nio"),
+        "VMMControl", "Protocol", "Syscalls", "SnapshotStorage", "ForkdHTTP", "SystemdSupport", "SnapshotPack",
+        "OCIDistribution", .product(name: "Logging", package: "swift-log"),
+        .product(name: "NIOPosix", package: "swift-nio"),
         .product(name: "Metrics", package: "swift-metrics"), .product(name: "Prometheus", package: "swift-prometheus"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ], swiftSettings: testSeams),
@@ -146,7 +161,7 @@ let package = Package(
     .executableTarget(
       name: "forkd-bench",
       dependencies: [
-        "CLISupport", "VMMControl", "VMMCore", "Protocol", "Syscalls", "ForkdClient",
+        "CLISupport", "VMMControl", "VMMCore", "Protocol", "Syscalls", "ForkdClient", "SnapshotPack", "OCIDistribution",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -169,6 +184,9 @@ let package = Package(
     .executableTarget(name: "forkd-fuzz", dependencies: ["FuzzTargets", "CFuzz"]),
 
     .testTarget(name: "ProtocolTests", dependencies: ["Protocol"]),
+    .testTarget(
+      name: "SnapshotPackTests",
+      dependencies: ["SnapshotPack", "OCIDistribution", "Protocol", "Syscalls", "SnapshotStorage"]),
     .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     .testTarget(name: "VMMCoreTests", dependencies: ["VMMCore", "TestGuestImage"]),
     .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "SeccompFilters", "CSeccomp", "Syscalls"]),

@@ -1,3 +1,5 @@
+import Protocol
+
 /// Percentiles over a sample of durations (nearest-rank).
 public struct Summary: Sendable {
   /// Fewest samples for which a nearest-rank p90 / p99 means something (below that it is the max).
@@ -60,5 +62,16 @@ extension String {
   /// The string left-aligned in `width` columns (longer strings are left as they are).
   public func padding(_ width: Int) -> String {
     count >= width ? self : self + String(repeating: " ", count: width - count)
+  }
+}
+
+/// A JSON value as a table cell: strings as they are, numbers formatted, "-" for anything else.
+public func string(_ value: JSONValue?) -> String {
+  switch value {
+  case .string(let s): s
+  case .integer(let i): "\(i)"
+  case .double(let d): format(d)
+  case .bool(let b): b ? "yes" : "no"
+  default: "-"
   }
 }

@@ -11,6 +11,9 @@ public enum PagerHandshake {
   public static let maxRegions = 64
   /// Deepest diff chain a pager serves (base + 63 layers).
   public static let maxLayers = 64
+  /// The pager's exit status when memory it must serve cannot be had (a lazily pulled chunk
+  /// that could not be fetched): the child stops whatever the pager policy, a restart cannot help.
+  public static let memoryUnavailableStatus: Int32 = 75
   /// After the ack the VM may send one-byte commands on the same socket. Suspend: the pager
   /// serves the faults it has read, answers with the same byte and stops reading the uffd (the
   /// VM reads it itself during a live snapshot). Resume: the pager reads the uffd again.
@@ -165,7 +168,9 @@ public struct PagerHello: Equatable, Sendable {
     var chain: [PagerLayer] = []
     for (index, raw) in rawLayers.enumerated() {
       if case .object = raw {
-        chain.append(PagerLayer(memory: try path(raw["memory"], "memory files"), pageIndex: try path(raw["page_index"], "page indices")))
+        chain.append(
+          PagerLayer(
+            memory: try path(raw["memory"], "memory files"), pageIndex: try path(raw["page_index"], "page indices")))
       } else {
         chain.append(PagerLayer(memory: try path(raw, "memory files")))
       }

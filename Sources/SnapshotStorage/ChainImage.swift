@@ -33,6 +33,10 @@ public final class ChainImage: @unchecked Sendable {
   private var data: [UInt64]
   /// The owning layer of each page, for chains only (a flat image owns every page).
   private let owner: [UInt8]
+  /// Per layer: the chunk map of a layer still being filled by a lazy pull (nil: complete).
+  private let lazyMaps: [LazyMemoryMap?]
+  /// Why the last `page` returned nil for a data page (a lazy chunk that could not be fetched).
+  public private(set) var failure: String?
 
   public convenience init(chain: SnapshotChain) throws(SnapshotStorageError) {
     try self.init(layers: chain.layers.map { Layer(memory: $0.memoryPath, pageIndex: $0.pageIndexPath) })
@@ -42,6 +46,7 @@ public final class ChainImage: @unchecked Sendable {
   public init(layers: [Layer]) throws(SnapshotStorageError) {
     var mapped: [(UnsafeRawPointer?, Int)] = []
     var dataSets: [[UInt64]] = []
+    var lazy: [LazyMemoryMap?] = []
     for layer in layers {
       do {
         let fd = try layer.openMemory ?? FileDescriptor.open(layer.memory, .readOnly)
@@ -60,6 +65,19 @@ public final class ChainImage: @unchecked Sendable {
           }
           offset = dataEnd
         }
+        // A layer a lazy pull is still filling: every page of a chunk the artifact holds has
+        // (or will have) data; its holes are not zero pages yet.
+        let lazyPath = parentDirectory(of: layer.memory) + "/" + LazyMemoryMap.fileName
+        let map = FileSystem.exists(lazyPath) ? try LazyMemoryMap(path: lazyPath) : nil
+        if let map {
+          let pagesPerChunk = Int(map.chunkSize / 4096)
+          for chunk in 0..<map.chunkCount where map.state(chunk) != .zero {
+            for page in chunk * pagesPerChunk..<min(pages, (chunk + 1) * pagesPerChunk) {
+              words[page >> 6] |= 1 << UInt64(page & 63)
+            }
+          }
+        }
+        lazy.append(map)
         dataSets.append(words)
       } catch {
         for (base, size) in mapped where base != nil {
@@ -69,6 +87,7 @@ public final class ChainImage: @unchecked Sendable {
       }
     }
     paths = layers.map(\.memory)
+    lazyMaps = lazy
     bases = mapped.map(\.0)
     sizes = mapped.map(\.1)
     size = UInt64(sizes[0])
@@ -121,6 +140,18 @@ public final class ChainImage: @unchecked Sendable {
   /// The page's bytes in the layer that owns it; nil for a zero page.
   @inline(__always) public func page(_ page: Int) -> UnsafeRawPointer? {
     guard hasData(page) else { return nil }
-    return bases[owner.isEmpty ? 0 : Int(owner[page])]! + page * 4096
+    let layer = owner.isEmpty ? 0 : Int(owner[page])
+    if let map = lazyMaps[layer] {
+      let chunk = map.chunk(containing: UInt64(page) * 4096)
+      guard map.waitPresent(chunk) else {
+        failure =
+          "chunk \(chunk) (offset \(UInt64(chunk) * map.chunkSize)) of \(paths[layer]) could not be fetched by the lazy pull (\(map.state(chunk) == .failed ? "the fetch failed" : "timed out"))"
+        return nil
+      }
+    }
+    return bases[layer]! + page * 4096
   }
+
+  /// Whether any layer is still being filled by a lazy pull.
+  public var isLazy: Bool { lazyMaps.contains { $0 != nil } }
 }

@@ -31,6 +31,8 @@ public struct SupervisorConfig: Sendable {
   /// The uids children's jails run as (docs/jail.md); nil: children run unjailed (`--no-jail`,
   /// for measuring what the jail costs).
   public var jail: JailPool?
+  /// Registry logins for snapshot push/pull: a Docker-style config.json (nil: anonymous).
+  public var registryAuthFile: String?
 
   public init(
     stateDirectory: String = "/var/lib/forkd", runDirectory: String = "/run/forkd",

@@ -75,6 +75,10 @@ public struct DaemonCommandOptions: ParsableArguments {
 
   @Option(help: "Without a journal: bytes each child's log file under <state>/logs may reach.")
   public var maxChildLogBytes: Int = 8 << 20
+  @Option(
+    help:
+      "Registry logins for snapshot push/pull: a Docker-style config.json (or set FORKD_REGISTRY_AUTH).")
+  public var registryAuth: String?
 
   @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
   public var logLevel: String = "info"
@@ -148,6 +152,7 @@ public struct DaemonCommandOptions: ParsableArguments {
     config.http.idleTimeoutMS = idleTimeoutMs
     config.http.maxConnections = maxConnections
     config.maxChildLogBytes = maxChildLogBytes
+    config.registryAuthFile = registryAuth ?? getenv("FORKD_REGISTRY_AUTH").map { String(cString: $0) }
     return config
   }
 

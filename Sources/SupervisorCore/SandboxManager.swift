@@ -1,6 +1,7 @@
 import Dispatch
 import Logging
 import Protocol
+import SnapshotStorage
 import Syscalls
 import VMMControl
 
@@ -184,7 +185,15 @@ public final class SandboxManager: @unchecked Sendable {
     try refuseWhileStopping("spawn")
     try store.checkRestorable(request.snapshotTag)
     let chain = try store.chain(request.snapshotTag)
-    let backend = config.backend.backend(chainDepth: chain.depth, liveFork: request.liveFork)
+    // A snapshot a lazy pull is still filling is served by pagers (which wait for missing chunks).
+    let filling = chain.layers.contains { FileSystem.exists($0.directory + "/" + LazyMemoryMap.fileName) }
+    let backend = config.backend.backend(
+      chainDepth: filling ? max(chain.depth, 1) : chain.depth, liveFork: request.liveFork)
+    if filling && !backend.servesChains {
+      throw .conflict(
+        "snapshot \(request.snapshotTag) is still being filled by a lazy pull: its children need pager-backed memory (run the supervisor with --backend auto or uffd), or wait for the fill"
+      )
+    }
     if request.liveFork && !backend.servesChains {
       throw .badRequest(
         "live_fork: live branches need pager-backed children, and this supervisor's backend is \(backend.name) (run it with --backend auto or uffd)"
@@ -608,7 +617,10 @@ public final class SandboxManager: @unchecked Sendable {
       case .failed(let termination, let vmm):
         sandbox.lock.withLock {
           sandbox.state = "exited"
-          sandbox.exitReason = "memory pager \(termination); VM stopped (\(vmm.map { "\($0)" } ?? "killed"))"
+          sandbox.exitReason =
+            termination == .exited(PagerHandshake.memoryUnavailableStatus)
+            ? "memory unavailable: a chunk of the lazily pulled snapshot could not be fetched from the registry (the supervisor log names the registry error); VM stopped"
+            : "memory pager \(termination); VM stopped (\(vmm.map { "\($0)" } ?? "killed"))"
         }
         sandbox.dropAgent()
         CgroupLimit.remove(id: sandbox.id)

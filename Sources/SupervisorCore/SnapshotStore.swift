@@ -146,6 +146,9 @@ public final class SnapshotStore: @unchecked Sendable {
     try reserve(newTag, existsStatus: 409)
     defer { release(newTag) }
     let loaded = try chain(tag)
+    if loaded.layers.contains(where: { FileSystem.exists($0.directory + "/" + LazyMemoryMap.fileName) }) {
+      throw .conflict("snapshot \(tag) is still being filled by a lazy pull; compact it when the fill is done")
+    }
     do {
       _ = try SnapshotCompaction.flatten(loaded, into: path(newTag))
     } catch {

@@ -10,6 +10,7 @@ public final class Supervisor: @unchecked Sendable {
   public let store: SnapshotStore
   public let sandboxes: SandboxManager
   public let metrics: SupervisorMetrics
+  let transfers: SnapshotTransfers
   let audit: AuditLog
   let logger: Logger
   let pools: WorkPools
@@ -35,6 +36,7 @@ public final class Supervisor: @unchecked Sendable {
       config: config, store: store, metrics: metrics, logger: logger, launcher: launcher)
     audit = AuditLog(path: config.auditLogPath)
     pools = WorkPools(agentCalls: config.agentCalls, lifecycleCalls: config.lifecycleCalls)
+    transfers = SnapshotTransfers(store: store, authFile: config.registryAuthFile, logger: logger)
     metrics.snapshotsTotal.record(store.count())
     metrics.sandboxesActive.record(0)
   }
@@ -135,6 +137,10 @@ public final class Supervisor: @unchecked Sendable {
       let info = try await pools.lifecycle.run { try snapshots.compact(tag, to: body.to) }
       metrics.snapshotsTotal.record(store.count())
       return json(201, info.infoJSON)
+    }
+    if let (status, value) = try await transfers.route(method, parts, body: request.body) {
+      metrics.snapshotsTotal.record(store.count())
+      return json(status, value)
     }
     if match(method, parts, "GET", ["v1", "sandboxes"]) != nil {
       return json(200, .array(sandboxes.list().map(\.jsonValue)))

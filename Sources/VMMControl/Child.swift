@@ -239,7 +239,9 @@ public final class Child: @unchecked Sendable {
     }
     let termination = current.termination ?? .exited(-1)
     _ = try? FileSystem.unlink(current.socket)
-    switch policy {
+    // Memory the pager cannot have (a lazy chunk that was not fetched): no restart helps.
+    let unavailable = termination == .exited(PagerHandshake.memoryUnavailableStatus)
+    switch unavailable ? .fail : policy {
     case .fail:
       // The VM sees its pager connection close and stops with exit status 5.
       let vmmEnd = vmm.wait(timeoutMS: 10_000)

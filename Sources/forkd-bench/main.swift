@@ -8,6 +8,7 @@ struct ForkdBench: ParsableCommand {
     abstract: "Benchmarks (results go to stdout as a table, or JSON with --json).",
     subcommands: [
       RestoreBench.self, BackendBench.self, SpawnBench.self, BranchBench.self, LoadBench.self, PagerTopologyBench.self,
+      RegistryBench.self,
       StalledAgentBench.self,
     ])
 }

@@ -6,6 +6,10 @@ import Syscalls
   import Glibc
 #endif
 
+/// Set when a page's data could not be had (a lazily pulled chunk that was not fetched): the
+/// pager then exits with `PagerHandshake.memoryUnavailableStatus`.
+nonisolated(unsafe) var lazyChunkFailure: String?
+
 /// The fault-serving state of one VM's userfaultfd: its regions, the pages it has seen, its
 /// queued faults, its prefetch list and its stats. A per-child pager has one; a shared pager one
 /// per VM, all driven by the same `PageServer` loop.
@@ -87,7 +91,14 @@ final class PagerSession {
         _ = try uffd.zeroPage(at: host, length: 4096, wake: wake)
         stats.zeroPages += 1
       } else {
-        _ = try uffd.copy(to: host, from: session.source.page(page)!, length: 4096, wake: wake)
+        guard let source = session.source.page(page) else {
+          // A lazily pulled chunk that did not arrive: this child cannot go on (its siblings
+          // that do not need the chunk are not affected).
+          lazyChunkFailure = "cannot serve page \(page): \(session.source.failure ?? "no data")"
+          writeLog("pager: \(lazyChunkFailure ?? "")")
+          return .vmGone
+        }
+        _ = try uffd.copy(to: host, from: source, length: 4096, wake: wake)
         stats.copies += 1
         stats.bytesCopied += 4096
       }
@@ -186,7 +197,7 @@ final class PagerSession {
         return
       case .vmGone:
         vmGone = true
-        exitReason = "the VM's memory is gone"
+        exitReason = lazyChunkFailure ?? "the VM's memory is gone"
         pendingFaults.removeAll()
         return
       }

@@ -131,4 +131,4 @@ if let pages = first.saveWorkingSet() { writeLog("forkd-pager: recorded a workin
 writeLog("forkd-pager: stats \(server.statsJSON().serialized())")
 writeLog("forkd-pager: exiting: \(server.exitReason)")
 listener.close()
-exit(0)
+exit(lazyChunkFailure == nil ? 0 : PagerHandshake.memoryUnavailableStatus)

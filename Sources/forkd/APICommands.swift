@@ -92,16 +92,6 @@ func table(_ rows: [[String]], header: [String]) -> String {
   }.joined(separator: "\n")
 }
 
-func string(_ value: JSONValue?) -> String {
-  switch value {
-  case .string(let s): s
-  case .integer(let i): "\(i)"
-  case .double(let d): format(d)
-  case .bool(let b): b ? "yes" : "no"
-  default: "-"
-  }
-}
-
 // MARK: Sandboxes
 
 struct Spawn: ParsableCommand {
@@ -224,7 +214,7 @@ struct Branch: ParsableCommand {
 struct SnapshotCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "snapshot", abstract: "Create, list, inspect and remove snapshots.",
-    subcommands: [Create.self, List.self, Info.self, Remove.self, Compact.self])
+    subcommands: [Create.self, List.self, Info.self, Remove.self, Compact.self, Push.self, Pull.self])
 
   struct Compact: ParsableCommand {
     static let configuration = CommandConfiguration(
