@@ -116,6 +116,16 @@ enum ProtocolTargets {
       if let response = try? ControlCodec.decodeResponse(line) {
         let text = ControlCodec.encode(response)
         check((try? ControlCodec.decodeResponse(Array(text.utf8))) == response, "control response round trip: \(text)")
+        // Typed replies: whatever decodes re-encodes to the same reply.
+        let requests: [ControlRequest] = [
+          .status, .pause, .resume, .stop, .attachPager(socket: "p"), .snapshot(directory: "d", parentTag: nil),
+        ]
+        for request in requests {
+          guard let reply = try? ControlReply.decode(response.result, for: request) else { continue }
+          check(
+            (try? ControlReply.decode(reply.encodeResult(), for: request)) == reply,
+            "typed control reply round trip: \(reply)")
+        }
       }
     }
   }

@@ -137,7 +137,7 @@ public enum FuzzSeeds {
       .attachPager(socket: "/r/pager.sock"),
     ]
     var seeds = requests.map { utf8(ControlCodec.encode($0)) }
-    seeds.append(utf8(ControlCodec.encode(.success(["pid": .integer(3)]))))
+    seeds.append(utf8(ControlCodec.encode(.success(PauseReply(pauseMicroseconds: 3)))))
     seeds.append(utf8(ControlCodec.encode(.failure(code: "bad_request", message: "x"))))
     seeds.append(utf8(ControlCodec.encode(.status) + ControlCodec.encode(.pause) + "{\"op\":"))
     return seeds

@@ -44,10 +44,6 @@ public struct ControlResponse: Equatable, Sendable {
     self.error = error
   }
 
-  public static func success(_ result: [String: JSONValue] = [:]) -> ControlResponse {
-    ControlResponse(ok: true, result: result)
-  }
-
   public static func failure(code: String, message: String) -> ControlResponse {
     ControlResponse(ok: false, error: ControlErrorBody(code: code, message: message))
   }

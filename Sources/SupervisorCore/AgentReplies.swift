@@ -64,22 +64,3 @@ public enum AgentReplies {
     APIError(502, "sandbox \(id): the guest agent answered \(request) with a frame of type \(response.frameType)")
   }
 }
-
-/// Numbers forkd-vmm reports about a branch (a guest that escaped into it may lie): negative or
-/// overflowing values become nil rather than a trap.
-enum VMMReply {
-  static func nonNegative(_ value: JSONValue?) -> UInt64? {
-    guard let v = value?.int64Value, v >= 0 else { return nil }
-    return UInt64(v)
-  }
-
-  static func milliseconds(fromMicroseconds value: JSONValue?) -> Double {
-    Double(nonNegative(value) ?? 0) / 1000
-  }
-
-  static func pageBytes(_ value: JSONValue?) -> UInt64? {
-    guard let pages = nonNegative(value) else { return nil }
-    let (bytes, overflow) = pages.multipliedReportingOverflow(by: 4096)
-    return overflow ? nil : bytes
-  }
-}

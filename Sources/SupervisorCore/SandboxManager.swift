@@ -402,14 +402,13 @@ public final class SandboxManager: @unchecked Sendable {
     // The directory outlives a source that dies mid-branch until the branch is settled.
     source.child.beginBranch()
     defer { if !handedOff { source.child.endBranch() } }
-    var result: [String: JSONValue] = [:]
+    // nil when the source died after its branch was renamed into place (the snapshot is complete).
+    var result: SnapshotReply?
     do {
-      result = try source.child.vmm.control().call(
-        .snapshot(
-          directory: written?.cellPath ?? directory, parentTag: source.snapshotTag, diff: request.mode == .diff,
-          live: request.mode == .live, wait: request.wait),
-        timeoutMS: 600_000)
-      if result["status"]?.stringValue != "writing" { try written?.adopt(into: store) }
+      result = try source.child.vmm.control().snapshot(
+        directory: written?.cellPath ?? directory, parentTag: source.snapshotTag, diff: request.mode == .diff,
+        live: request.mode == .live, wait: request.wait, timeoutMS: 600_000)
+      if result?.status != .writing { try written?.adopt(into: store) }
     } catch let error as APIError {
       written?.discard()
       throw error
@@ -437,13 +436,13 @@ public final class SandboxManager: @unchecked Sendable {
         "forkd-vmm \(termination) after the branch was renamed into place: the snapshot is complete",
         metadata: ["forkd_sandbox_id": "\(id)", "tag": "\(tag)"])
     }
-    let writing = result["status"]?.stringValue == "writing"
+    let writing = result?.status == .writing
     source.lock.withLock {
       source.branchCount += 1
       source.lastBranchPath = directory + "/memory.bin"
       source.lastBranch = (tag, writing ? "writing" : "ready", nil)
     }
-    let pauseMS = VMMReply.milliseconds(fromMicroseconds: result["pause_us"])
+    let pauseMS = Double(result?.pauseMicroseconds ?? 0) / 1000
     if writing {
       // wait: false — the source runs again; the copy finishes in the background.
       handedOff = true
@@ -460,8 +459,8 @@ public final class SandboxManager: @unchecked Sendable {
           lock.withLock { branchesInFlight -= 1 }
         }
         do {
-          let done = try vmm.control().call(
-            .snapshotWait(directory: written?.cellPath ?? directory), timeoutMS: 3_600_000)
+          let done = try vmm.control().snapshotWait(
+            directory: written?.cellPath ?? directory, timeoutMS: 3_600_000)
           try written?.adopt(into: snapshots)
           // The copy can also end without an error yet leave no snapshot (the writer gave up).
           guard snapshots.exists(tag) else {
@@ -473,7 +472,7 @@ public final class SandboxManager: @unchecked Sendable {
             "live branch written",
             metadata: [
               "forkd_sandbox_id": "\(id)", "tag": "\(tag)",
-              "total_ms": "\(VMMReply.milliseconds(fromMicroseconds: done["total_us"]))",
+              "total_ms": "\(Double(done.written?.totalMicroseconds ?? 0) / 1000)",
             ])
         } catch {
           // A source that died mid-copy leaves its staging directory: nobody else will remove it.
@@ -524,9 +523,10 @@ public final class SandboxManager: @unchecked Sendable {
     info.pauseMS = pauseMS
     info.status = "ready"
     if request.mode == .diff {
-      info.diffMS = VMMReply.milliseconds(fromMicroseconds: result["total_us"])
-      info.diffPhysicalBytes = VMMReply.nonNegative(result["memory_data_bytes"])
-      info.diffLogicalBytes = VMMReply.pageBytes(result["layer_pages"])
+      let diff = result?.written
+      info.diffMS = Double(diff?.totalMicroseconds ?? 0) / 1000
+      info.diffPhysicalBytes = diff?.memoryDataBytes
+      info.diffLogicalBytes = diff?.layerBytes
     }
     metrics.snapshotsTotal.record(store.count())
     logger.info(

@@ -18,9 +18,66 @@ public final class ControlClient: @unchecked Sendable {
 
   deinit { fd.close() }
 
-  /// Sends one request and waits for its response; a remote failure is thrown as `.remote`.
+  /// Sends one request and waits for its reply, decoded as the reply to that request; a remote
+  /// failure is thrown as `.remote`, a reply that does not decode as `.protocolViolation`.
   @discardableResult
-  public func call(_ request: ControlRequest, timeoutMS: Int = 30_000) throws(ControlError) -> [String: JSONValue] {
+  public func call(_ request: ControlRequest, timeoutMS: Int = 30_000) throws(ControlError) -> ControlReply {
+    let result = try exchange(request, timeoutMS: timeoutMS)
+    do {
+      return try ControlReply.decode(result, for: request)
+    } catch {
+      throw ControlError(.protocolViolation, "bad \(request.op) reply from \(path)", cause: error)
+    }
+  }
+
+  public func status(timeoutMS: Int = 30_000) throws(ControlError) -> VMStatusReply {
+    try typed(.status, timeoutMS: timeoutMS)
+  }
+
+  @discardableResult
+  public func pause(timeoutMS: Int = 30_000) throws(ControlError) -> PauseReply {
+    try typed(.pause, timeoutMS: timeoutMS)
+  }
+
+  public func resume(timeoutMS: Int = 30_000) throws(ControlError) {
+    let _: ResumeReply = try typed(.resume, timeoutMS: timeoutMS)
+  }
+
+  public func stop(timeoutMS: Int = 30_000) throws(ControlError) {
+    let _: StopReply = try typed(.stop, timeoutMS: timeoutMS)
+  }
+
+  /// See `ControlRequest.snapshot`.
+  @discardableResult
+  public func snapshot(
+    directory: String, parentTag: String?, diff: Bool = false, live: Bool = false, wait: Bool = true,
+    timeoutMS: Int = 30_000
+  ) throws(ControlError) -> SnapshotReply {
+    try typed(
+      .snapshot(directory: directory, parentTag: parentTag, diff: diff, live: live, wait: wait), timeoutMS: timeoutMS)
+  }
+
+  /// Collects a live snapshot started with `wait: false`.
+  @discardableResult
+  public func snapshotWait(directory: String, timeoutMS: Int = 30_000) throws(ControlError) -> SnapshotReply {
+    try typed(.snapshotWait(directory: directory), timeoutMS: timeoutMS)
+  }
+
+  @discardableResult
+  public func attachPager(socket: String, timeoutMS: Int = 30_000) throws(ControlError) -> AttachPagerReply {
+    try typed(.attachPager(socket: socket), timeoutMS: timeoutMS)
+  }
+
+  private func typed<Reply: ControlReplyBody>(_ request: ControlRequest, timeoutMS: Int) throws(ControlError) -> Reply {
+    let result = try exchange(request, timeoutMS: timeoutMS)
+    do {
+      return try Reply.decode(result)
+    } catch {
+      throw ControlError(.protocolViolation, "bad \(request.op) reply from \(path)", cause: error)
+    }
+  }
+
+  private func exchange(_ request: ControlRequest, timeoutMS: Int) throws(ControlError) -> [String: JSONValue] {
     do {
       try fd.writeAll(Array(ControlCodec.encode(request).utf8))
     } catch {

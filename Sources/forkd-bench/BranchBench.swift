@@ -51,12 +51,11 @@ struct BranchBench: ParsableCommand {
             // The source keeps changing between branches, like an agent mid-thought.
             _ = try agent.fill(pages: 64, seed: UInt64(i + 2))
             let dir = root + "/snaps/\(backend.name)-\(mode)-\(i)"
-            let result = try source.vmm.control().call(
-              .snapshot(directory: dir, parentTag: "base", diff: mode == "diff", live: mode == "live"),
-              timeoutMS: 600_000)
-            pauses.append(Double(result["pause_us"]?.int64Value ?? 0) / 1000)
-            totals.append(Double(result["total_us"]?.int64Value ?? 0) / 1000)
-            layerPages = Int(result["layer_pages"]?.int64Value ?? 0)
+            let result = try source.vmm.control().snapshot(
+              directory: dir, parentTag: "base", diff: mode == "diff", live: mode == "live", timeoutMS: 600_000)
+            pauses.append(Double(result.pauseMicroseconds) / 1000)
+            totals.append(Double(result.written?.totalMicroseconds ?? 0) / 1000)
+            layerPages = Int(clamping: result.written?.layerPages ?? 0)
             FileSystem.removeTree(dir)
           }
           pauseRows.append((size, backend.name, mode, Summary(pauses), Summary(totals), layerPages))
@@ -69,11 +68,11 @@ struct BranchBench: ParsableCommand {
             _ = try agent.fill(pages: 64, seed: UInt64(i + 50))
             let dir = root + "/snaps/nowait-\(i)"
             let t0 = Clock.monotonicNanoseconds()
-            let started = try source.vmm.control().call(
-              .snapshot(directory: dir, parentTag: "base", live: true, wait: false), timeoutMS: 600_000)
+            let started = try source.vmm.control().snapshot(
+              directory: dir, parentTag: "base", live: true, wait: false, timeoutMS: 600_000)
             trips.append(ms(Clock.monotonicNanoseconds() - t0))
-            pauses.append(Double(started["pause_us"]?.int64Value ?? 0) / 1000)
-            _ = try source.vmm.control().call(.snapshotWait(directory: dir), timeoutMS: 600_000)
+            pauses.append(Double(started.pauseMicroseconds) / 1000)
+            try source.vmm.control().snapshotWait(directory: dir, timeoutMS: 600_000)
             FileSystem.removeTree(dir)
           }
           noWaitRows.append((size, Summary(trips), Summary(pauses)))

@@ -360,8 +360,8 @@ struct PagerTopologyBench: ParsableCommand {
   /// (Row.median is below.)
   private func countDetached(_ kids: [Child]) -> Int {
     kids.filter { kid in
-      guard let status = try? kid.vmm.control().call(.status, timeoutMS: 5000) else { return true }
-      return status["pager_attached"] == .bool(false)
+      guard let status = try? kid.vmm.control().status(timeoutMS: 5000) else { return true }
+      return status.pager?.attached == false
     }.count
   }
 

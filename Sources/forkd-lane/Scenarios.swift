@@ -210,8 +210,8 @@ func childDiagnostics(_ child: Child) -> String {
       parts.append("pager stats: \(stats.keys.sorted().map { "\($0)=\(stats[$0]!)" }.joined(separator: ","))")
     }
   }
-  if let status = try? child.vmm.control().call(.status, timeoutMS: 2000) {
-    parts.append("status: \(status.keys.sorted().map { "\($0)=\(status[$0]!)" }.joined(separator: ","))")
+  if let status = try? child.vmm.control().status(timeoutMS: 2000) {
+    parts.append("status: \(status)")
   }
   return parts.joined(separator: " | ")
 }

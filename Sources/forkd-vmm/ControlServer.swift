@@ -52,20 +52,15 @@ final class ControlServer: PollSource {
     case .failure(let error):
       return .failure(code: error.code.rawValue, message: error.description)
     case .success(let result):
-      var fields: [String: JSONValue] = [
-        "dir": .string(result.directory),
-        "status": .string("ready"),
-        "memory_size": .integer(Int64(result.manifest.memorySize)),
-        "memory_data_bytes": .integer(Int64(result.memoryDataBytes)),
-        "state_bytes": .integer(Int64(result.stateBytes)),
-        "pause_us": .integer(Int64(result.pauseNanoseconds / 1000)),
-        "total_us": .integer(Int64(result.totalNanoseconds / 1000)),
-        "guest_image_digest": .string(result.manifest.guestImageDigest),
-        "memory_layer": .string(result.manifest.memoryLayer.rawValue),
-      ]
-      if let pages = result.layerPages { fields["layer_pages"] = .integer(Int64(pages)) }
-      if let digest = result.manifest.contentDigest { fields["content_digest"] = .string(digest) }
-      return .success(fields)
+      let written = SnapshotReply.Written(
+        memorySize: result.manifest.memorySize, memoryDataBytes: result.memoryDataBytes,
+        stateBytes: result.stateBytes, totalMicroseconds: result.totalNanoseconds / 1000,
+        guestImageDigest: result.manifest.guestImageDigest, layerPages: result.layerPages.map { UInt64(clamping: $0) },
+        contentDigest: result.manifest.contentDigest)
+      return .success(
+        SnapshotReply(
+          directory: result.directory, pauseMicroseconds: result.pauseNanoseconds / 1000,
+          memoryLayer: result.manifest.memoryLayer.rawValue, written: written))
     }
   }
 
@@ -135,13 +130,11 @@ final class ControlServer: PollSource {
       guard machine.exit == nil else { return exited() }
       let t0 = Clock.monotonicNanoseconds()
       machine.pause()
-      return .success([
-        "state": .string("paused"), "pause_us": .integer(Int64((Clock.monotonicNanoseconds() - t0) / 1000)),
-      ])
+      return .success(PauseReply(pauseMicroseconds: (Clock.monotonicNanoseconds() - t0) / 1000))
     case .resume:
       guard machine.exit == nil else { return exited() }
       machine.resume()
-      return .success(["state": .string("running")])
+      return .success(ResumeReply())
     case .snapshot(let directory, let parentTag, _, true, let wait):
       guard machine.exit == nil else { return exited() }
       guard let pager, let restoredFrom, let worker else {
@@ -155,10 +148,10 @@ final class ControlServer: PollSource {
           copyDelayMicroseconds: liveCopyDelay)
         guard wait else {
           liveJobs[directory] = job
-          return .success([
-            "dir": .string(directory), "status": .string("writing"),
-            "pause_us": .integer(Int64(job.pauseNanoseconds / 1000)), "memory_layer": .string("full"),
-          ])
+          return .success(
+            SnapshotReply(
+              directory: directory, pauseMicroseconds: job.pauseNanoseconds / 1000,
+              memoryLayer: SnapshotManifest.MemoryLayer.full.rawValue, written: nil))
         }
         return snapshotOutcome(job.wait())
       } catch {
@@ -192,14 +185,14 @@ final class ControlServer: PollSource {
         let pid = try pager.attach(socketPath: socket)
         // Faults the dead pager had read but not served are raised again for the new one.
         machine.kickVCPUs()
-        return .success(["pager_pid": .integer(Int64(pid)), "attachments": .integer(Int64(pager.attachments))])
+        return .success(AttachPagerReply(pagerPID: pid, attachments: UInt64(clamping: pager.attachments)))
       } catch {
         return .failure(code: error.code.rawValue, message: error.description)
       }
     case .stop:
       stopRequested = true
       machine.stop()
-      return .success(["state": .string("stopping")])
+      return .success(StopReply())
     }
   }
 
@@ -207,30 +200,19 @@ final class ControlServer: PollSource {
     .failure(code: "exited", message: "the VM has ended: \(machine.exit.map { "\($0)" } ?? "unknown")")
   }
 
-  private func status() -> [String: JSONValue] {
-    var result: [String: JSONValue] = [
-      "state": .string(machine.exit != nil ? "exited" : machine.isPaused ? "paused" : "running"),
-      "pid": .integer(Int64(getpid())),
-      "memory_size": .integer(Int64(machine.memory.size)),
-      "vcpus": .integer(Int64(machine.config.vcpuCount)),
-      "guest_kind": .string(machine.guestKind),
-      "guest_image_digest": .string(machine.guestImageDigest),
-      "backend": .string(machine.memory.backend.name),
-    ]
-    if let from = machine.restoredFrom { result["restored_from"] = .string(from) }
-    if let pager {
-      result["pager_pid"] = .integer(Int64(pager.pagerPID))
-      result["pager_attached"] = .bool(pager.isAttached)
-      result["pager_policy"] = .string(pager.policy.rawValue)
-    }
-    if let net = machine.networkStatistics {
-      result["net"] = .object([
-        "rx_frames": .integer(Int64(clamping: net.rxFrames)), "tx_frames": .integer(Int64(clamping: net.txFrames)),
-        "rx_dropped": .integer(Int64(clamping: net.rxDropped)),
-        "tx_dropped": .integer(Int64(clamping: net.txDropped)),
-      ])
-    }
-    if let exit = machine.exit { result["exit"] = .string("\(exit)") }
-    return result
+  private func status() -> VMStatusReply {
+    VMStatusReply(
+      state: machine.exit != nil ? .exited : machine.isPaused ? .paused : .running, pid: getpid(),
+      memorySize: UInt64(clamping: machine.memory.size), vcpus: machine.config.vcpuCount,
+      guestKind: machine.guestKind, guestImageDigest: machine.guestImageDigest, backend: machine.memory.backend.name,
+      restoredFrom: machine.restoredFrom,
+      pager: pager.map {
+        VMStatusReply.Pager(pid: $0.pagerPID, attached: $0.isAttached, policy: $0.policy.rawValue)
+      },
+      network: machine.networkStatistics.map {
+        VMStatusReply.Network(
+          rxFrames: $0.rxFrames, txFrames: $0.txFrames, rxDropped: $0.rxDropped, txDropped: $0.txDropped)
+      },
+      exit: machine.exit.map { "\($0)" })
   }
 }

@@ -106,10 +106,10 @@ struct Demo: ParsableCommand {
 
     // 2. Snapshot once.
     let snapshotDir = scratch.path + "/parent-snapshot"
-    let snap = try parent.control().call(.snapshot(directory: snapshotDir, parentTag: nil))
+    let snap = try parent.control().snapshot(directory: snapshotDir, parentTag: nil)
     print(
-      "snapshot \(snapshotDir): \(format(Double(snap["memory_data_bytes"]?.int64Value ?? 0) / 1048576)) MiB of data in a \(memoryMib) MiB memory.bin, "
-        + "guest paused \(format(Double(snap["pause_us"]?.int64Value ?? 0) / 1000)) ms, written in \(format(Double(snap["total_us"]?.int64Value ?? 0) / 1000)) ms"
+      "snapshot \(snapshotDir): \(format(Double(snap.written?.memoryDataBytes ?? 0) / 1048576)) MiB of data in a \(memoryMib) MiB memory.bin, "
+        + "guest paused \(format(Double(snap.pauseMicroseconds) / 1000)) ms, written in \(format(Double(snap.written?.totalMicroseconds ?? 0) / 1000)) ms"
     )
     parent.stop()
 
