@@ -28,7 +28,7 @@ struct DiffSnapshotTests {
   static func mutateAndBranch(
     from snapshot: String, parentTag: String, into layer: String, scratch: Scratch, backend: ChildBackend,
     seed: UInt64, pages: UInt64, totalPages: UInt64
-  ) throws -> (Observed, [String: JSONValue]) {
+  ) throws -> (Observed, SnapshotReply) {
     let source = try Child.restore(
       snapshot: snapshot, runDirectory: scratch.path + "/src-\(lastComponent(layer))", backend: backend)
     defer { source.stop() }
@@ -37,7 +37,7 @@ struct DiffSnapshotTests {
     _ = try agent.counter(add: Int64(seed % 7 + 1))
     try agent.set("note", "written before \(lastComponent(layer))")
     let before = try observe(agent, pages: totalPages)
-    let result = try source.vmm.control().call(.snapshot(directory: layer, parentTag: parentTag, diff: true))
+    let result = try source.vmm.control().snapshot(directory: layer, parentTag: parentTag, diff: true)
     // The source keeps running after the branch, and what it sees did not change.
     #expect(try observe(agent, pages: totalPages) == before)
     return (before, result)
@@ -62,10 +62,10 @@ struct DiffSnapshotTests {
       let (seen, result) = try Self.mutateAndBranch(
         from: root + "/" + previous, parentTag: previous, into: root + "/" + tag, scratch: scratch, backend: backend,
         seed: UInt64(depth) * 1000 + 3, pages: UInt64(depth) * 8, totalPages: parent.pages)
-      #expect(result["memory_layer"] == .string("diff"))
-      let layerPages = result["layer_pages"]?.int64Value ?? -1
+      #expect(result.memoryLayer == "diff")
+      let layerPages = try #require(result.written?.layerPages, "\(tag): \(result)")
       // A diff holds what the child touched, far less than the 8192 pages of guest memory.
-      #expect(layerPages >= Int64(depth) * 8 && layerPages < 2048, "\(tag): \(layerPages) pages")
+      #expect(layerPages >= UInt64(depth) * 8 && layerPages < 2048, "\(tag): \(layerPages) pages")
       let manifest = try SnapshotManifest.decode(
         FileSystem.readFile(root + "/" + tag + "/manifest.json"), source: tag)
       let parentManifest = try SnapshotManifest.decode(

@@ -99,8 +99,8 @@ struct ForkTests {
     let agent = try child.agent()
     try agent.set("greeting", "from the branch")
     let branch = scratch.path + "/branch"
-    let result = try child.control().call(.snapshot(directory: branch, parentTag: "snap"))
-    #expect(result["dir"] == .string(branch))
+    let result = try child.control().snapshot(directory: branch, parentTag: "snap")
+    #expect(result.directory == branch && result.status == .ready)
     // The source keeps running after the snapshot.
     #expect(try agent.counter(add: 1) == WarmParent.counter + 1)
     let manifest = try SnapshotManifest.decode(
@@ -121,15 +121,15 @@ struct ForkTests {
     defer { vm.stop() }
     let control = try vm.control()
     let agent = try vm.agent()
-    #expect(try control.call(.status)["state"] == .string("running"))
-    try control.call(.pause)
-    #expect(try control.call(.status)["state"] == .string("paused"))
+    #expect(try control.status().state == .running)
+    try control.pause()
+    #expect(try control.status().state == .paused)
     let pending = try agent.send(.ping)
     // A paused guest does not answer.
     #expect(throws: ControlError.self) { try agent.receive(pending, timeoutMS: 300) }
-    try control.call(.resume)
+    try control.resume()
     if case .pong = try agent.receive(pending) {} else { Issue.record("no pong after resume") }
-    #expect(try control.call(.status)["state"] == .string("running"))
+    #expect(try control.status().state == .running)
   }
 
   @Test("the guest's exit command powers the VM off with its exit code")

@@ -31,10 +31,10 @@ struct LiveSnapshotTests {
     try agent.set("note", "before the branch")
     let before = try DiffSnapshotTests.observe(agent, pages: parent.pages)
 
-    let started = try source.vmm.control().call(
-      .snapshot(directory: root + "/live", parentTag: "base", live: true, wait: false))
-    #expect(started["status"] == .string("writing"), "\(started)")
-    let pauseUS = try #require(started["pause_us"]?.int64Value)
+    let started = try source.vmm.control().snapshot(
+      directory: root + "/live", parentTag: "base", live: true, wait: false)
+    #expect(started.status == .writing, "\(started)")
+    let pauseUS = started.pauseMicroseconds
     #expect(!FileSystem.exists(root + "/live"), "not visible before the copy is complete")
 
     // While the copy runs the guest rewrites the pages it had written (held, write-protected),
@@ -46,11 +46,12 @@ struct LiveSnapshotTests {
     let after = try DiffSnapshotTests.observe(agent, pages: parent.pages)
     #expect(after != before)
 
-    let finished = try source.vmm.control().call(.snapshotWait(directory: root + "/live"), timeoutMS: 120_000)
-    #expect(finished["status"] == .string("ready"))
+    let finished = try source.vmm.control().snapshotWait(directory: root + "/live", timeoutMS: 120_000)
+    #expect(finished.status == .ready)
+    let totalUS = try #require(finished.written?.totalMicroseconds, "\(finished)")
     // The copy outlasted the guest's writes: they raced it and lost.
-    #expect((finished["total_us"]?.int64Value ?? 0) > 1_000_000, "\(finished)")
-    #expect(pauseUS < (finished["total_us"]?.int64Value ?? 0))
+    #expect(totalUS > 1_000_000, "\(finished)")
+    #expect(pauseUS < totalUS)
 
     for (index, backend) in [ChildBackend.uffd(policy: .fail), .file].enumerated() {
       let child = try Child.restore(
@@ -60,8 +61,8 @@ struct LiveSnapshotTests {
     }
     #expect(try DiffSnapshotTests.observe(agent, pages: parent.pages) == after, "the source kept its own writes")
     // And it can be branched again, live or not.
-    let again = try source.vmm.control().call(.snapshot(directory: root + "/live2", parentTag: "base", live: true))
-    #expect(again["status"] == .string("ready"))
+    let again = try source.vmm.control().snapshot(directory: root + "/live2", parentTag: "base", live: true)
+    #expect(again.status == .ready)
   }
 
   @Test("live needs a pager-backed VM; waiting for an unknown live snapshot is an error")

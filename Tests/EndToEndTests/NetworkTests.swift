@@ -181,11 +181,9 @@ struct NetworkTests {
         // The agent over vsock is unaffected and the child has the parent's state.
         #expect(try child.agent().counter(add: 1) == 6)
         // The NIC counted what went through it (ARP, echo, UDP, TCP), and dropped nothing.
-        let net = try child.control().call(.status)["net"]
-        #expect(
-          (net?["rx_frames"]?.int64Value ?? 0) >= 4 && (net?["tx_frames"]?.int64Value ?? 0) >= 4,
-          "\(String(describing: net))")
-        #expect(net?["rx_dropped"] == .integer(0) && net?["tx_dropped"] == .integer(0), "\(String(describing: net))")
+        let net = try #require(try child.control().status().network)
+        #expect(net.rxFrames >= 4 && net.txFrames >= 4, "\(net)")
+        #expect(net.rxDropped == 0 && net.txDropped == 0, "\(net)")
       }
       // Each namespace sees only its own child: the same address answers in both, separately.
       let udp = try namespaces[1].run { try udpEcho([1, 2, 3]) }
@@ -238,8 +236,8 @@ struct NetworkTests {
     #expect(ping.status == 0, "\(ping.output)")
     #expect(try second.run { try udpEcho([9, 9]) } == [9, 9])
     #expect(try second.run { try tcpRead(port: GuestNet.tcpBannerPort) } == GuestNet.banner)
-    let net = try grandchild.control().call(.status)["net"]
-    #expect(net?["rx_dropped"] == .integer(0), "\(String(describing: net))")
+    let net = try #require(try grandchild.control().status().network)
+    #expect(net.rxDropped == 0, "\(net)")
   }
 
   @Test("a snapshot whose parent had no NIC refuses a TAP with a clear error and leaves no TAP behind")

@@ -89,9 +89,9 @@ struct ControlProtocolTests {
   }
 
   @Test func responseWireFormat() {
-    #expect(ControlCodec.encode(.success()) == "{\"ok\":true,\"result\":{}}\n")
+    #expect(ControlCodec.encode(ControlResponse(ok: true)) == "{\"ok\":true,\"result\":{}}\n")
     #expect(
-      ControlCodec.encode(.success(["state": .string("running"), "vcpus": .integer(2)]))
+      ControlCodec.encode(ControlResponse(ok: true, result: ["state": .string("running"), "vcpus": .integer(2)]))
         == "{\"ok\":true,\"result\":{\"state\":\"running\",\"vcpus\":2}}\n")
     #expect(
       ControlCodec.encode(.failure(code: "not_paused", message: "pause the VM first"))
@@ -100,7 +100,8 @@ struct ControlProtocolTests {
 
   @Test func responseRoundTrips() throws {
     for r: ControlResponse in [
-      .success(), .success(["nested": .object(["a": .array([.integer(1), .null])]), "d": .double(0.25)]),
+      ControlResponse(ok: true),
+      ControlResponse(ok: true, result: ["nested": .object(["a": .array([.integer(1), .null])]), "d": .double(0.25)]),
       .failure(code: "io", message: "write memory.bin: No space left on device\nsecond line"),
       ControlResponse(ok: true, result: ["x": .bool(true)], error: ControlErrorBody(code: "warn", message: "w")),
     ] {
@@ -126,7 +127,7 @@ struct ControlProtocolTests {
   }
 
   @Test func okWithoutResultIsEmpty() throws {
-    #expect(try ControlCodec.decodeResponse(Array(#"{"ok":true}"#.utf8)) == .success())
+    #expect(try ControlCodec.decodeResponse(Array(#"{"ok":true}"#.utf8)) == ControlResponse(ok: true))
   }
 }
 
