@@ -132,7 +132,8 @@ public enum ControlCodec {
       }
       let wait = try r.optionalBool(Key.wait) ?? true
       if !wait && mode != "live" { throw r.invalid(Key.wait, expected: "true unless mode is live") }
-      return .snapshot(directory: directory, parentTag: parentTag, diff: mode == "diff", live: mode == "live", wait: wait)
+      return .snapshot(
+        directory: directory, parentTag: parentTag, diff: mode == "diff", live: mode == "live", wait: wait)
     case "snapshot_wait":
       let directory = try r.string(Key.dir)
       if directory.isEmpty || directory.utf8.contains(0) {
@@ -149,7 +150,8 @@ public enum ControlCodec {
       var quoted = ""
       JSONValue.writeString(op, to: &quoted)
       throw ProtocolError(
-        .unknownType, "\(source): unknown op \(quoted) (expected status, pause, resume, snapshot, snapshot_wait, stop or attach_pager)"
+        .unknownType,
+        "\(source): unknown op \(quoted) (expected status, pause, resume, snapshot, snapshot_wait, stop or attach_pager)"
       )
     }
   }

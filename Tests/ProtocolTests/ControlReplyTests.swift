@@ -25,9 +25,12 @@ struct ControlReplyTests {
   @Test func everyReplyRoundTrips() throws {
     let cases: [(ControlReply, ControlRequest)] = [
       (.status(Self.status), .status),
-      (.status(VMStatusReply(
-        state: .exited, pid: 1, memorySize: 0, vcpus: 1, guestKind: "linux", guestImageDigest: "",
-        backend: "file", exit: "powered off (code 3)")), .status),
+      (
+        .status(
+          VMStatusReply(
+            state: .exited, pid: 1, memorySize: 0, vcpus: 1, guestKind: "linux", guestImageDigest: "",
+            backend: "file", exit: "powered off (code 3)")), .status
+      ),
       (.pause(PauseReply(pauseMicroseconds: 17)), .pause),
       (.resume(ResumeReply()), .resume),
       (.stop(StopReply()), .stop),
