@@ -418,6 +418,12 @@ public final class SandboxManager: @unchecked Sendable {
       let vmm = source.child.vmm
       guard let termination = vmm.ended(after: error) else {
         written?.discard()
+        // A running forkd-vmm whose reply does not decode (a guest may have escaped into it):
+        // whatever it wrote under the tag is not trusted either.
+        if let control = error as? ControlError, control.code == .protocolViolation {
+          store.removeStaging(of: tag)
+          FileSystem.removeTree(directory)
+        }
         throw .internalError("branch of \(id) failed: \(error)")
       }
       if let written {
