@@ -63,7 +63,7 @@ struct SnapshotCreator {
           )
         }
       }
-      try parent.control().call(.snapshot(directory: store.path(request.tag), parentTag: nil), timeoutMS: 120_000)
+      try parent.control().snapshot(directory: store.path(request.tag), parentTag: nil, timeoutMS: 120_000)
     } catch {
       // The parent died: name it and remove what it was writing. The rename is the commit point:
       // a snapshot renamed into place before it died is complete and stays.

@@ -258,7 +258,7 @@ public final class Child: @unchecked Sendable {
       let next = try PagerProcess.launch(
         socket: socket, logPath: runDirectory + "/pager-\(pagerGeneration).log", output: outputs?("pager"),
         jail: pagerJail.map { (spec: $0, cell: runDirectory) })
-      try vmm.control().call(.attachPager(socket: vmm.jailed ? name : socket))
+      try vmm.control().attachPager(socket: vmm.jailed ? name : socket)
       adopt(next.pid)
       published.withLock {
         $0.pager = next
@@ -271,7 +271,7 @@ public final class Child: @unchecked Sendable {
   /// Hands the child's uffd to the pager listening on `socket` (a replacement shared pager); its
   /// stalled faults are raised again for that pager.
   public func attachPager(socket: String) throws(ControlError) {
-    try vmm.control().call(.attachPager(socket: socket))
+    try vmm.control().attachPager(socket: socket)
   }
 
   /// Blocks until the pager or the VM ends (or `timeoutMS`); returns true if the pager ended.

@@ -217,7 +217,7 @@ public final class VMMProcess: @unchecked Sendable {
   @discardableResult
   public func stop(timeoutMS: Int = 5000) -> ChildProcess.Termination? {
     if reaper.termination == nil {
-      _ = try? control().call(.stop, timeoutMS: timeoutMS)
+      _ = try? control().stop(timeoutMS: timeoutMS)
       reaper.waitOrKill(timeoutMS: timeoutMS)
     }
     releasePidFD()

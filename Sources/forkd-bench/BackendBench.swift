@@ -55,7 +55,7 @@ struct BackendBench: ParsableCommand {
       .boot(image: "builtin:test-guest", memoryMiB: memoryMib, vcpus: 1), runDirectory: scratch.path + "/parent-run")
     _ = try parent.agent().fill(pages: pages, seed: 11)
     let snapshot = scratch.path + "/snapshot"
-    try parent.control().call(.snapshot(directory: snapshot, parentTag: nil))
+    try parent.control().snapshot(directory: snapshot, parentTag: nil)
     parent.stop()
     defer { ShmemImage.remove(for: snapshot) }
 

@@ -37,7 +37,7 @@ struct BranchBench: ParsableCommand {
       let parent = try VMMProcess.launch(
         .boot(image: "builtin:test-guest", memoryMiB: size, vcpus: 1), runDirectory: root + "/parent")
       _ = try parent.agent().fill(pages: pages, seed: 1)
-      try parent.control().call(.snapshot(directory: root + "/snaps/base", parentTag: nil))
+      try parent.control().snapshot(directory: root + "/snaps/base", parentTag: nil)
       parent.stop()
 
       for backend in [ChildBackend.file, .uffd(policy: .fail)] {
@@ -90,7 +90,7 @@ struct BranchBench: ParsableCommand {
         let source = try Child.restore(
           snapshot: root + "/snaps/" + previous, runDirectory: root + "/chain-src", backend: .uffd(policy: .fail))
         _ = try source.vmm.agent().fill(pages: 16, seed: UInt64(depth + 100))
-        try source.vmm.control().call(.snapshot(directory: root + "/snaps/d\(depth)", parentTag: previous, diff: true))
+        try source.vmm.control().snapshot(directory: root + "/snaps/d\(depth)", parentTag: previous, diff: true)
         source.stop()
         previous = "d\(depth)"
       }

@@ -81,7 +81,7 @@ struct PagerTopologyBench: ParsableCommand {
     let fullSum = try parentAgent.checksum(pages: 2 * pages)
     let handlerSum = try parentAgent.checksum(pages: handlerPages)
     let snapshot = scratch.path + "/snapshot"
-    try parent.control().call(.snapshot(directory: snapshot, parentTag: nil))
+    try parent.control().snapshot(directory: snapshot, parentTag: nil)
     parent.stop()
 
     var handlers: [HandlerRow] = []

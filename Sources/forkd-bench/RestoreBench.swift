@@ -47,7 +47,7 @@ struct RestoreBench: ParsableCommand {
     let agent = try parent.agent()
     _ = try agent.fill(pages: pages, seed: 7)
     let snapshotDir = scratch.path + "/snapshot"
-    try parent.control().call(.snapshot(directory: snapshotDir, parentTag: nil))
+    try parent.control().snapshot(directory: snapshotDir, parentTag: nil)
     parent.stop()
 
     var phases: [String: [Double]] = [:]

@@ -41,7 +41,7 @@ struct StalledAgentBench: ParsableCommand {
     let idle = try measure(daemon.api, busy: ids[0])
 
     for id in ids {
-      _ = try ControlClient(path: scratch.path + "/run/sandboxes/\(id)/api.sock").call(.pause)
+      _ = try ControlClient(path: scratch.path + "/run/sandboxes/\(id)/api.sock").pause()
     }
     let api = daemon.api
     let execs = try ids.map { id in

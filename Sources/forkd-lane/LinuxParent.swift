@@ -105,7 +105,7 @@ final class LinuxParent {
 
   func stop() {
     guard !hasEnded else { return }
-    _ = try? control().call(.stop, timeoutMS: 5000)
+    _ = try? control().stop(timeoutMS: 5000)
     _ = ChildProcess.waitOrKill(pid, timeoutMS: 5000)
     ended = true
   }

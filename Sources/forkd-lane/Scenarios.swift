@@ -51,7 +51,7 @@ func testGuestScenario(work: String, children: Int, report: Report) throws {
   let snapshot = work + "/tg-snap"
   try report.step("test-guest: snapshot") {
     let start = Clock.monotonicNanoseconds()
-    try parent.control().call(.snapshot(directory: snapshot, parentTag: nil))
+    try parent.control().snapshot(directory: snapshot, parentTag: nil)
     report.metric("tg_snapshot_ms", "\(milliseconds(since: start))")
   }
   parent.stop()
@@ -123,7 +123,7 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
     let start = Clock.monotonicNanoseconds()
     // Generous: a debug forkd-vmm hashes every data page of memory.bin (SHA-256, the layer's
     // content digest) before answering, ~2 min for a 256 MiB Linux guest under TCG.
-    try parent.control().call(.snapshot(directory: snapshot, parentTag: nil), timeoutMS: 400_000)
+    try parent.control().snapshot(directory: snapshot, parentTag: nil, timeoutMS: 400_000)
     report.metric("snapshot_ms", "\(milliseconds(since: start))")
   }
   parent.stop()

@@ -140,10 +140,10 @@ struct BadInputTests {
     defer { vm.stop() }
     _ = try vm.agent().ping()
     let target = scratch.path + "/tag"
-    try vm.control().call(.snapshot(directory: target, parentTag: nil))
+    try vm.control().snapshot(directory: target, parentTag: nil)
     let before = try FileSystem.readFile(target + "/manifest.json")
     do {
-      try vm.control().call(.snapshot(directory: target, parentTag: nil))
+      try vm.control().snapshot(directory: target, parentTag: nil)
       Issue.record("overwrote an existing snapshot")
     } catch {
       #expect(error.description.contains("snapshot_exists"))
@@ -151,7 +151,7 @@ struct BadInputTests {
     }
     #expect(try FileSystem.readFile(target + "/manifest.json") == before)
     do {
-      try vm.control().call(.snapshot(directory: scratch.path + "/no/such/parent/tag", parentTag: nil))
+      try vm.control().snapshot(directory: scratch.path + "/no/such/parent/tag", parentTag: nil)
       Issue.record("snapshot into a missing directory succeeded")
     } catch {
       #expect(error.description.contains("does not exist"))

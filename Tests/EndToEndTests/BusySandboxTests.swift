@@ -56,7 +56,7 @@ struct BusySandboxTests {
     try #require(ids.count == count, "\(spawned.text)")
     for id in ids {
       #expect(try api.request("POST", "/v1/sandboxes/\(id)/ping").status == 200)
-      _ = try ControlClient(path: sup.scratch.path + "/run/sandboxes/\(id)/api.sock").call(.pause)
+      _ = try ControlClient(path: sup.scratch.path + "/run/sandboxes/\(id)/api.sock").pause()
     }
     return ids
   }
@@ -87,7 +87,7 @@ struct BusySandboxTests {
     let sup = try TestSupervisor("busy")
     let ids = try Self.stalledChildren(sup, count: 2)
     let (busy, other) = (ids[0], ids[1])
-    _ = try ControlClient(path: sup.scratch.path + "/run/sandboxes/\(other)/api.sock").call(.resume)
+    _ = try ControlClient(path: sup.scratch.path + "/run/sandboxes/\(other)/api.sock").resume()
     let exec = try Self.longExec(sup, busy)
     try Self.waitForAgentCalls(sup, 1)
 

@@ -42,7 +42,7 @@ struct WarmParent {
     #expect(try agent.counter(add: Int64(Self.counter)) == Self.counter)
     try agent.set("greeting", "from the parent")
     snapshot = scratch.path + "/snap"
-    try parent.control().call(.snapshot(directory: snapshot, parentTag: nil))
+    try parent.control().snapshot(directory: snapshot, parentTag: nil)
     self.pages = pages
   }
 }

@@ -72,10 +72,10 @@ struct LiveSnapshotTests {
     let child = try Child.restore(snapshot: parent.snapshot, runDirectory: scratch.path + "/file", backend: .file)
     defer { child.stop() }
     let refused = #expect(throws: ControlError.self) {
-      try child.vmm.control().call(.snapshot(directory: scratch.path + "/x", parentTag: nil, live: true))
+      try child.vmm.control().snapshot(directory: scratch.path + "/x", parentTag: nil, live: true)
     }
     #expect(refused?.description.contains("uffd") == true, "\(String(describing: refused))")
-    #expect(throws: ControlError.self) { try child.vmm.control().call(.snapshotWait(directory: scratch.path + "/x")) }
+    #expect(throws: ControlError.self) { try child.vmm.control().snapshotWait(directory: scratch.path + "/x") }
     #expect(try child.vmm.agent().ping().kind == AgentPong.testGuestKind, "the VM still runs")
     #expect(!FileSystem.exists(scratch.path + "/x"))
   }

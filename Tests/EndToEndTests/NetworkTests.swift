@@ -145,7 +145,7 @@ func snapshotParentWithNIC(in scratch: Scratch, nic: Bool = true) throws -> Stri
   let agent = try parent.agent()
   #expect(try agent.counter(add: 5) == 5)
   let snapshot = scratch.path + "/snap"
-  try parent.control().call(.snapshot(directory: snapshot, parentTag: nil))
+  try parent.control().snapshot(directory: snapshot, parentTag: nil)
   return snapshot
 }
 
@@ -225,7 +225,7 @@ struct NetworkTests {
     defer { child.stop() }
     for round in 0..<20 { #expect(try first.run { try udpEcho([UInt8(round)]) } == [UInt8(round)]) }
     let branch = scratch.path + "/branch"
-    try child.control().call(.snapshot(directory: branch, parentTag: nil))
+    try child.control().snapshot(directory: branch, parentTag: nil)
     // The child goes on answering after its snapshot.
     #expect(try first.run { try udpEcho([42]) } == [42])
     let grandchild = try VMMProcess.launch(
