@@ -13,6 +13,8 @@ public enum WarmupStep: Equatable, Sendable {
   case kvSet(key: String, value: String)
   /// Linux guests: run a program (e.g. import the libraries every child will need).
   case exec(args: [String], timeoutSeconds: UInt32)
+  /// A file every child will see (written in one or more `fileWrite` frames).
+  case writeFile(path: String, content: [UInt8], mode: UInt32)
 
   public var agentRequest: AgentRequest {
     switch self {
@@ -21,6 +23,8 @@ public enum WarmupStep: Equatable, Sendable {
     case .counter(let delta): .counter(delta: delta)
     case .kvSet(let key, let value): .kvSet(key: Array(key.utf8), value: Array(value.utf8))
     case .exec(let args, let timeout): .exec(args: args, timeoutSeconds: timeout)
+    case .writeFile(let path, let content, let mode):
+      .fileWrite(path: Array(path.utf8), mode: mode, offset: 0, truncate: true, data: content)
     }
   }
 
@@ -33,6 +37,11 @@ public enum WarmupStep: Equatable, Sendable {
     case .kvSet(let key, let value): .object(["op": .string("kv_set"), "key": .string(key), "value": .string(value)])
     case .exec(let args, let timeout):
       .object(["op": .string("exec"), "args": .array(args.map { .string($0) }), "timeout_secs": .integer(Int64(timeout))])
+    case .writeFile(let path, let content, let mode):
+      .object([
+        "op": .string("write_file"), "path": .string(path), "content": .string(String(decoding: content, as: UTF8.self)),
+        "mode": .string(String(mode, radix: 8)),
+      ])
     }
   }
 }
@@ -51,7 +60,10 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
   public var memoryMiB: UInt64
   public var warmup: [WarmupStep]
   public var bootWaitSeconds: UInt64
+  /// vCPUs of the parent, and so of every child restored from it.
+  public var vcpus: UInt32 = 1
 
+  public static let maxVCPUs: UInt32 = 8
   public static let source = "request body"
 
   public static func decode(_ body: [UInt8]) throws(ProtocolError) -> CreateSnapshotRequest {
@@ -87,13 +99,23 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
         let timeout = try s.optionalUInt64("timeout_secs") ?? 60
         guard (1...3600).contains(timeout) else { throw s.invalid("timeout_secs", expected: "1...3600") }
         steps.append(.exec(args: args, timeoutSeconds: UInt32(timeout)))
-      default: throw s.invalid("op", expected: "ping, fill, counter, kv_set or exec")
+      case "write_file":
+        let path = try SandboxFiles.path(try s.string("path"))
+        let mode = try SandboxFiles.mode(try s.optionalString("mode"))
+        let content = Array(try s.string("content").utf8)
+        guard content.count <= SandboxFiles.maxFileBytes else {
+          throw s.invalid("content", expected: "at most \(SandboxFiles.maxFileBytes) bytes")
+        }
+        steps.append(.writeFile(path: path, content: content, mode: mode))
+      default: throw s.invalid("op", expected: "ping, fill, counter, kv_set, exec or write_file")
       }
     }
+    let vcpus = try r.optionalUInt64("vcpus") ?? 1
+    guard (1...UInt64(maxVCPUs)).contains(vcpus) else { throw r.invalid("vcpus", expected: "1...\(maxVCPUs)") }
     return CreateSnapshotRequest(
       tag: tag, image: image, kernel: kernel, rootfs: try r.optionalString("rootfs"),
       initrd: try r.optionalString("initrd"), cmdline: try r.optionalString("cmdline"), memoryMiB: memory,
-      warmup: steps, bootWaitSeconds: wait)
+      warmup: steps, bootWaitSeconds: wait, vcpus: UInt32(truncatingIfNeeded: vcpus))
   }
 }
 
@@ -107,6 +129,8 @@ public struct SpawnRequest: Equatable, Sendable {
   public var prewarm: Bool
   public var liveFork: Bool
   public var hugepages: Bool
+  /// Each child is deleted this many seconds after its spawn (unless extended).
+  public var timeoutSeconds: UInt64? = nil
 
   public static func decode(_ body: [UInt8]) throws(ProtocolError) -> SpawnRequest {
     let source = "request body"
@@ -121,7 +145,7 @@ public struct SpawnRequest: Equatable, Sendable {
       snapshotTag: tag, count: Int(n), memoryLimitMiB: limit,
       perChildNetns: try r.optionalBool("per_child_netns") ?? false,
       prewarm: try r.optionalBool("prewarm") ?? false, liveFork: try r.optionalBool("live_fork") ?? false,
-      hugepages: try r.optionalBool("hugepages") ?? false)
+      hugepages: try r.optionalBool("hugepages") ?? false, timeoutSeconds: try SandboxTimeout.read(r))
   }
 }
 
@@ -218,6 +242,8 @@ public struct SnapshotInfo: Equatable, Sendable {
   public var diffMS: Double?
   /// Diff layers between this snapshot and the full one its memory rests on (0: flat).
   public var chainDepth: Int = 0
+  /// vCPUs every child restored from it runs with.
+  public var vcpus: UInt32?
 
   public init(
     tag: String, dir: String, createdAtUnix: Int64, memoryLogicalBytes: UInt64 = 0, memoryPhysicalBytes: UInt64 = 0,
@@ -250,6 +276,7 @@ public struct SnapshotInfo: Equatable, Sendable {
     if let diffPhysicalBytes { o["diff_physical_bytes"] = .integer(Int64(diffPhysicalBytes)) }
     if let diffLogicalBytes { o["diff_logical_bytes"] = .integer(Int64(diffLogicalBytes)) }
     if let diffMS { o["diff_ms"] = .double(diffMS) }
+    if let vcpus { o["vcpus"] = .integer(Int64(vcpus)) }
     return .object(o)
   }
 
@@ -282,6 +309,8 @@ public struct SandboxInfo: Equatable, Sendable {
   public var branchCount: Int
   public var lastBranchMemoryPath: String?
   public var pagerRestarts: Int
+  /// When the child is deleted (spawned with `timeout_secs`), in Unix seconds.
+  public var expiresAtUnix: Int64?
 
   public init(
     id: String, snapshotTag: String, createdAtUnix: Int64, pid: Int32?, pagerPID: Int32?, backend: String,
@@ -313,6 +342,7 @@ public struct SandboxInfo: Equatable, Sendable {
     if let exitReason { o["exit_reason"] = .string(exitReason) }
     if let memoryLimitMiB { o["memory_limit_mib"] = .integer(Int64(memoryLimitMiB)) }
     if let lastBranchMemoryPath { o["last_branch_memory_path"] = .string(lastBranchMemoryPath) }
+    if let expiresAtUnix { o["expires_at_unix"] = .integer(expiresAtUnix) }
     return .object(o)
   }
 }
