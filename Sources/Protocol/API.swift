@@ -315,7 +315,7 @@ public struct SandboxInfo: Equatable, Sendable {
   public init(
     id: String, snapshotTag: String, createdAtUnix: Int64, pid: Int32?, pagerPID: Int32?, backend: String,
     state: String, exitReason: String? = nil, memoryLimitMiB: UInt64? = nil, branchCount: Int = 0,
-    lastBranchMemoryPath: String? = nil, pagerRestarts: Int = 0
+    lastBranchMemoryPath: String? = nil, pagerRestarts: Int = 0, expiresAtUnix: Int64? = nil
   ) {
     self.id = id
     self.snapshotTag = snapshotTag
@@ -329,6 +329,7 @@ public struct SandboxInfo: Equatable, Sendable {
     self.branchCount = branchCount
     self.lastBranchMemoryPath = lastBranchMemoryPath
     self.pagerRestarts = pagerRestarts
+    self.expiresAtUnix = expiresAtUnix
   }
 
   public var jsonValue: JSONValue {

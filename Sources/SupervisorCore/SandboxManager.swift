@@ -1,6 +1,7 @@
 import Dispatch
 import Logging
 import Protocol
+import Synchronization
 import Syscalls
 import VMMControl
 
@@ -22,6 +23,8 @@ final class Sandbox: @unchecked Sendable {
   var branchCount = 0
   var lastBranchPath: String?
   private var agentClient: AgentClient?
+  /// Set by `timeout_secs`; its own lock, so the expiry check never waits for an agent call.
+  let deadline = Mutex<SandboxDeadline?>(nil)
 
   init(id: String, snapshotTag: String, child: Child, memoryLimitMiB: UInt64?) {
     self.id = id
@@ -37,7 +40,8 @@ final class Sandbox: @unchecked Sendable {
         id: id, snapshotTag: snapshotTag, createdAtUnix: createdAt, pid: state == "running" ? child.vmm.pid : nil,
         pagerPID: state == "running" ? child.pager?.pid : nil, backend: child.backend.name, state: state,
         exitReason: exitReason, memoryLimitMiB: memoryLimitMiB, branchCount: branchCount,
-        lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts)
+        lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts,
+        expiresAtUnix: deadline.withLock { $0?.unixSeconds })
     }
   }
 
@@ -51,10 +55,7 @@ final class Sandbox: @unchecked Sendable {
       } catch {
         agentClient = nil
         if error.code == .agent, let agentError = error.cause as? AgentError {
-          if agentError.code == AgentError.unsupported {
-            throw .badRequest("sandbox \(id): the guest agent does not support this request (\(agentError.message))")
-          }
-          throw .badRequest("sandbox \(id): the guest agent refused the request: \(agentError.message)")
+          throw FileTransfer.apiError(agentError, "sandbox \(id)")
         }
         throw .internalError("sandbox \(id): agent request failed: \(error)")
       }
@@ -75,7 +76,7 @@ public final class SandboxManager: @unchecked Sendable {
   private var sandboxes: [String: Sandbox] = [:]
   private var order: [String] = []
   private var branchesInFlight = 0
-  private let monitorWake: EventFD
+  let monitorWake: EventFD
   private var monitorThread: OSThread?
   private var stopping = false
   private let logs: LogPump
@@ -202,6 +203,8 @@ public final class SandboxManager: @unchecked Sendable {
       return s
     }
   }
+
+  func allSandboxes() -> [Sandbox] { lock.withLock { Array(sandboxes.values) } }
 
   public func activeCount() -> Int {
     lock.withLock { sandboxes.values.filter { $0.state == "running" }.count }
@@ -380,7 +383,7 @@ public final class SandboxManager: @unchecked Sendable {
       }
       if lock.withLock({ stopping }) { return }
       let entries = [(monitorWake.fd, Poll.Events.readable)] + watched.map { ($0.1, Poll.Events.readable) }
-      guard let ready = try? Poll.wait(entries, timeoutMS: 1000) else { continue }
+      guard let ready = try? Poll.wait(entries, timeoutMS: expireDue(maxWaitMS: 1000)) else { continue }
       if !ready[0].isEmpty { monitorWake.drain() }
       for (i, entry) in watched.enumerated() where !ready[i + 1].isEmpty {
         let (sandbox, _, isPager) = entry
