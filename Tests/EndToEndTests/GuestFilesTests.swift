@@ -147,6 +147,28 @@ struct GuestFilesTests {
     #expect(try api.request("GET", "/v1/sandboxes").json?.arrayValue?.count == 1)
   }
 
+  @Test("children whose deadline passes while the daemon is down are gone once it restarts")
+  func expiryAcrossRestart() throws {
+    let first = try TestSupervisor("lifetime-crash")
+    let api = first.unix
+    #expect(try api.request("POST", "/v1/snapshots", body: #"{"tag":"life","memory_mib":16}"#).status == 201)
+    let spawned = try api.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"life","n":2,"timeout_secs":2}"#)
+    #expect(spawned.status == 201, "\(spawned.text)")
+    let pids = (spawned.json?.arrayValue ?? []).compactMap { $0["pid"]?.int64Value }.map { pid_t(truncatingIfNeeded: $0) }
+    try #require(pids.count == 2)
+    kill(first.pid, SIGKILL)
+    _ = ChildProcess.waitOrKill(first.pid, timeoutMS: 10_000)
+    Clock.sleep(milliseconds: 3000)
+    // Nobody was there to expire them.
+    #expect(pids.allSatisfy { kill($0, 0) == 0 })
+    let second = try TestSupervisor("lifetime-crash", reusing: first.scratch)
+    defer { second.stop() }
+    // A started supervisor has ended every process of its predecessor (init reaps them).
+    let alive = pids.filter { kill($0, 0) == 0 && !isZombieProcess($0) }
+    #expect(alive.isEmpty, "left running: \(alive)")
+    #expect(try second.unix.request("GET", "/v1/sandboxes").json?.arrayValue?.isEmpty == true)
+  }
+
   @Test("vcpus: 2 is saved, reported, and both vCPUs run in a child; bad counts are refused")
   func twoVCPUs() throws {
     let sup = try TestSupervisor("vcpus")

@@ -13,9 +13,10 @@ extern volatile u64 vcpu_mailbox;
 
 u32 vcpu_count;
 
-/* About 1 s of spinning on PVM; an AP that has not answered by then is reported as not running. */
-#define SPIN_LIMIT 200000u
-#define REKICK_EVERY 4096u
+/* About 1 s of spinning on PVM (~25 µs a turn): an AP that has not answered by then is reported
+ * as not running. A running AP answers within a host thread wake-up. */
+#define SPIN_LIMIT 40000u
+#define REKICK_EVERY 1024u
 
 static int all_acked(u64 seq) {
   for (u32 i = 1; i < vcpu_count; i++)
