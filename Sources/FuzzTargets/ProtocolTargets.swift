@@ -160,7 +160,9 @@ enum ProtocolTargets {
       // The same bytes as a files query: an accepted path is absolute and normalised.
       let text = String(decoding: body, as: UTF8.self)
       if let path = try? SandboxFiles.path(text) {
-        check(path.hasPrefix("/") && !path.contains("//") && !path.contains("/../") && !path.hasSuffix("/.."), "path \(path)")
+        check(
+          path.hasPrefix("/") && !path.contains("//") && !path.contains("/../") && !path.hasSuffix("/.."),
+          "path \(path)")
         check(path == "/" || !path.hasSuffix("/"), "path \(path) keeps a trailing slash")
       }
       if let mode = try? SandboxFiles.mode(text) { check(mode <= 0o7777, "mode \(mode)") }

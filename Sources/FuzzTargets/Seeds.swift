@@ -40,7 +40,8 @@ public enum FuzzSeeds {
     let error = AgentCodec.encode(.error(AgentError(code: 2, message: "no")), to: .ping, id: 11)
     seeds.append([3] + pong + exec + error)
     let list = AgentCodec.encode(
-      .fileList([AgentFileEntry(name: utf8("motd"), kind: .file, mode: 0o644, size: 3)]), to: .fileList(path: []), id: 12)
+      .fileList([AgentFileEntry(name: utf8("motd"), kind: .file, mode: 0o644, size: 3)]), to: .fileList(path: []),
+      id: 12)
     let data = AgentCodec.encode(
       .fileData(AgentFileData(size: 3, mode: 0o644, data: [0, 1])), to: .fileRead(path: [], offset: 0, maxBytes: 2),
       id: 13)

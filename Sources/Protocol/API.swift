@@ -39,7 +39,8 @@ public enum WarmupStep: Equatable, Sendable {
       .object(["op": .string("exec"), "args": .array(args.map { .string($0) }), "timeout_secs": .integer(Int64(timeout))])
     case .writeFile(let path, let content, let mode):
       .object([
-        "op": .string("write_file"), "path": .string(path), "content": .string(String(decoding: content, as: UTF8.self)),
+        "op": .string("write_file"), "path": .string(path),
+        "content": .string(String(decoding: content, as: UTF8.self)),
         "mode": .string(String(mode, radix: 8)),
       ])
     }

@@ -287,7 +287,8 @@ public enum AgentCodec {
       if UInt64(count) * 15 > UInt64(r.remaining) {
         throw ProtocolError(
           .truncated,
-          "\(source): \(count) entries at offset \(countOffset) need at least \(UInt64(count) * 15) bytes, \(r.remaining) left")
+          "\(source): \(count) entries at offset \(countOffset) need at least \(UInt64(count) * 15) bytes, \(r.remaining) left"
+        )
       }
       var entries: [AgentFileEntry] = []
       for _ in 0..<count {

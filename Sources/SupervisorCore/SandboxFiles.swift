@@ -9,7 +9,8 @@ extension SandboxManager {
       throw .internalError("sandbox \(id): unexpected reply to ping")
     }
     return FileTransfer(
-      send: { (r) throws(APIError) in try s.agent(r, timeoutMS: 30_000) }, testGuest: pong.kind == AgentPong.testGuestKind,
+      send: { (r) throws(APIError) in try s.agent(r, timeoutMS: 30_000) },
+      testGuest: pong.kind == AgentPong.testGuestKind,
       label: "sandbox \(id)")
   }
 
@@ -38,7 +39,9 @@ extension SandboxManager {
     return .object([
       "vcpus": .array(
         vcpus.enumerated().map { i, v in
-          .object(["index": .integer(Int64(i)), "answered": .bool(v.answered), "runs": .integer(Int64(bitPattern: v.runs))])
+          .object([
+            "index": .integer(Int64(i)), "answered": .bool(v.answered), "runs": .integer(Int64(bitPattern: v.runs)),
+          ])
         })
     ])
   }

@@ -46,7 +46,8 @@ struct SnapshotCreator {
       let pong = try agent.ping()
       for step in request.warmup {
         if case .writeFile(let path, let content, let mode) = step {
-          try warmupWrite(agent, testGuest: pong.kind == AgentPong.testGuestKind, path: path, content: content, mode: mode)
+          try warmupWrite(
+            agent, testGuest: pong.kind == AgentPong.testGuestKind, path: path, content: content, mode: mode)
           continue
         }
         let response = try agent.request(step.agentRequest, timeoutMS: 300_000)

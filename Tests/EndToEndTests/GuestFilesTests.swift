@@ -12,7 +12,9 @@ import VMMControl
 /// this machine's KVM with the test guest (docs/api.md, docs/test-guest.md).
 @Suite("forkd-supervisor: files, lifetimes, vCPUs", .serialized)
 struct GuestFilesTests {
-  func expectError(_ r: APIClient.Response, _ status: Int, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) {
+  func expectError(
+    _ r: APIClient.Response, _ status: Int, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation
+  ) {
     #expect(r.status == status, "\(r.text)", sourceLocation: sourceLocation)
     #expect(r.errorMessage?.contains(fragment) == true, "\(r.text)", sourceLocation: sourceLocation)
   }
@@ -33,7 +35,8 @@ struct GuestFilesTests {
     let api = sup.unix
     let created = try api.request(
       "POST", "/v1/snapshots",
-      body: #"{"tag":"files","memory_mib":32,"warmup":[{"op":"write_file","path":"/etc/motd","content":"from the parent\n","mode":"0640"}]}"#
+      body:
+        #"{"tag":"files","memory_mib":32,"warmup":[{"op":"write_file","path":"/etc/motd","content":"from the parent\n","mode":"0640"}]}"#
     )
     #expect(created.status == 201, "\(created.text)")
     let ids = try spawn(api, "files", n: 2)
@@ -49,7 +52,9 @@ struct GuestFilesTests {
     let root = try api.request("GET", "/v1/sandboxes/\(a)/files?path=/&list=true")
     #expect(
       root.json?["entries"]
-        == .array([.object(["name": .string("etc"), "type": .string("dir"), "size": .integer(0), "mode": .string("0755")])]),
+        == .array([
+          .object(["name": .string("etc"), "type": .string("dir"), "size": .integer(0), "mode": .string("0755")])
+        ]),
       "\(root.text)")
 
     // Binary content across several agent frames: every byte value, runs of NULs.
@@ -65,7 +70,9 @@ struct GuestFilesTests {
     #expect(
       listing.json?["entries"]
         == .array([
-          .object(["name": .string("blob.bin"), "type": .string("file"), "size": .integer(5000), "mode": .string("0600")])
+          .object([
+            "name": .string("blob.bin"), "type": .string("file"), "size": .integer(5000), "mode": .string("0600"),
+          ])
         ]), "\(listing.text)")
     let empty = try raw(sup, "PUT", "/v1/sandboxes/\(a)/files?path=/data/empty", [])
     #expect(empty.status == 200, "\(empty.text)")
@@ -92,7 +99,8 @@ struct GuestFilesTests {
     expectError(try api.request("PUT", "/v1/sandboxes/\(a)/files?path=/x&mode=17777"), 400, "mode")
     expectError(try api.request("GET", "/v1/sandboxes/\(a)/files?path=/etc/motd&list=true"), 400, "not a directory")
     expectError(try api.request("GET", "/v1/sandboxes/\(a)/files?path=/etc"), 400, "is a directory")
-    expectError(try raw(sup, "PUT", "/v1/sandboxes/\(a)/files?path=/big", [UInt8](repeating: 1, count: 70_000)), 413, "65536")
+    expectError(
+      try raw(sup, "PUT", "/v1/sandboxes/\(a)/files?path=/big", [UInt8](repeating: 1, count: 70_000)), 413, "65536")
     expectError(try api.request("GET", "/v1/sandboxes/\(a)/files?path=/big"), 404, "no such file")  // no half file
     let longPath = "/" + String(repeating: "p", count: 80)
     expectError(try api.request("PUT", "/v1/sandboxes/\(a)/files?path=\(longPath)"), 400, "64 bytes")
@@ -154,7 +162,9 @@ struct GuestFilesTests {
     #expect(try api.request("POST", "/v1/snapshots", body: #"{"tag":"life","memory_mib":16}"#).status == 201)
     let spawned = try api.request("POST", "/v1/sandboxes", body: #"{"snapshot_tag":"life","n":2,"timeout_secs":2}"#)
     #expect(spawned.status == 201, "\(spawned.text)")
-    let pids = (spawned.json?.arrayValue ?? []).compactMap { $0["pid"]?.int64Value }.map { pid_t(truncatingIfNeeded: $0) }
+    let pids = (spawned.json?.arrayValue ?? []).compactMap { $0["pid"]?.int64Value }.map {
+      pid_t(truncatingIfNeeded: $0)
+    }
     try #require(pids.count == 2)
     kill(first.pid, SIGKILL)
     _ = ChildProcess.waitOrKill(first.pid, timeoutMS: 10_000)
@@ -181,7 +191,8 @@ struct GuestFilesTests {
     #expect(created.json?["vcpus"] == .integer(2))
     #expect(try api.request("GET", "/v1/snapshots/duo").json?["vcpus"] == .integer(2))
     #expect(try api.request("GET", "/v1/snapshots/duo/info").json?["vcpus"] == .integer(2))
-    #expect(try api.request("POST", "/v1/snapshots", body: #"{"tag":"solo","memory_mib":16}"#).json?["vcpus"] == .integer(1))
+    #expect(
+      try api.request("POST", "/v1/snapshots", body: #"{"tag":"solo","memory_mib":16}"#).json?["vcpus"] == .integer(1))
 
     let ids = try spawn(api, "duo", n: 2)
     try #require(ids.count == 2)

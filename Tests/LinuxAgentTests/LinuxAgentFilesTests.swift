@@ -42,8 +42,12 @@ struct LinuxAgentFilesTests {
     #expect(back == blob)
 
     // Truncate replaces the content and the mode.
-    #expect(try c.call(.fileWrite(path: path, mode: 0o644, offset: 0, truncate: true, data: [1, 0, 2])) == .fileWritten(size: 3))
-    #expect(try c.call(.fileRead(path: path, offset: 0, maxBytes: 100)) == .fileData(AgentFileData(size: 3, mode: 0o644, data: [1, 0, 2])))
+    #expect(
+      try c.call(.fileWrite(path: path, mode: 0o644, offset: 0, truncate: true, data: [1, 0, 2]))
+        == .fileWritten(size: 3))
+    #expect(
+      try c.call(.fileRead(path: path, offset: 0, maxBytes: 100))
+        == .fileData(AgentFileData(size: 3, mode: 0o644, data: [1, 0, 2])))
 
     guard case .fileList(let entries) = try c.call(.fileList(path: Array((dir + "/sub").utf8))) else {
       Issue.record("expected a listing")
@@ -77,7 +81,8 @@ struct LinuxAgentFilesTests {
     #expect(try c.call(.fileList(path: Array("relative".utf8))).agentErrorCode == AgentError.badArgument)
     #expect(try c.call(.fileList(path: dir + [0, 0x61])).agentErrorCode == AgentError.badArgument)
     let file = Array((agent.scratch.path + "/f").utf8)
-    #expect(try c.call(.fileWrite(path: file, mode: 0o644, offset: 0, truncate: true, data: [1])) == .fileWritten(size: 1))
+    #expect(
+      try c.call(.fileWrite(path: file, mode: 0o644, offset: 0, truncate: true, data: [1])) == .fileWritten(size: 1))
     #expect(try c.call(.fileList(path: file)).agentErrorCode == AgentError.badArgument)
     #expect(
       try c.call(.fileWrite(path: file, mode: 0o644, offset: 5, truncate: false, data: [1])).agentErrorCode

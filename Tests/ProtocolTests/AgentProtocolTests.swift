@@ -207,14 +207,19 @@ struct AgentProtocolTests {
     #expect(
       AgentCodec.payload(of: .fileWrite(path: [0x2F], mode: 0o644, offset: 2, truncate: true, data: [0, 9]))
         == [2, 0, 0, 0, 0, 0, 0, 0, 0xA4, 1, 0, 0, 1, 1, 0, 0x2F, 0, 9])
-    #expect(AgentCodec.payload(of: .fileRead(path: [0x2F], offset: 1, maxBytes: 3)) == [1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0x2F])
+    #expect(
+      AgentCodec.payload(of: .fileRead(path: [0x2F], offset: 1, maxBytes: 3)) == [
+        1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0x2F,
+      ])
     #expect(AgentCodec.payload(of: .fileDelete(path: [0x2F, 0x61])) == [0x2F, 0x61])
     #expect(AgentCodec.payload(of: .vcpuStatus) == [])
     #expect(
       AgentCodec.payload(of: .fileList([AgentFileEntry(name: [0x61], kind: .file, mode: 0o600, size: 2)]))
         == [1, 0, 0, 0, 1, 0x80, 1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x61])
     #expect(
-      AgentCodec.payload(of: .vcpuStatus([AgentVCPUStatus(answered: true, runs: 3)])) == [1, 0, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0])
+      AgentCodec.payload(of: .vcpuStatus([AgentVCPUStatus(answered: true, runs: 3)])) == [
+        1, 0, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0,
+      ])
   }
 
   @Test func malformedFileAndVCPUFrames() {
@@ -234,7 +239,9 @@ struct AgentProtocolTests {
     #expect(badResponse(0x90, [2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], .vcpuStatus)?.code == .truncated)
     #expect(badResponse(0x90, [1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0], .vcpuStatus)?.code == .badValue)
     func badRequest(_ type: UInt8, _ payload: [UInt8]) -> ProtocolError? {
-      #expect(throws: ProtocolError.self) { try AgentCodec.decodeRequest(AgentFrame(type: type, requestID: 1, payload: payload)) }
+      #expect(throws: ProtocolError.self) {
+        try AgentCodec.decodeRequest(AgentFrame(type: type, requestID: 1, payload: payload))
+      }
     }
     #expect(badRequest(0x0C, Array(repeating: 0, count: 14))?.code == .truncated)
     #expect(badRequest(0x0C, Array(repeating: 0, count: 12) + [2, 0, 0])?.code == .badValue)  // truncate flag 2

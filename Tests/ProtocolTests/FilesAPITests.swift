@@ -30,7 +30,9 @@ struct FilesAPITests {
 
   @Test func timeoutsAndVCPUs() throws {
     #expect(try SandboxTimeout.decode(Array(#"{"timeout_secs":3}"#.utf8)) == 3)
-    for bad in [#"{}"#, #"{"timeout_secs":0}"#, #"{"timeout_secs":-5}"#, #"{"timeout_secs":"3"}"#, #"{"timeout_secs":604801}"#] {
+    for bad in [
+      #"{}"#, #"{"timeout_secs":0}"#, #"{"timeout_secs":-5}"#, #"{"timeout_secs":"3"}"#, #"{"timeout_secs":604801}"#,
+    ] {
       let e = #expect(throws: ProtocolError.self, "\(bad)") { try SandboxTimeout.decode(Array(bad.utf8)) }
       #expect(e?.message.contains("timeout_secs") == true, "\(e?.message ?? "")")
     }
