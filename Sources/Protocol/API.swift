@@ -103,7 +103,16 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
       case "write_file":
         let path = try SandboxFiles.path(try s.string("path"))
         let mode = try SandboxFiles.mode(try s.optionalString("mode"))
-        let content = Array(try s.string("content").utf8)
+        let text = try s.optionalString("content")
+        let encoded = try s.optionalString("content_b64")
+        guard (text == nil) != (encoded == nil) else {
+          throw s.invalid("content", expected: "either \"content\" (text) or \"content_b64\" (base64), not both")
+        }
+        var content = Array((text ?? "").utf8)
+        if let encoded {
+          guard let bytes = Base64.decode(encoded) else { throw s.invalid("content_b64", expected: "standard base64") }
+          content = bytes
+        }
         guard content.count <= SandboxFiles.maxFileBytes else {
           throw s.invalid("content", expected: "at most \(SandboxFiles.maxFileBytes) bytes")
         }

@@ -36,7 +36,7 @@ struct GuestFilesTests {
     let created = try api.request(
       "POST", "/v1/snapshots",
       body:
-        #"{"tag":"files","memory_mib":32,"warmup":[{"op":"write_file","path":"/etc/motd","content":"from the parent\n","mode":"0640"}]}"#
+        #"{"tag":"files","memory_mib":32,"warmup":[{"op":"write_file","path":"/etc/motd","content":"from the parent\n","mode":"0640"},{"op":"write_file","path":"/etc/bin","content_b64":"AAEA/w=="}]}"#
     )
     #expect(created.status == 201, "\(created.text)")
     let ids = try spawn(api, "files", n: 2)
@@ -49,6 +49,7 @@ struct GuestFilesTests {
       #expect(motd.status == 200)
       #expect(motd.text == "from the parent\n")
     }
+    #expect(try raw(sup, "GET", "/v1/sandboxes/\(b)/files?path=/etc/bin").body == [0, 1, 0, 0xFF])
     let root = try api.request("GET", "/v1/sandboxes/\(a)/files?path=/&list=true")
     #expect(
       root.json?["entries"]

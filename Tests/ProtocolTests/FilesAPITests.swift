@@ -48,6 +48,17 @@ struct FilesAPITests {
     }
   }
 
+  @Test func base64() {
+    #expect(Base64.decode("") == [])
+    #expect(Base64.decode("AA==") == [0])
+    #expect(Base64.decode("AAE") == [0, 1])  // padding may be left out
+    #expect(Base64.decode("aGVsbG8=") == Array("hello".utf8))
+    #expect(Base64.decode("+/8A") == [0xFB, 0xFF, 0x00])
+    for bad in ["A", "A===", "AB=C", "AAE=AAAA", "AB==", "****", "aGVsbG8=\n", "AA==" + "="] {
+      #expect(Base64.decode(bad) == nil, "\(bad)")
+    }
+  }
+
   @Test func writeFileWarmup() throws {
     let r = try CreateSnapshotRequest.decode(
       Array(#"{"tag":"a","warmup":[{"op":"write_file","path":"/etc/x/","content":"hi","mode":"600"}]}"#.utf8))
@@ -55,7 +66,12 @@ struct FilesAPITests {
     #expect(
       r.warmup[0].agentRequest
         == .fileWrite(path: Array("/etc/x".utf8), mode: 0o600, offset: 0, truncate: true, data: Array("hi".utf8)))
+    let binary = try CreateSnapshotRequest.decode(
+      Array(#"{"tag":"a","warmup":[{"op":"write_file","path":"/b","content_b64":"AAEA/w=="}]}"#.utf8))
+    #expect(binary.warmup == [.writeFile(path: "/b", content: [0, 1, 0, 0xFF], mode: 0o644)])
     for bad in [
+      #"{"op":"write_file","path":"/x","content":"","content_b64":""}"#,
+      #"{"op":"write_file","path":"/x","content_b64":"%%"}"#,
       #"{"op":"write_file","path":"x","content":""}"#, #"{"op":"write_file","path":"/x"}"#,
       #"{"op":"write_file","path":"/x","content":"","mode":"9"}"#,
     ] {
