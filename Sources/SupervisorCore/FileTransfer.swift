@@ -44,8 +44,9 @@ struct FileTransfer {
         }
         size = written
       } catch {
-        // No half file: a write that failed after its first piece removes what it wrote.
-        if offset > 0 { _ = try? send(.fileDelete(path: p)) }
+        // No half file: a write that failed after its first piece, or ran out of room in it
+        // (a full disk part way), removes what it wrote.
+        if offset > 0 || error.status == 413 { _ = try? send(.fileDelete(path: p)) }
         throw error
       }
       offset = end
