@@ -32,7 +32,9 @@ public enum SandboxFiles {
     guard let text = String(validating: bytes, as: UTF8.self) else {
       throw ProtocolError(.badValue, "query: parameter \"path\": not valid UTF-8")
     }
-    return components.isEmpty ? "/" : text.hasSuffix("/") ? String(text.dropLast()) : text
+    // Bytes, not Characters: "/" followed by a combining mark is one Character.
+    if components.isEmpty { return "/" }
+    return bytes.last == UInt8(ascii: "/") ? String(decoding: bytes.dropLast(), as: UTF8.self) : text
   }
 
   /// The `mode` parameter: octal permission bits, 0...7777 ("0644", "755").
