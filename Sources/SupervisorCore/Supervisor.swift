@@ -116,10 +116,11 @@ public final class Supervisor: @unchecked Sendable {
     if match(method, parts, "POST", ["v1", "sandboxes"]) != nil {
       let body = try SpawnRequest.decode(request.body)
       let manager = sandboxes
-      var created = try await blocking { try manager.spawn(body) }
-      if let seconds = body.timeoutSeconds {
-        manager.setTimeout(created.map(\.id), seconds: seconds)
-        created = created.map { (try? manager.get($0.id)) ?? $0 }
+      let created = try await blocking {
+        let spawned = try manager.spawn(body)
+        guard let seconds = body.timeoutSeconds else { return spawned }
+        manager.setTimeout(spawned.map(\.id), seconds: seconds)
+        return spawned.map { (try? manager.get($0.id)) ?? $0 }
       }
       return json(201, .array(created.map(\.jsonValue)))
     }
@@ -161,8 +162,11 @@ public final class Supervisor: @unchecked Sendable {
         ]))
     }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "timeout"]) {
+      let id = captures[0]
       let seconds = try SandboxTimeout.decode(request.body)
-      return json(200, try sandboxes.extendTimeout(captures[0], seconds: seconds).jsonValue)
+      let manager = sandboxes
+      // Off the event loop: the answer reads the sandbox's state, which an agent call may hold.
+      return json(200, try await blocking { try manager.extendTimeout(id, seconds: seconds) }.jsonValue)
     }
     if let captures = match(method, parts, "GET", ["v1", "sandboxes", "*", "vcpus"]) {
       let id = captures[0]
