@@ -163,6 +163,17 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
       }
     }
   }
+  if s.children > 0 && s.parent.vcpus > 1 {
+    try report.step("linux: child 0 runs a program on each of its \(s.parent.vcpus) vCPUs after the restore") {
+      for cpu in 0..<s.parent.vcpus {
+        // Field 39 of /proc/self/stat is the CPU the process last ran on; a vCPU that did not
+        // come back from the restore would leave the pinned program unscheduled (exec timeout).
+        let stat = text(try run(kids[0].1, ["taskset", "-c", "\(cpu)", "cat", "/proc/self/stat"]).stdout)
+        let fields = stat.split(separator: " ")
+        try expectEqual("CPU of a program pinned to \(cpu)", fields.count > 38 ? String(fields[38]) : stat, "\(cpu)")
+      }
+    }
+  }
   if s.children > 1 {
     try report.step("linux: file frames: a binary file put into child 0 reads back byte for byte, child 1 has none") {
       let path = Array("/tmp/forkd-lane-files/blob.bin".utf8)
