@@ -44,6 +44,8 @@ enum ProtocolTargets {
     let requests: [AgentRequest] = [
       .ping, .echo([]), .fill(pages: 0, seed: 0), .checksum(pages: 0), .counter(delta: 0), .kvSet(key: [], value: []),
       .kvGet(key: []), .exit(code: 0), .exec(args: [], timeoutSeconds: 0), .console([]),
+      .fileWrite(path: [], mode: 0, offset: 0, truncate: false, data: []), .fileRead(path: [], offset: 0, maxBytes: 0),
+      .fileList(path: []), .fileDelete(path: []), .vcpuStatus,
     ]
     for frame in frames {
       // Re-encoding a frame yields bytes the decoder turns back into the same frame.
@@ -141,6 +143,7 @@ enum ProtocolTargets {
         check(SnapshotTag.isValid(r.tag), "create accepted tag \(r.tag)")
         check((2...3072).contains(r.memoryMiB) && r.memoryMiB % 2 == 0, "memory_mib \(r.memoryMiB)")
         check(r.bootWaitSeconds <= 60, "boot_wait_secs \(r.bootWaitSeconds)")
+        check((1...CreateSnapshotRequest.maxVCPUs).contains(r.vcpus), "vcpus \(r.vcpus)")
         for step in r.warmup { _ = step.agentRequest; _ = step.jsonValue.serialized() }
       }
     case 1:
@@ -148,6 +151,7 @@ enum ProtocolTargets {
         check(SnapshotTag.isValid(r.snapshotTag), "spawn accepted tag \(r.snapshotTag)")
         check((1...SpawnRequest.maxChildren).contains(r.count), "spawn accepted n \(r.count)")
         check(r.memoryLimitMiB.map { $0 >= 8 } ?? true, "memory_limit_mib")
+        check(r.timeoutSeconds.map { (1...SandboxTimeout.maxSeconds).contains($0) } ?? true, "timeout_secs")
       }
     case 2:
       if let r = try? ExecRequest.decode(body) {
@@ -163,6 +167,19 @@ enum ProtocolTargets {
       if let r = try? CompactRequest.decode(body) {
         check(SnapshotTag.isValid(r.to), "compact accepted to \(r.to)")
       }
+      // The same bytes as a files query: an accepted path is absolute and normalised.
+      let text = String(decoding: body, as: UTF8.self)
+      if let path = try? SandboxFiles.path(text) {
+        // Checked on bytes: a combining mark after "/" makes one Character of both.
+        let bytes = Array(path.utf8)
+        let components = bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).dropFirst()
+        check(bytes.first == UInt8(ascii: "/"), "path \(path) is not absolute")
+        check(
+          bytes == [UInt8(ascii: "/")]
+            || components.allSatisfy { !$0.isEmpty && !$0.elementsEqual([0x2E]) && !$0.elementsEqual([0x2E, 0x2E]) },
+          "path \(path) has an empty, . or .. component")
+      }
+      if let mode = try? SandboxFiles.mode(text) { check(mode <= 0o7777, "mode \(mode)") }
     }
   }
 

@@ -93,6 +93,9 @@ public enum FuzzSeeds {
       .ping, .echo([1, 2, 3]), .fill(pages: 16, seed: 7), .checksum(pages: 16), .counter(delta: -3),
       .kvSet(key: utf8("k"), value: utf8("v")), .kvGet(key: utf8("k")), .exit(code: 3),
       .exec(args: ["/bin/echo", "hi"], timeoutSeconds: 5), .console(utf8("hello")),
+      .fileWrite(path: utf8("/etc/motd"), mode: 0o644, offset: 0, truncate: true, data: [0, 1, 0]),
+      .fileRead(path: utf8("/etc/motd"), offset: 1, maxBytes: 2036), .fileList(path: utf8("/etc")),
+      .fileDelete(path: utf8("/etc/motd")), .vcpuStatus,
     ]
     var seeds = requests.enumerated().map { [UInt8(0)] + AgentCodec.encode($0.element, id: UInt32($0.offset)) }
     let pong = AgentCodec.encode(
@@ -102,6 +105,16 @@ public enum FuzzSeeds {
       to: .exec(args: [], timeoutSeconds: 1), id: 10)
     let error = AgentCodec.encode(.error(AgentError(code: 2, message: "no")), to: .ping, id: 11)
     seeds.append([3] + pong + exec + error)
+    let list = AgentCodec.encode(
+      .fileList([AgentFileEntry(name: utf8("motd"), kind: .file, mode: 0o644, size: 3)]), to: .fileList(path: []),
+      id: 12)
+    let data = AgentCodec.encode(
+      .fileData(AgentFileData(size: 3, mode: 0o644, data: [0, 1])), to: .fileRead(path: [], offset: 0, maxBytes: 2),
+      id: 13)
+    let vcpus = AgentCodec.encode(
+      .vcpuStatus([AgentVCPUStatus(answered: true, runs: 1), AgentVCPUStatus(answered: false, runs: 0)]),
+      to: .vcpuStatus, id: 14)
+    seeds.append([2] + list + data + vcpus)
     return seeds
   }
 
@@ -155,6 +168,11 @@ public enum FuzzSeeds {
       [3] + utf8(#"{"diff":true}"#),
       [4] + utf8(#"{"to":"flat"}"#),
       [0] + utf8(#"{"tag":"../etc"}"#),
+      [0]
+        + utf8(
+          #"{"tag":"duo","vcpus":2,"warmup":[{"op":"write_file","path":"/etc/motd","content":"hi","mode":"0600"}]}"#),
+      [1] + utf8(#"{"snapshot_tag":"base","timeout_secs":30}"#),
+      [4] + utf8("/etc/../x%2F"),
     ]
   }
 

@@ -13,6 +13,8 @@ public enum WarmupStep: Equatable, Sendable {
   case kvSet(key: String, value: String)
   /// Linux guests: run a program (e.g. import the libraries every child will need).
   case exec(args: [String], timeoutSeconds: UInt32)
+  /// A file every child will see (written in one or more `fileWrite` frames).
+  case writeFile(path: String, content: [UInt8], mode: UInt32)
   /// Linux guests: run Python in the agent's interpreter, which every child then inherits warm
   /// (`{"op":"eval","code":"import json, decimal"}`).
   case eval(code: String, timeoutSeconds: UInt32)
@@ -30,6 +32,8 @@ public enum WarmupStep: Equatable, Sendable {
     case .kvSet(let key, let value): .kvSet(key: Array(key.utf8), value: Array(value.utf8))
     case .exec(let args, let timeout): .exec(args: args, timeoutSeconds: timeout)
     case .eval(let code, let timeout): .eval(code: code, timeoutSeconds: timeout)
+    case .writeFile(let path, let content, let mode):
+      .fileWrite(path: Array(path.utf8), mode: mode, offset: 0, truncate: true, data: content)
     }
   }
 
@@ -46,6 +50,12 @@ public enum WarmupStep: Equatable, Sendable {
       ])
     case .eval(let code, let timeout):
       .object(["op": .string("eval"), "code": .string(code), "timeout_secs": .integer(Int64(timeout))])
+    case .writeFile(let path, let content, let mode):
+      .object([
+        "op": .string("write_file"), "path": .string(path),
+        "content": .string(String(decoding: content, as: UTF8.self)),
+        "mode": .string(String(mode, radix: 8)),
+      ])
     }
   }
 }
@@ -64,7 +74,10 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
   public var memoryMiB: UInt64
   public var warmup: [WarmupStep]
   public var bootWaitSeconds: UInt64
+  /// vCPUs of the parent, and so of every child restored from it.
+  public var vcpus: UInt32 = 1
 
+  public static let maxVCPUs: UInt32 = 8
   public static let source = "request body"
   /// x86 Linux's COMMAND_LINE_SIZE.
   public static let maxCommandLineBytes = 2048
@@ -118,10 +131,27 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
         let timeout = try s.optionalUInt64("timeout_secs") ?? 60
         guard (1...3600).contains(timeout) else { throw s.invalid("timeout_secs", expected: "1...3600") }
         steps.append(.exec(args: args, timeoutSeconds: UInt32(timeout)))
+      case "write_file":
+        let path = try SandboxFiles.path(try s.string("path"))
+        let mode = try SandboxFiles.mode(try s.optionalString("mode"))
+        let text = try s.optionalString("content")
+        let encoded = try s.optionalString("content_b64")
+        guard (text == nil) != (encoded == nil) else {
+          throw s.invalid("content", expected: "either \"content\" (text) or \"content_b64\" (base64), not both")
+        }
+        var content = Array((text ?? "").utf8)
+        if let encoded {
+          guard let bytes = Base64.decode(encoded) else { throw s.invalid("content_b64", expected: "standard base64") }
+          content = bytes
+        }
+        guard content.count <= SandboxFiles.maxFileBytes else {
+          throw s.invalid("content", expected: "at most \(SandboxFiles.maxFileBytes) bytes")
+        }
+        steps.append(.writeFile(path: path, content: content, mode: mode))
       case "eval":
         let eval = try EvalRequest.decode(s, defaultTimeout: 60)
         steps.append(.eval(code: eval.code, timeoutSeconds: eval.timeoutSeconds))
-      default: throw s.invalid("op", expected: "ping, fill, counter, kv_set, exec or eval")
+      default: throw s.invalid("op", expected: "ping, fill, counter, kv_set, exec, eval or write_file")
       }
     }
     guard steps.count <= maxWarmupSteps else { throw r.invalid("warmup", expected: "at most \(maxWarmupSteps) steps") }
@@ -129,10 +159,12 @@ public struct CreateSnapshotRequest: Equatable, Sendable {
     if let cmdline, cmdline.utf8.count > maxCommandLineBytes || cmdline.utf8.contains(0) {
       throw r.invalid("cmdline", expected: "a command line of at most \(maxCommandLineBytes) bytes without NUL")
     }
+    let vcpus = try r.optionalUInt64("vcpus") ?? 1
+    guard (1...UInt64(maxVCPUs)).contains(vcpus) else { throw r.invalid("vcpus", expected: "1...\(maxVCPUs)") }
     return CreateSnapshotRequest(
       tag: tag, image: image, kernel: kernel, rootfs: try r.hostPath("rootfs"),
       initrd: try r.hostPath("initrd"), cmdline: cmdline, memoryMiB: memory,
-      warmup: steps, bootWaitSeconds: wait)
+      warmup: steps, bootWaitSeconds: wait, vcpus: UInt32(truncatingIfNeeded: vcpus))
   }
 }
 
@@ -148,6 +180,8 @@ public struct SpawnRequest: Equatable, Sendable {
   public var prewarm: Bool
   public var liveFork: Bool
   public var hugepages: Bool
+  /// Each child is deleted this many seconds after its spawn (unless extended).
+  public var timeoutSeconds: UInt64? = nil
 
   public static func decode(_ body: [UInt8]) throws(ProtocolError) -> SpawnRequest {
     let source = "request body"
@@ -164,7 +198,7 @@ public struct SpawnRequest: Equatable, Sendable {
       snapshotTag: tag, count: Int(n), memoryLimitMiB: limit,
       perChildNetns: try r.optionalBool("per_child_netns") ?? false,
       prewarm: try r.optionalBool("prewarm") ?? false, liveFork: try r.optionalBool("live_fork") ?? false,
-      hugepages: try r.optionalBool("hugepages") ?? false)
+      hugepages: try r.optionalBool("hugepages") ?? false, timeoutSeconds: try SandboxTimeout.read(r))
   }
 }
 
@@ -343,6 +377,8 @@ public struct SnapshotInfo: Equatable, Sendable {
   public var diffMS: Double?
   /// Diff layers between this snapshot and the full one its memory rests on (0: flat).
   public var chainDepth: Int = 0
+  /// vCPUs every child restored from it runs with.
+  public var vcpus: UInt32?
 
   public init(
     tag: String, dir: String, createdAtUnix: Int64, memoryLogicalBytes: UInt64 = 0, memoryPhysicalBytes: UInt64 = 0,
@@ -375,6 +411,7 @@ public struct SnapshotInfo: Equatable, Sendable {
     if let diffPhysicalBytes { o["diff_physical_bytes"] = .integer(Int64(diffPhysicalBytes)) }
     if let diffLogicalBytes { o["diff_logical_bytes"] = .integer(Int64(diffLogicalBytes)) }
     if let diffMS { o["diff_ms"] = .double(diffMS) }
+    if let vcpus { o["vcpus"] = .integer(Int64(vcpus)) }
     return .object(o)
   }
 
@@ -415,12 +452,15 @@ public struct SandboxInfo: Equatable, Sendable {
   public var lastBranchTag: String?
   public var lastBranchStatus: String?
   public var lastBranchError: String?
+  /// When the child is deleted (spawned with `timeout_secs`), in Unix seconds.
+  public var expiresAtUnix: Int64?
 
   public init(
     id: String, snapshotTag: String, createdAtUnix: Int64, pid: Int32?, pagerPID: Int32?, backend: String,
     state: String, exitReason: String? = nil, memoryLimitMiB: UInt64? = nil, branchCount: Int = 0,
     lastBranchMemoryPath: String? = nil, pagerRestarts: Int = 0, lastBranchTag: String? = nil,
-    lastBranchStatus: String? = nil, lastBranchError: String? = nil, netns: String? = nil, guestAddr: String? = nil
+    lastBranchStatus: String? = nil, lastBranchError: String? = nil, netns: String? = nil, guestAddr: String? = nil,
+    expiresAtUnix: Int64? = nil
   ) {
     self.lastBranchTag = lastBranchTag
     self.lastBranchStatus = lastBranchStatus
@@ -439,6 +479,7 @@ public struct SandboxInfo: Equatable, Sendable {
     self.branchCount = branchCount
     self.lastBranchMemoryPath = lastBranchMemoryPath
     self.pagerRestarts = pagerRestarts
+    self.expiresAtUnix = expiresAtUnix
   }
 
   public var jsonValue: JSONValue {
@@ -457,6 +498,7 @@ public struct SandboxInfo: Equatable, Sendable {
     if let lastBranchError { o["last_branch_error"] = .string(lastBranchError) }
     if let netns { o["netns"] = .string(netns) }
     if let guestAddr { o["guest_addr"] = .string(guestAddr) }
+    if let expiresAtUnix { o["expires_at_unix"] = .integer(expiresAtUnix) }
     return .object(o)
   }
 }

@@ -61,6 +61,22 @@ public enum AgentCodec {
     case .eval(let code, let timeoutSeconds):
       w.u32(timeoutSeconds)
       w.string(code)
+    case .fileWrite(let path, let mode, let offset, let truncate, let data):
+      precondition(path.count <= Int(UInt16.max), "file path of \(path.count) bytes does not fit the u16 length")
+      w.u64(offset)
+      w.u32(mode)
+      w.u8(truncate ? 1 : 0)
+      w.u16(UInt16(path.count))
+      w.bytes(path)
+      w.bytes(data)
+    case .fileRead(let path, let offset, let maxBytes):
+      w.u64(offset)
+      w.u32(maxBytes)
+      w.bytes(path)
+    case .fileList(let path), .fileDelete(let path):
+      w.bytes(path)
+    case .vcpuStatus:
+      break
     }
     return w.bytes
   }
@@ -82,8 +98,30 @@ public enum AgentCodec {
       w.u64(c)
     case .counter(let v):
       w.u64(v)
-    case .kvSet, .exiting, .consoleWritten, .attacking:
+    case .kvSet, .exiting, .consoleWritten, .attacking, .fileDeleted:
       break
+    case .fileWritten(let size):
+      w.u64(size)
+    case .fileData(let d):
+      w.u64(d.size)
+      w.u32(d.mode)
+      w.bytes(d.data)
+    case .fileList(let entries):
+      w.u32(UInt32(truncatingIfNeeded: entries.count))
+      for e in entries {
+        precondition(e.name.count <= Int(UInt16.max), "file name of \(e.name.count) bytes does not fit the u16 length")
+        w.u8(e.kind.rawValue)
+        w.u32(e.mode)
+        w.u64(e.size)
+        w.u16(UInt16(e.name.count))
+        w.bytes(e.name)
+      }
+    case .vcpuStatus(let vcpus):
+      w.u32(UInt32(truncatingIfNeeded: vcpus.count))
+      for v in vcpus {
+        w.u8(v.answered ? 1 : 0)
+        w.u64(v.runs)
+      }
     case .kvGet(let found, let value):
       w.u8(found ? 1 : 0)
       w.bytes(value)
@@ -120,6 +158,11 @@ public enum AgentCodec {
     case 0x0a: return "console"
     case 0x0b: return "attack"
     case 0x20: return "eval"
+    case 0x0c: return "file write"
+    case 0x0d: return "file read"
+    case 0x0e: return "file list"
+    case 0x0f: return "file delete"
+    case 0x10: return "vcpu status"
     default: return nil
     }
   }
@@ -166,6 +209,23 @@ public enum AgentCodec {
       request = .console(r.rest())
     case 0x0b:
       request = .attack(kind: try r.u32())
+    case 0x0c:
+      let offset = try r.u64()
+      let mode = try r.u32()
+      let truncate = try flag(&r, "truncate")
+      let pathLength = try r.u16()
+      let path = try r.bytes(Int(pathLength))
+      request = .fileWrite(path: path, mode: mode, offset: offset, truncate: truncate, data: r.rest())
+    case 0x0d:
+      let offset = try r.u64()
+      let maxBytes = try r.u32()
+      request = .fileRead(path: r.rest(), offset: offset, maxBytes: maxBytes)
+    case 0x0e:
+      request = .fileList(path: r.rest())
+    case 0x0f:
+      request = .fileDelete(path: r.rest())
+    case 0x10:
+      request = .vcpuStatus
     case 0x09:
       let timeout = try r.u32()
       let argcOffset = r.offset
@@ -247,6 +307,48 @@ public enum AgentCodec {
       response = .consoleWritten
     case .attack:
       response = .attacking
+    case .fileWrite:
+      response = .fileWritten(size: try r.u64())
+    case .fileRead:
+      response = .fileData(AgentFileData(size: try r.u64(), mode: try r.u32(), data: r.rest()))
+    case .fileList:
+      let countOffset = r.offset
+      let count = try r.u32()
+      // Each entry takes at least 15 bytes: refuse counts the payload cannot hold.
+      if UInt64(count) * 15 > UInt64(r.remaining) {
+        throw ProtocolError(
+          .truncated,
+          "\(source): \(count) entries at offset \(countOffset) need at least \(UInt64(count) * 15) bytes, \(r.remaining) left"
+        )
+      }
+      var entries: [AgentFileEntry] = []
+      for _ in 0..<count {
+        let kindOffset = r.offset
+        let rawKind = try r.u8()
+        guard let kind = AgentFileEntry.Kind(rawValue: rawKind) else {
+          throw ProtocolError(.badValue, "\(source): entry type \(rawKind) at offset \(kindOffset), expected 1...4")
+        }
+        let mode = try r.u32()
+        let size = try r.u64()
+        let nameLength = try r.u16()
+        entries.append(AgentFileEntry(name: try r.bytes(Int(nameLength)), kind: kind, mode: mode, size: size))
+      }
+      response = .fileList(entries)
+    case .fileDelete:
+      response = .fileDeleted
+    case .vcpuStatus:
+      let countOffset = r.offset
+      let count = try r.u32()
+      if UInt64(count) * 9 > UInt64(r.remaining) {
+        throw ProtocolError(
+          .truncated,
+          "\(source): \(count) vCPUs at offset \(countOffset) need \(UInt64(count) * 9) bytes, \(r.remaining) left")
+      }
+      var vcpus: [AgentVCPUStatus] = []
+      for _ in 0..<count {
+        vcpus.append(AgentVCPUStatus(answered: try flag(&r, "answered"), runs: try r.u64()))
+      }
+      response = .vcpuStatus(vcpus)
     case .exec:
       let exitCode = try r.i32()
       let timedOut = try flag(&r, "timed_out")

@@ -38,6 +38,17 @@ public enum AgentRequest: Equatable, Sendable {
   case console([UInt8])
   /// Hostile mode (test guest): after answering, attack its own devices (`HostileAttack`).
   case attack(kind: UInt32)
+  /// Write `data` at `offset` of the file `path` (created with `mode` if missing; emptied first
+  /// when `truncate`). Files larger than one frame are written in several requests.
+  case fileWrite(path: [UInt8], mode: UInt32, offset: UInt64, truncate: Bool, data: [UInt8])
+  /// Up to `maxBytes` bytes of the file `path` from `offset`.
+  case fileRead(path: [UInt8], offset: UInt64, maxBytes: UInt32)
+  /// The entries of the directory `path`.
+  case fileList(path: [UInt8])
+  /// Remove the file `path`.
+  case fileDelete(path: [UInt8])
+  /// Whether each vCPU runs: the agent asks every other vCPU to answer (test guest).
+  case vcpuStatus
   /// Run Python code in the agent's long-lived interpreter (Linux agent only; state persists
   /// between evals of one guest). `timeoutSeconds` 0 means the agent's default (30 s).
   case eval(code: String, timeoutSeconds: UInt32)
@@ -60,6 +71,11 @@ public enum AgentRequest: Equatable, Sendable {
       }
       if bytes > AgentProtocol.maxPayload {
         return "exec arguments of \(bytes) bytes: the frame carries at most \(AgentProtocol.maxPayload)"
+      }
+    case .fileWrite(let path, _, _, _, let data):
+      if path.count > Int(UInt16.max) { return "file path of \(path.count) bytes: the frame carries at most \(UInt16.max)" }
+      if 15 + path.count + data.count > AgentProtocol.maxPayload {
+        return "file path and data of \(path.count + data.count) bytes: the frame carries at most \(AgentProtocol.maxPayload - 15)"
       }
     case .echo(let bytes), .kvGet(let bytes), .console(let bytes):
       if bytes.count > AgentProtocol.maxPayload {
@@ -86,6 +102,11 @@ public enum AgentRequest: Equatable, Sendable {
     case .console: return 0x0a
     case .attack: return 0x0b
     case .eval: return 0x20
+    case .fileWrite: return 0x0c
+    case .fileRead: return 0x0d
+    case .fileList: return 0x0e
+    case .fileDelete: return 0x0f
+    case .vcpuStatus: return 0x10
     }
   }
 }
@@ -105,6 +126,12 @@ public enum AgentResponse: Equatable, Sendable {
   case consoleWritten
   case attacking
   case eval(AgentEvalResult)
+  /// The file's size after the write.
+  case fileWritten(size: UInt64)
+  case fileData(AgentFileData)
+  case fileList([AgentFileEntry])
+  case fileDeleted
+  case vcpuStatus([AgentVCPUStatus])
   case error(AgentError)
 
   /// The frame type byte: the request's type | 0x80, or 0xff for errors.
@@ -122,6 +149,11 @@ public enum AgentResponse: Equatable, Sendable {
     case .consoleWritten: return 0x8a
     case .attacking: return 0x8b
     case .eval: return 0xa0
+    case .fileWritten: return 0x8c
+    case .fileData: return 0x8d
+    case .fileList: return 0x8e
+    case .fileDeleted: return 0x8f
+    case .vcpuStatus: return 0x90
     case .error: return AgentProtocol.errorType
     }
   }
@@ -153,8 +185,10 @@ public struct AgentError: Error, Equatable, Sendable, CustomStringConvertible {
   public static let badArgument: UInt32 = 3
   public static let unsupported: UInt32 = 4
   public static let tooLarge: UInt32 = 5
+  /// The path names no file or directory.
+  public static let notFound: UInt32 = 6
   /// The interpreter is running another eval (one at a time per guest).
-  public static let busy: UInt32 = 6
+  public static let busy: UInt32 = 7
 
   public var code: UInt32
   public var message: String
@@ -186,6 +220,7 @@ public struct AgentError: Error, Equatable, Sendable, CustomStringConvertible {
     case AgentError.unsupported: name = "unsupported"
     case AgentError.tooLarge: name = "too large"
     case AgentError.busy: name = "busy"
+    case AgentError.notFound: name = "not found"
     default: name = "code \(code)"
     }
     return message.isEmpty ? "agent error: \(name)" : "agent error (\(name)): \(message)"
@@ -241,6 +276,63 @@ public struct AgentEvalResult: Equatable, Sendable {
     self.result = result
     self.error = error
     self.stdout = stdout
+  }
+}
+
+/// Answer to `fileRead`: the file's whole size and mode, and the bytes from the offset.
+public struct AgentFileData: Equatable, Sendable {
+  public var size: UInt64
+  public var mode: UInt32
+  public var data: [UInt8]
+
+  public init(size: UInt64, mode: UInt32, data: [UInt8]) {
+    self.size = size
+    self.mode = mode
+    self.data = data
+  }
+}
+
+/// One entry of `fileList`.
+public struct AgentFileEntry: Equatable, Sendable {
+  public enum Kind: UInt8, Sendable {
+    case file = 1
+    case directory = 2
+    case symlink = 3
+    case other = 4
+
+    public var name: String {
+      switch self {
+      case .file: "file"
+      case .directory: "dir"
+      case .symlink: "symlink"
+      case .other: "other"
+      }
+    }
+  }
+  public var name: [UInt8]
+  public var kind: Kind
+  /// Permission bits (0...0o7777).
+  public var mode: UInt32
+  public var size: UInt64
+
+  public init(name: [UInt8], kind: Kind, mode: UInt32, size: UInt64) {
+    self.name = name
+    self.kind = kind
+    self.mode = mode
+    self.size = size
+  }
+}
+
+/// One vCPU in the answer to `vcpuStatus`.
+public struct AgentVCPUStatus: Equatable, Sendable {
+  /// It answered this request (vCPU 0 always does: it serves the agent).
+  public var answered: Bool
+  /// Times it has run its loop since boot (restores included: the count is in guest memory).
+  public var runs: UInt64
+
+  public init(answered: Bool, runs: UInt64) {
+    self.answered = answered
+    self.runs = runs
   }
 }
 

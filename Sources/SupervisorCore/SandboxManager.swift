@@ -2,6 +2,7 @@ import Dispatch
 import Logging
 import Protocol
 import SnapshotStorage
+import Synchronization
 import Syscalls
 import VMMControl
 
@@ -31,6 +32,8 @@ final class Sandbox: @unchecked Sendable {
   private var agentClient: AgentClient?
   /// Serialises agent requests: one connection per sandbox, one request on it at a time.
   private let agentCalls = ConditionLock()
+  /// Set by `timeout_secs`; its own lock, so the expiry check never waits for an agent call.
+  let deadline = Mutex<SandboxDeadline?>(nil)
 
   init(id: String, snapshotTag: String, child: Child, memoryLimitMiB: UInt64?, network: ChildNetwork? = nil) {
     self.network = network
@@ -49,7 +52,7 @@ final class Sandbox: @unchecked Sendable {
         exitReason: exitReason, memoryLimitMiB: memoryLimitMiB, branchCount: branchCount,
         lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts, lastBranchTag: lastBranch?.tag,
         lastBranchStatus: lastBranch?.status, lastBranchError: lastBranch?.error, netns: network?.name,
-        guestAddr: network == nil ? nil : ChildNetwork.guestAddress)
+        guestAddr: network == nil ? nil : ChildNetwork.guestAddress, expiresAtUnix: deadline.withLock { $0?.unixSeconds })
     }
   }
 
@@ -71,13 +74,7 @@ final class Sandbox: @unchecked Sendable {
           throw .conflict("sandbox \(id) was \(gone.state) while the request ran: \(gone.reason)")
         }
         if error.code == .agent, let agentError = error.cause as? AgentError {
-          if agentError.code == AgentError.busy {
-            throw .conflict("sandbox \(id): \(agentError.message)")
-          }
-          if agentError.code == AgentError.unsupported || agentError.code == AgentError.unknownType {
-            throw .badRequest("sandbox \(id): the guest agent does not support this request (\(agentError.message))")
-          }
-          throw .badRequest("sandbox \(id): the guest agent refused the request: \(agentError.message)")
+          throw FileTransfer.apiError(agentError, "sandbox \(id)")
         }
         if error.code == .protocolViolation {
           // Guest data the host refuses to decode: the child is reported, the daemon carries on.
@@ -148,7 +145,7 @@ public final class SandboxManager: @unchecked Sendable {
   private var sandboxes: [String: Sandbox] = [:]
   private var order: [String] = []
   private var branchesInFlight = 0
-  private let monitorWake: EventFD
+  let monitorWake: EventFD
   private var monitorThread: OSThread?
   private var stopping = false
   private let logs: LogPump
@@ -316,6 +313,8 @@ public final class SandboxManager: @unchecked Sendable {
       return s
     }
   }
+
+  func allSandboxes() -> [Sandbox] { lock.withLock { Array(sandboxes.values) } }
 
   public func activeCount() -> Int {
     lock.withLock { Array(sandboxes.values) }.filter(\.isRunning).count
@@ -578,7 +577,7 @@ public final class SandboxManager: @unchecked Sendable {
       }
       if lock.withLock({ stopping }) { return }
       let entries = [(monitorWake.fd, Poll.Events.readable)] + watched.map { ($0.1, Poll.Events.readable) }
-      guard let ready = try? Poll.wait(entries, timeoutMS: 1000) else { continue }
+      guard let ready = try? Poll.wait(entries, timeoutMS: expireDue(maxWaitMS: 1000)) else { continue }
       if !ready[0].isEmpty { monitorWake.drain() }
       for (i, entry) in watched.enumerated() where !ready[i + 1].isEmpty {
         let (sandbox, _, isPager) = entry

@@ -20,7 +20,7 @@ struct SnapshotCreator {
       let initrd = try request.initrd.map { (path) throws(APIError) in try roots.resolve(field: "initrd", path: path) }
       mode = .bootLinux(
         kernel: kernelPath, initrd: initrd, disk: rootfs, commandLine: request.cmdline,
-        memoryMiB: request.memoryMiB, vcpus: 1)
+        memoryMiB: request.memoryMiB, vcpus: request.vcpus)
       source = kernel
     } else {
       if request.rootfs != nil || request.initrd != nil {
@@ -28,7 +28,7 @@ struct SnapshotCreator {
       }
       let image = request.image ?? "builtin:test-guest"
       let imagePath = image == "builtin:test-guest" ? image : try roots.resolve(field: "image", path: image)
-      mode = .boot(image: imagePath, memoryMiB: request.memoryMiB, vcpus: 1)
+      mode = .boot(image: imagePath, memoryMiB: request.memoryMiB, vcpus: request.vcpus)
       source = image
     }
     try store.reserve(request.tag, existsStatus: 400)
@@ -47,8 +47,13 @@ struct SnapshotCreator {
     defer { parent.stop() }
     do {
       let agent = try parent.agent(timeoutMS: Int(request.bootWaitSeconds) * 1000 + 1000)
-      _ = try agent.ping()
+      let pong = try agent.ping()
       for step in request.warmup {
+        if case .writeFile(let path, let content, let mode) = step {
+          try warmupWrite(
+            agent, testGuest: pong.kind == AgentPong.testGuestKind, path: path, content: content, mode: mode)
+          continue
+        }
         let response = try agent.request(step.agentRequest, timeoutMS: 300_000)
         if case .exec(let result) = response, result.exitCode != 0 || result.timedOut {
           throw ControlError(
@@ -65,6 +70,8 @@ struct SnapshotCreator {
       }
       try parent.control().snapshot(directory: store.path(request.tag), parentTag: nil, timeoutMS: 120_000)
     } catch {
+      // A warm-up step the guest refused (e.g. a file too large for it): the caller's error.
+      if let refused = error as? APIError { throw refused }
       // The parent died: name it and remove what it was writing. The rename is the commit point:
       // a snapshot renamed into place before it died is complete and stays.
       guard let termination = parent.ended(after: error) else {
@@ -82,5 +89,24 @@ struct SnapshotCreator {
     }
     logger.info("snapshot created", metadata: ["forkd_snapshot_tag": "\(request.tag)", "from": "\(source)"])
     return try store.info(request.tag)
+  }
+
+  /// A `write_file` warm-up step, in as many frames as the guest's agent needs.
+  private func warmupWrite(
+    _ agent: AgentClient, testGuest: Bool, path: String, content: [UInt8], mode: UInt32
+  ) throws {
+    let label = "warm-up write_file \(path)"
+    let transfer = FileTransfer(
+      send: { (r) throws(APIError) in
+        do throws(ControlError) {
+          return try agent.request(r, timeoutMS: 30_000)
+        } catch {
+          if error.code == .agent, let agentError = error.cause as? AgentError {
+            throw FileTransfer.apiError(agentError, label)
+          }
+          throw .internalError("\(label): \(error)")
+        }
+      }, testGuest: testGuest, label: label)
+    _ = try transfer.write(path: path, data: content, mode: mode)
   }
 }

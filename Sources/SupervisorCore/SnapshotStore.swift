@@ -128,6 +128,7 @@ public final class SnapshotStore: @unchecked Sendable {
       layer = parent
     }
     info.chainDepth = depth
+    info.vcpus = m.vcpuCount
     return info
   }
 

@@ -119,6 +119,11 @@ public final class Supervisor: @unchecked Sendable {
       try checkTag(tag)
       return json(200, try store.info(tag).infoJSON)
     }
+    if let captures = match(method, parts, "GET", ["v1", "snapshots", "*"]) {
+      let tag = captures[0]
+      try checkTag(tag)
+      return json(200, try store.info(tag).infoJSON)
+    }
     if let captures = match(method, parts, "DELETE", ["v1", "snapshots", "*"]) {
       let tag = captures.first ?? ""
       try checkTag(tag)
@@ -148,7 +153,12 @@ public final class Supervisor: @unchecked Sendable {
     if match(method, parts, "POST", ["v1", "sandboxes"]) != nil {
       let body = try SpawnRequest.decode(request.body)
       let manager = sandboxes
-      let created = try await pools.lifecycle.run { try manager.spawn(body) }
+      let created = try await pools.lifecycle.run {
+        let spawned = try manager.spawn(body)
+        guard let seconds = body.timeoutSeconds else { return spawned }
+        manager.setTimeout(spawned.map(\.id), seconds: seconds)
+        return spawned.map { (try? manager.get($0.id)) ?? $0 }
+      }
       return json(201, .array(created.map(\.jsonValue)))
     }
     if let captures = match(method, parts, "GET", ["v1", "sandboxes", "*"]) {
@@ -179,6 +189,19 @@ public final class Supervisor: @unchecked Sendable {
       let manager = sandboxes
       return json(200, try await pools.agent.run { try manager.eval(id, body) })
     }
+    if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "timeout"]) {
+      let id = captures[0]
+      let seconds = try SandboxTimeout.decode(request.body)
+      let manager = sandboxes
+      // Off the event loop: the answer reads the sandbox's state, which an agent call may hold.
+      return json(200, try await pools.lifecycle.run { try manager.extendTimeout(id, seconds: seconds) }.jsonValue)
+    }
+    if let captures = match(method, parts, "GET", ["v1", "sandboxes", "*", "vcpus"]) {
+      let id = captures[0]
+      let manager = sandboxes
+      return json(200, try await pools.agent.run { try manager.vcpuStatus(id) })
+    }
+    if let response = try await fileRoute(method, parts, request) { return response }
     if let captures = match(method, parts, "POST", ["v1", "sandboxes", "*", "branch"]) {
       let id = captures.first ?? ""
       let body = try BranchRequest.decode(request.body)
@@ -195,6 +218,31 @@ public final class Supervisor: @unchecked Sendable {
       }
     }
     throw APIError.notFound("no route for \(method) \(request.path)")
+  }
+
+  /// PUT/GET/DELETE /v1/sandboxes/:id/files?path=…[&mode=…|&list=true]; nil for other routes.
+  private func fileRoute(_ method: String, _ parts: [String], _ request: HTTPRequest) async throws -> HTTPResponse? {
+    guard parts.count == 4, parts[0] == "v1", parts[1] == "sandboxes", parts[3] == "files" else { return nil }
+    let id = parts[2]
+    let manager = sandboxes
+    _ = try manager.get(id)
+    let path = try SandboxFiles.path(request.query["path"])
+    switch method {
+    case "PUT":
+      let mode = try SandboxFiles.mode(request.query["mode"])
+      let body = request.body
+      return json(200, try await pools.agent.run { try manager.putFile(id, path: path, mode: mode, data: body) })
+    case "GET" where request.query["list"] == "true":
+      return json(200, try await pools.agent.run { try manager.listFiles(id, path: path) })
+    case "GET":
+      let data = try await pools.agent.run { try manager.getFile(id, path: path) }
+      return HTTPResponse(status: 200, contentType: "application/octet-stream", body: data)
+    case "DELETE":
+      try await pools.agent.run { try manager.deleteFile(id, path: path) }
+      return HTTPResponse(status: 204, body: [])
+    default:
+      throw APIError(405, "method \(method) not allowed on \(request.path)")
+    }
   }
 
   /// Matches a path against a pattern ("*" captures one segment); nil unless method and path fit.

@@ -98,7 +98,10 @@ public final class VirtualMachine: @unchecked Sendable {
   private var pauseRequested = false
   private var stopRequested = false
   private var parkedForPause = 0
-  private var wakePending = false
+  /// Bumped by every device wake; each vCPU parked on HLT resumes once it sees a value it has
+  /// not consumed yet, so one wake reaches every vCPU (the test guest's APs park in hlt too).
+  private var wakeGeneration: UInt64 = 0
+  private var wakeSeen: [UInt64]
   private var exitReason: MachineExit?
   private var exitHandlers: [@Sendable (MachineExit) -> Void] = []
 
@@ -141,6 +144,7 @@ public final class VirtualMachine: @unchecked Sendable {
     var created: [VCPU] = []
     for index in 0..<config.vcpuCount { created.append(try VCPU(vm: vm, index: index)) }
     vcpus = created
+    wakeSeen = Array(repeating: 0, count: created.count)
     cpuid = try kvm.supportedCPUID()
 
     // Devices call back into the VM weakly: they must not keep it alive.
@@ -187,6 +191,7 @@ public final class VirtualMachine: @unchecked Sendable {
     }
     let reset = I8042ResetPort { wake.value?.finish(.reset) }
     var ports: [any PortIODevice] = [uart, power, reset]
+    if !linux { ports.append(VCPUWakePort { wake.value?.notifyGuestWork() }) }
     if linux { ports.append(ACPISleepControl { wake.value?.finish(.poweredOff(exitCode: 0)) }) }
     var mmio: [any MMIODevice] = [vsock]
     if let block { mmio.append(block) }
@@ -355,7 +360,7 @@ public final class VirtualMachine: @unchecked Sendable {
   /// A device put something in a used ring: a vCPU parked on HLT may continue.
   func notifyGuestWork() {
     control.withLock {
-      wakePending = true
+      wakeGeneration &+= 1
       control.broadcast()
     }
   }
@@ -440,8 +445,9 @@ public final class VirtualMachine: @unchecked Sendable {
     case KVM_EXIT_HLT:
       // No in-kernel irqchip: the guest halts when idle; park until a device has work for it.
       control.withLock {
-        while !wakePending && !pauseRequested && !stopRequested { control.wait() }
-        wakePending = false
+        let index = Int(vcpu.index)
+        while wakeSeen[index] == wakeGeneration && !pauseRequested && !stopRequested { control.wait() }
+        wakeSeen[index] = wakeGeneration
       }
       return nil
     case KVM_EXIT_SHUTDOWN:

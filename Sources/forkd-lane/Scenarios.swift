@@ -163,6 +163,40 @@ func linuxScenario(_ s: LinuxSettings, work: String, report: Report) throws {
       }
     }
   }
+  if s.children > 0 && s.parent.vcpus > 1 {
+    try report.step("linux: child 0 runs a program on each of its \(s.parent.vcpus) vCPUs after the restore") {
+      for cpu in 0..<s.parent.vcpus {
+        // Field 39 of /proc/self/stat is the CPU the process last ran on; a vCPU that did not
+        // come back from the restore would leave the pinned program unscheduled (exec timeout).
+        let stat = text(try run(kids[0].1, ["taskset", "-c", "\(cpu)", "cat", "/proc/self/stat"]).stdout)
+        let fields = stat.split(separator: " ")
+        try expectEqual("CPU of a program pinned to \(cpu)", fields.count > 38 ? String(fields[38]) : stat, "\(cpu)")
+      }
+    }
+  }
+  if s.children > 1 {
+    try report.step("linux: file frames: a binary file put into child 0 reads back byte for byte, child 1 has none") {
+      let path = Array("/tmp/forkd-lane-files/blob.bin".utf8)
+      let blob = (0..<70_000).map { UInt8(truncatingIfNeeded: $0 &* 7) } + [0, 0, 0]
+      let written = try kids[0].1.request(.fileWrite(path: path, mode: 0o600, offset: 0, truncate: true, data: blob))
+      try expectEqual("file write answer", written, AgentResponse.fileWritten(size: UInt64(blob.count)))
+      let read = try kids[0].1.request(.fileRead(path: path, offset: 0, maxBytes: 1 << 19))
+      try expectEqual(
+        "file read answer", read,
+        AgentResponse.fileData(AgentFileData(size: UInt64(blob.count), mode: 0o600, data: blob)))
+      // The client throws an agent's error answer; "not found" is the one wanted here.
+      do {
+        let sibling = try kids[1].1.request(.fileRead(path: path, offset: 0, maxBytes: 16))
+        throw LaneFailure("child 1 read \(String(decoding: path, as: UTF8.self)): expected not found, got \(sibling)")
+      } catch let error as ControlError {
+        guard error.code == .agent, (error.cause as? AgentError)?.code == AgentError.notFound else { throw error }
+      }
+      let parentFile = try kids[1].1.request(.fileRead(path: Array(file.utf8), offset: 0, maxBytes: 64))
+      try expectEqual(
+        "\(file) read by frames in child 1", parentFile,
+        AgentResponse.fileData(AgentFileData(size: 7, mode: 0o644, data: Array("parent\n".utf8))))
+    }
+  }
   if s.children > 0 {
     try report.step("linux: agent exit powers child \(s.children - 1) off, forkd-vmm ends with status 0") {
       let (child, agent) = kids[s.children - 1]

@@ -100,11 +100,13 @@ struct Spawn: ParsableCommand {
   @Argument(help: "Snapshot tag.") var tag: String
   @Option(name: .shortAndLong, help: "How many children (1...1000).") var n: Int = 1
   @Option(help: "Memory limit per child in MiB (cgroup).") var memoryLimitMib: UInt64?
+  @Option(help: "Seconds after which each child is deleted.") var timeout: UInt64?
   @OptionGroup var connection: ConnectionOptions
 
   func run() throws {
     var body: [String: JSONValue] = ["snapshot_tag": .string(tag), "n": .integer(Int64(n))]
     if let memoryLimitMib { body["memory_limit_mib"] = .integer(Int64(memoryLimitMib)) }
+    if let timeout { body["timeout_secs"] = .integer(Int64(truncatingIfNeeded: timeout)) }
     let started = Clock.monotonicNanoseconds()
     let response = try connection.call(
       "POST", "/v1/sandboxes", body: .object(body), progress: "spawning \(n) from \(tag)")
@@ -238,11 +240,13 @@ struct SnapshotCommand: ParsableCommand {
     @Option(help: "Guest image (default: the built-in test guest).") var image: String?
     @Option(help: "Guest memory in MiB.") var memoryMib: Int = 64
     @Option(help: "Warm-up: pages the test guest fills before the snapshot.") var fillPages: Int = 0
+    @Option(help: "vCPUs of the parent and its children (1...8).") var vcpus: Int = 1
     @OptionGroup var connection: ConnectionOptions
 
     func run() throws {
       var body: [String: JSONValue] = ["tag": .string(tag), "memory_mib": .integer(Int64(memoryMib))]
       if let image { body["image"] = .string(image) }
+      if vcpus != 1 { body["vcpus"] = .integer(Int64(vcpus)) }
       if fillPages > 0 {
         body["warmup"] = .array([.object(["op": .string("fill"), "pages": .integer(Int64(fillPages))])])
       }

@@ -7,7 +7,8 @@ struct Forkd: AsyncParsableCommand {
     commandName: "forkd",
     abstract: "Fork microVMs: warm a parent once, snapshot it, restore children in milliseconds.",
     subcommands: [
-      Spawn.self, Branch.self, List.self, Remove.self, Ping.self, Exec.self, SnapshotCommand.self, Serve.self,
+      Spawn.self, Branch.self, List.self, Remove.self, Ping.self, Exec.self, Copy.self, SnapshotCommand.self,
+      Serve.self,
       Doctor.self,
       Demo.self, BenchCommand.self,
     ])

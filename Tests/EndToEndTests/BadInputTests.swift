@@ -121,6 +121,12 @@ struct BadInputTests {
     }
     expectLaunchFailure(.restore(snapshot: mismatch), in: scratch, mentions: ["memory.bin", "memory_size"])
 
+    // A manifest claiming more vCPUs than vmstate.bin saved: refused, never restored half.
+    let vcpus = try copy("vcpus") { dir in
+      try editManifest(dir) { $0.replacingOccurrences(of: "\"vcpu_count\": 1", with: "\"vcpu_count\": 2") }
+    }
+    expectLaunchFailure(.restore(snapshot: vcpus), in: scratch, mentions: ["1 vCPU sections", "vcpu_count 2"])
+
     let corrupt = try copy("corrupt") { dir in
       var bytes = try FileSystem.readFile(dir + "/vmstate.bin")
       bytes[bytes.count / 2] ^= 0xFF

@@ -91,4 +91,37 @@ struct CLITests {
     #expect(status == .exited(0))
     #expect(sup.stop() == .exited(0))
   }
+
+  @Test("forkd cp LOCAL ID:PATH and back: byte for byte; spawn --timeout and snapshot create --vcpus reach the API")
+  func copyFiles() throws {
+    let sup = try TestSupervisor("cli-cp")
+    let host = ["--host", sup.socket]
+    func run(_ args: [String]) throws -> (ChildProcess.Termination?, String) {
+      try forkdCLI(args + host, scratch: sup.scratch)
+    }
+    var (status, out) = try run(["snapshot", "create", "cp", "--memory-mib", "16", "--vcpus", "2", "--json"])
+    #expect(status == .exited(0), "\(out)")
+    #expect(try JSONValue.parse(out, source: "cli")["vcpus"] == .integer(2))
+    (status, out) = try run(["spawn", "cp", "--timeout", "600", "--json"])
+    #expect(status == .exited(0), "\(out)")
+    let child = try #require(try JSONValue.parse(out, source: "cli").arrayValue?.first)
+    let id = try #require(child["id"]?.stringValue)
+    #expect(child["expires_at_unix"]?.int64Value != nil, "\(out)")
+
+    let local = sup.scratch.path + "/in.bin"
+    let content: [UInt8] = (0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 31) } + [0, 0, 0]
+    try FileSystem.writeAtomically(local, content, mode: 0o640)
+    (status, out) = try run(["cp", local, "\(id):/work/in bin", "--json"])
+    #expect(status == .exited(0), "\(out)")
+    #expect(try JSONValue.parse(out, source: "cli")["mode"] == .string("0640"))
+    (status, out) = try run(["cp", "\(id):/work/in bin", sup.scratch.path + "/out.bin"])
+    #expect(status == .exited(0), "\(out)")
+    #expect(try FileSystem.readFile(sup.scratch.path + "/out.bin") == content)
+    (status, _) = try run(["cp", "\(id):/work/missing", sup.scratch.path + "/x"])
+    #expect(status == .exited(3), "404 → 3")
+    #expect(!FileSystem.exists(sup.scratch.path + "/x"))
+    (status, _) = try run(["cp", local, sup.scratch.path + "/y"])
+    #expect(status == .exited(64), "neither side is a sandbox file: a usage error (ArgumentParser's 64)")
+    #expect(sup.stop() == .exited(0))
+  }
 }

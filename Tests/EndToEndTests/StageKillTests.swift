@@ -297,7 +297,13 @@ struct StageKillTests {
     }
     #expect(settled, "processes left: \(left), unreaped: \(Self.zombieChildren(sup.pid))")
     #expect(Set(processes(mentioning: run + "/")).isSuperset(of: siblingPIDs), "the sibling's processes run")
-    let runDirectories = Set((try? FileSystem.listDirectory(run + "/sandboxes")) ?? [])
+    // The monitor removes a dead child's run directory and cgroup once it sees the child end,
+    // which can be just after the failed request answered.
+    var runDirectories: Set<String> = []
+    _ = Self.eventually {
+      runDirectories = Set((try? FileSystem.listDirectory(run + "/sandboxes")) ?? [])
+      return runDirectories == survivorIDs
+    }
     #expect(runDirectories == survivorIDs, "run directories: \(runDirectories)")
     let parents = (try? FileSystem.listDirectory(run + "/parents")) ?? []
     #expect(parents.isEmpty, "parent run directories left: \(parents)")
@@ -318,6 +324,7 @@ struct StageKillTests {
       return ((try? FileSystem.listDirectory(unit + "/forkd-sandboxes")) ?? []).filter { $0.hasPrefix("sb-") }
     }
     let survivingGroups = fault.outcome == .survives ? [victim].compactMap { $0 } : []
+    _ = Self.eventually { cgroupsLeft() == survivingGroups }
     #expect(cgroupsLeft() == survivingGroups, "sandbox cgroups: \(cgroupsLeft())")
 
     // The sibling answers; the daemon keeps spawning (from the committed tag too).

@@ -14,6 +14,9 @@ struct AgentProtocolTests {
       args: ["/bin/cat"], timeoutSeconds: 5,
       options: ExecOptions(environment: ["A=1", "B="], workingDirectory: "/tmp", stdin: [0, 1, 2])),
     .exec(args: ["env"], timeoutSeconds: 5, options: ExecOptions(stdin: Array("in".utf8))),
+    .fileWrite(path: Array("/etc/x".utf8), mode: 0o644, offset: 7, truncate: true, data: [0, 0xFF, 0, 1]),
+    .fileRead(path: Array("/etc/x".utf8), offset: .max, maxBytes: 2036), .fileList(path: Array("/".utf8)),
+    .fileDelete(path: Array("/a b".utf8)), .vcpuStatus,
   ]
 
   static func answer(_ r: AgentRequest) -> AgentResponse {
@@ -30,6 +33,16 @@ struct AgentProtocolTests {
     case .console: return .consoleWritten
     case .attack: return .attacking
     case .eval: return .eval(AgentEvalResult(exitCode: 1, result: Array("42".utf8), error: [0xFF], stdout: []))
+    case .fileWrite: return .fileWritten(size: 11)
+    case .fileRead: return .fileData(AgentFileData(size: 3, mode: 0o600, data: [0, 0, 0xFE]))
+    case .fileList:
+      return .fileList([
+        AgentFileEntry(name: Array("etc".utf8), kind: .directory, mode: 0o755, size: 0),
+        AgentFileEntry(name: [], kind: .other, mode: 0, size: .max),
+      ])
+    case .fileDelete: return .fileDeleted
+    case .vcpuStatus:
+      return .vcpuStatus([AgentVCPUStatus(answered: true, runs: 5), AgentVCPUStatus(answered: false, runs: 0)])
     }
   }
 
@@ -97,7 +110,9 @@ struct AgentProtocolTests {
   }
 
   @Test func typeBytes() {
-    #expect(Self.requests.map(\.frameType) == [1, 2, 2, 3, 4, 5, 5, 6, 6, 7, 8, 9, 9, 10, 10, 11, 0x20, 0x20, 9, 9])
+    #expect(
+      Self.requests.map(\.frameType)
+        == [1, 2, 2, 3, 4, 5, 5, 6, 6, 7, 8, 9, 9, 10, 10, 11, 0x20, 0x20, 9, 9, 12, 13, 14, 15, 16])
     for r in Self.requests {
       #expect(Self.answer(r).frameType == r.frameType | 0x80)
     }
@@ -205,6 +220,53 @@ struct AgentProtocolTests {
     #expect(bad(0x09, [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0x61])?.code == .truncated)
     #expect(AgentError(bad(0x04, [])!).code == AgentError.badFrame)
     #expect(bad(0x02, Array(repeating: 0, count: AgentProtocol.maxPayload + 1))?.code == .tooLarge)
+  }
+
+  @Test func fileAndVCPUPayloadLayouts() {
+    #expect(
+      AgentCodec.payload(of: .fileWrite(path: [0x2F], mode: 0o644, offset: 2, truncate: true, data: [0, 9]))
+        == [2, 0, 0, 0, 0, 0, 0, 0, 0xA4, 1, 0, 0, 1, 1, 0, 0x2F, 0, 9])
+    #expect(
+      AgentCodec.payload(of: .fileRead(path: [0x2F], offset: 1, maxBytes: 3)) == [
+        1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0x2F,
+      ])
+    #expect(AgentCodec.payload(of: .fileDelete(path: [0x2F, 0x61])) == [0x2F, 0x61])
+    #expect(AgentCodec.payload(of: .vcpuStatus) == [])
+    #expect(
+      AgentCodec.payload(of: .fileList([AgentFileEntry(name: [0x61], kind: .file, mode: 0o600, size: 2)]))
+        == [1, 0, 0, 0, 1, 0x80, 1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x61])
+    #expect(
+      AgentCodec.payload(of: .vcpuStatus([AgentVCPUStatus(answered: true, runs: 3)])) == [
+        1, 0, 0, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0,
+      ])
+  }
+
+  @Test func malformedFileAndVCPUFrames() {
+    func badResponse(_ type: UInt8, _ payload: [UInt8], _ r: AgentRequest) -> ProtocolError? {
+      #expect(throws: ProtocolError.self) {
+        try AgentCodec.decodeResponse(AgentFrame(type: type, requestID: 0, payload: payload), for: r)
+      }
+    }
+    let list = AgentRequest.fileList(path: [0x2F])
+    // A count the payload cannot hold is refused before anything is allocated.
+    #expect(badResponse(0x8E, [0xFF, 0xFF, 0xFF, 0xFF], list)?.code == .truncated)
+    // Entry type 9 is not a kind.
+    #expect(badResponse(0x8E, [1, 0, 0, 0, 9] + Array(repeating: 0, count: 14), list)?.code == .badValue)
+    // Name length beyond the payload.
+    #expect(badResponse(0x8E, [1, 0, 0, 0, 1] + Array(repeating: 0, count: 12) + [5, 0], list)?.code == .truncated)
+    #expect(badResponse(0x8D, [1, 2, 3], .fileRead(path: [0x2F], offset: 0, maxBytes: 1))?.code == .truncated)
+    #expect(badResponse(0x90, [2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], .vcpuStatus)?.code == .truncated)
+    #expect(badResponse(0x90, [1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0], .vcpuStatus)?.code == .badValue)
+    func badRequest(_ type: UInt8, _ payload: [UInt8]) -> ProtocolError? {
+      #expect(throws: ProtocolError.self) {
+        try AgentCodec.decodeRequest(AgentFrame(type: type, requestID: 1, payload: payload))
+      }
+    }
+    #expect(badRequest(0x0C, Array(repeating: 0, count: 14))?.code == .truncated)
+    #expect(badRequest(0x0C, Array(repeating: 0, count: 12) + [2, 0, 0])?.code == .badValue)  // truncate flag 2
+    #expect(badRequest(0x0C, Array(repeating: 0, count: 13) + [9, 0, 0x2F])?.code == .truncated)  // path past the end
+    #expect(badRequest(0x0D, Array(repeating: 0, count: 11))?.code == .truncated)
+    #expect(badRequest(0x10, [0])?.code == .malformed)
   }
 
   @Test func kvSetValueIsTheRest() throws {

@@ -27,6 +27,10 @@ enum {
   T_EXIT = 8,
   T_EXEC = 9,
   T_CONSOLE = 10,
+  T_FILE_WRITE = 12,
+  T_FILE_READ = 13,
+  T_FILE_LIST = 14,
+  T_FILE_DELETE = 15,
   T_EVAL = 0x20,
 };
 
@@ -36,7 +40,8 @@ enum {
   E_BAD_ARGUMENT = 3,
   E_UNSUPPORTED = 4,
   E_TOO_LARGE = 5,
-  E_BUSY = 6,
+  E_NOT_FOUND = 6,
+  E_BUSY = 7,
 };
 
 /* A growable byte buffer. Allocation failure is fatal (the agent is the guest's workload). */
@@ -99,6 +104,9 @@ extern struct agent agent;
 void frames_process(struct conn *c);
 void reply_error(struct conn *c, uint32_t request_id, uint32_t code, const char *msg);
 void reply_frame(struct conn *c, uint8_t type, uint32_t request_id, const uint8_t *payload, size_t n);
+
+/* files.c: file write/read/list/delete on the guest's own file system. */
+void files_handle(struct conn *c, uint8_t type, uint32_t id, const uint8_t *p, uint32_t plen);
 
 /* exec.c */
 #define MAX_JOBS 64

@@ -27,6 +27,6 @@ mkdir -p "$(dirname "$out")"
 tmp="$out.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
 "$cc" -std=c11 -Os -Wall -Wextra -Werror -fno-asynchronous-unwind-tables \
-  -static -s -o "$tmp" "$src"/main.c "$src"/frames.c "$src"/exec.c "$src"/eval.c
+  -static -s -o "$tmp" "$src"/main.c "$src"/frames.c "$src"/exec.c "$src"/eval.c "$src"/files.c
 mv -f "$tmp" "$out"
 trap - EXIT

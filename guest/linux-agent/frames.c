@@ -334,6 +334,12 @@ static void handle(struct conn *c, uint8_t type, uint32_t id, const uint8_t *p, 
   case T_EVAL:
     eval_start(c, id, p, plen);
     return;
+  case T_FILE_WRITE:
+  case T_FILE_READ:
+  case T_FILE_LIST:
+  case T_FILE_DELETE:
+    files_handle(c, type, id, p, plen);
+    return;
   default:
     FAIL(c, id, E_UNKNOWN_TYPE, "unknown request type 0x%02x", type);
   }

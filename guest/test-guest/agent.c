@@ -20,14 +20,7 @@ enum {
   T_EXEC = 9,
   T_CONSOLE = 10,
   T_ATTACK = 11, /* hostile mode: the guest attacks its own devices (Tests: HostileGuestTests) */
-};
-
-enum {
-  E_BAD_FRAME = 1,
-  E_UNKNOWN_TYPE = 2,
-  E_BAD_ARGUMENT = 3,
-  E_UNSUPPORTED = 4,
-  E_TOO_LARGE = 5,
+  /* T_FILE_WRITE ... T_VCPU_STATUS: guest.h (files.c, vcpus.c) */
 };
 
 #define AGENT_KIND 1 /* test guest */
@@ -242,6 +235,22 @@ static void handle(struct conn *c, const u8 *f, u32 plen) {
   case T_ATTACK:
     if (plen != 4 || ld32(p) == 0 || ld32(p) > 255) FAIL(E_BAD_ARGUMENT, "attack: payload is u32 kind 1...255");
     c->attack_pending = (u8)ld32(p);
+    break;
+  case T_FILE_WRITE:
+  case T_FILE_READ:
+  case T_FILE_LIST:
+  case T_FILE_DELETE: {
+    struct agent_fail e;
+    if (file_request(type, p, plen, out, &n, &e)) {
+      code = e.code;
+      msg = e.msg;
+      mlen = e.mlen;
+      goto fail;
+    }
+    break;
+  }
+  case T_VCPU_STATUS:
+    n = vcpu_status(out);
     break;
   default:
     FAIL(E_UNKNOWN_TYPE, "unknown request type");

@@ -127,4 +127,35 @@ void net_attack(u32 kind);
 
 u32 agent_parse(struct conn *c, const u8 *data, u32 len);
 
+/* Agent error codes (docs/test-guest.md). */
+enum {
+  E_BAD_FRAME = 1,
+  E_UNKNOWN_TYPE = 2,
+  E_BAD_ARGUMENT = 3,
+  E_UNSUPPORTED = 4,
+  E_TOO_LARGE = 5,
+  E_NOT_FOUND = 6,
+};
+
+struct agent_fail {
+  u32 code;
+  const char *msg;
+  u32 mlen;
+};
+
+/* ---- files.c ---- */
+
+enum { T_FILE_WRITE = 12, T_FILE_READ = 13, T_FILE_LIST = 14, T_FILE_DELETE = 15 };
+/* Handles one file request; 0 with *n reply bytes at out, or -1 with e filled in. */
+int file_request(u8 type, const u8 *p, u32 plen, u8 *out, u32 *n, struct agent_fail *e);
+
+/* ---- vcpus.c ---- */
+
+#define T_VCPU_STATUS 16
+#define MAX_VCPUS 8
+#define PORT_VCPU_WAKE 0x606 /* any write resumes every vCPU parked in hlt */
+extern u32 vcpu_count;
+/* Asks every other vCPU to answer; writes the vcpu-status reply, returns its length. */
+u32 vcpu_status(u8 *out);
+
 #endif

@@ -55,6 +55,7 @@ __attribute__((noreturn)) void guest_main(u64 rdi) {
   u64 end = bi->mem_size;
   if (end > mmio) end = mmio;
   data_pages = end > DATA_BASE ? (end - DATA_BASE) / PAGE_SIZE : 0;
+  vcpu_count = bi->vcpu_count < MAX_VCPUS ? bi->vcpu_count : MAX_VCPUS;
 
   vsock_init(mmio, bi->guest_cid);
   /* A NIC, when the VMM gave one, is in the third window (docs/networking.md). */

@@ -42,3 +42,17 @@ public final class I8042ResetPort: PortIODevice, @unchecked Sendable {
     if value & 0xFF == 0xFE { onReset() }
   }
 }
+
+/// Port 0x606 (test guest only): any write resumes every vCPU parked in hlt. With no interrupts
+/// on PVM, this is how the test guest's vCPU 0 gets the others to run (docs/test-guest.md).
+public final class VCPUWakePort: PortIODevice, @unchecked Sendable {
+  public static let port: UInt16 = 0x606
+  public let portRange: Range<UInt16> = 0x606..<0x607
+  private let onWake: @Sendable () -> Void
+
+  public init(onWake: @escaping @Sendable () -> Void) { self.onWake = onWake }
+
+  public func portRead(offset: UInt16, size: Int) -> UInt32 { 0 }
+
+  public func portWrite(offset: UInt16, size: Int, value: UInt32) { onWake() }
+}
