@@ -73,9 +73,12 @@ public enum AgentRequest: Equatable, Sendable {
         return "exec arguments of \(bytes) bytes: the frame carries at most \(AgentProtocol.maxPayload)"
       }
     case .fileWrite(let path, _, _, _, let data):
-      if path.count > Int(UInt16.max) { return "file path of \(path.count) bytes: the frame carries at most \(UInt16.max)" }
+      if path.count > Int(UInt16.max) {
+        return "file path of \(path.count) bytes: the frame carries at most \(UInt16.max)"
+      }
       if 15 + path.count + data.count > AgentProtocol.maxPayload {
-        return "file path and data of \(path.count + data.count) bytes: the frame carries at most \(AgentProtocol.maxPayload - 15)"
+        return
+          "file path and data of \(path.count + data.count) bytes: the frame carries at most \(AgentProtocol.maxPayload - 15)"
       }
     case .echo(let bytes), .kvGet(let bytes), .console(let bytes):
       if bytes.count > AgentProtocol.maxPayload {

@@ -74,7 +74,8 @@ public struct PageIndex: Equatable, Sendable {
     }
     let version = try r.u16()
     guard version == Self.version else {
-      throw ProtocolError(.unsupportedVersion, "\(source): page index version \(version), this forkd reads \(Self.version)")
+      throw ProtocolError(
+        .unsupportedVersion, "\(source): page index version \(version), this forkd reads \(Self.version)")
     }
     _ = try r.u16()
     let count = try r.u64()
@@ -90,7 +91,8 @@ public struct PageIndex: Equatable, Sendable {
     guard stored == computed else {
       throw ProtocolError(
         .badChecksum,
-        "\(source): CRC-32 0x\(String(stored, radix: 16)) does not match the content (0x\(String(computed, radix: 16)))")
+        "\(source): CRC-32 0x\(String(stored, radix: 16)) does not match the content (0x\(String(computed, radix: 16)))"
+      )
     }
     var index = PageIndex(pageCount: Int(count))
     for (i, byte) in bitmap.enumerated() where byte != 0 {

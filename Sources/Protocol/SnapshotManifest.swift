@@ -154,7 +154,8 @@ public struct SnapshotManifest: Equatable, Sendable {
     guard let layer = MemoryLayer(rawValue: name) else {
       var quoted = ""
       JSONValue.writeString(name, to: &quoted)
-      throw ProtocolError(.badValue, "\(source): field \"\(Key.memoryLayer)\": expected \"full\" or \"diff\", got \(quoted)")
+      throw ProtocolError(
+        .badValue, "\(source): field \"\(Key.memoryLayer)\": expected \"full\" or \"diff\", got \(quoted)")
     }
     return layer
   }
@@ -212,13 +213,17 @@ public struct SnapshotManifest: Equatable, Sendable {
     }
     if memoryLayer == .diff {
       if formatVersion < SnapshotManifest.diffFormatVersion {
-        throw bad(Key.formatVersion, "\(SnapshotManifest.diffFormatVersion) or later for a diff layer", .integer(Int64(formatVersion)))
+        throw bad(
+          Key.formatVersion, "\(SnapshotManifest.diffFormatVersion) or later for a diff layer",
+          .integer(Int64(formatVersion)))
       }
       if parentTag == nil { throw ProtocolError(.missingField, "\(source): a diff layer needs \"\(Key.parentTag)\"") }
       if parentContentDigest == nil {
         throw ProtocolError(.missingField, "\(source): a diff layer needs \"\(Key.parentContentDigest)\"")
       }
-      if pageIndexFile == nil { throw ProtocolError(.missingField, "\(source): a diff layer needs \"\(Key.pageIndexFile)\"") }
+      if pageIndexFile == nil {
+        throw ProtocolError(.missingField, "\(source): a diff layer needs \"\(Key.pageIndexFile)\"")
+      }
     }
   }
 

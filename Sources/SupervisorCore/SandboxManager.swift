@@ -52,7 +52,8 @@ final class Sandbox: @unchecked Sendable {
         exitReason: exitReason, memoryLimitMiB: memoryLimitMiB, branchCount: branchCount,
         lastBranchMemoryPath: lastBranchPath, pagerRestarts: child.pagerRestarts, lastBranchTag: lastBranch?.tag,
         lastBranchStatus: lastBranch?.status, lastBranchError: lastBranch?.error, netns: network?.name,
-        guestAddr: network == nil ? nil : ChildNetwork.guestAddress, expiresAtUnix: deadline.withLock { $0?.unixSeconds })
+        guestAddr: network == nil ? nil : ChildNetwork.guestAddress,
+        expiresAtUnix: deadline.withLock { $0?.unixSeconds })
     }
   }
 
