@@ -269,6 +269,10 @@ final class ChallengeCapture: NSObject, URLSessionDataDelegate, @unchecked Senda
     var response: URLResponse?
     var overLimit: String?
     var continuation: CheckedContinuation<(Data, URLResponse), any Error>
+
+    func failTooLarge() {
+      continuation.resume(throwing: RegistryError(.tooLarge, "\(what): \(overLimit ?? "too large")"))
+    }
   }
 
   func take(_ id: String) -> HTTPURLResponse? { lock.withLock { captured.removeValue(forKey: id) } }
@@ -290,39 +294,45 @@ final class ChallengeCapture: NSObject, URLSessionDataDelegate, @unchecked Senda
     _ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
     completionHandler: @escaping @Sendable (URLSession.ResponseDisposition) -> Void
   ) {
-    let allow = lock.withLock { () -> Bool in
-      guard var c = collecting[dataTask.taskIdentifier] else { return true }
+    let refused = lock.withLock { () -> Collecting? in
+      guard var c = collecting[dataTask.taskIdentifier] else { return nil }
       c.response = response
       let announced = response.expectedContentLength
       if let http = response as? HTTPURLResponse, http.statusCode == 200, announced > Int64(c.limit) {
         c.overLimit = "the registry announced \(announced) bytes, more than the \(c.limit) expected"
+        return collecting.removeValue(forKey: dataTask.taskIdentifier).map { _ in c }
       }
       collecting[dataTask.taskIdentifier] = c
-      return c.overLimit == nil
+      return nil
     }
-    completionHandler(allow ? .allow : .cancel)
+    completionHandler(refused == nil ? .allow : .cancel)
+    refused?.failTooLarge()
   }
 
   func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-    let cut = lock.withLock { () -> Bool in
-      guard var c = collecting[dataTask.taskIdentifier], c.overLimit == nil else { return false }
-      if c.data.count + data.count > c.limit {
+    // Past the limit the caller fails at once and the entry is gone: whatever else arrives
+    // before the cancellation takes effect is dropped here, never held.
+    let cut = lock.withLock { () -> Collecting? in
+      guard var c = collecting[dataTask.taskIdentifier] else { return nil }
+      guard c.data.count + data.count <= c.limit else {
         c.overLimit =
           "the registry sent more than the \(c.limit) bytes expected (cut off after \(c.data.count + data.count) bytes)"
-      } else {
-        c.data.append(data)
+        collecting.removeValue(forKey: dataTask.taskIdentifier)
+        return c
       }
+      c.data.append(data)
       collecting[dataTask.taskIdentifier] = c
-      return c.overLimit != nil
+      return nil
     }
-    if cut { dataTask.cancel() }
+    if let cut {
+      dataTask.cancel()
+      cut.failTooLarge()
+    }
   }
 
   func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: (any Error)?) {
     guard let c = lock.withLock({ collecting.removeValue(forKey: task.taskIdentifier) }) else { return }
-    if let overLimit = c.overLimit {
-      c.continuation.resume(throwing: RegistryError(.tooLarge, "\(c.what): \(overLimit)"))
-    } else if let error {
+    if let error {
       c.continuation.resume(throwing: error)
     } else if let response = c.response ?? task.response {
       c.continuation.resume(returning: (c.data, response))
