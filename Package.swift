@@ -178,6 +178,7 @@ let package = Package(
       name: "FuzzTargets",
       dependencies: [
         "Protocol", "VMMCore", "Syscalls", "CKVM", "SupervisorCore", "ForkdHTTP", "VMMControl",
+        "SnapshotPack", "OCIDistribution",
         .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
         .product(name: "NIOHTTP1", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
       ]),

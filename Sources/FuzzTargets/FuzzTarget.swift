@@ -37,6 +37,18 @@ public struct FuzzTarget: Sendable {
     FuzzTarget(
       name: "agent_replies", summary: "hostile agent replies (pong, exec, kv, counter) into the supervisor's handling",
       run: SupervisorTargets.agentReplies),
+    FuzzTarget(
+      name: "artifact", summary: "snapshot artifact: OCI manifest and config blob (SnapshotPack)",
+      run: RegistryTargets.artifact),
+    FuzzTarget(
+      name: "image_reference", summary: "HOST[:PORT]/REPO[:TAG|@DIGEST] (ImageReference)",
+      run: RegistryTargets.imageReference),
+    FuzzTarget(
+      name: "auth_challenge", summary: "WWW-Authenticate challenge (AuthChallenge)", run: RegistryTargets.authChallenge),
+    FuzzTarget(
+      name: "docker_config", summary: "Docker config.json credentials (RegistryCredentials)",
+      run: RegistryTargets.dockerConfig),
+    FuzzTarget(name: "lazy_plan", summary: "lazy-chunks.json of a lazy pull (LazyPlan)", run: RegistryTargets.lazyPlan),
   ]
 
   public static func named(_ name: String) -> FuzzTarget? { all.first { $0.name == name } }

@@ -1,5 +1,7 @@
 import CKVM
+import OCIDistribution
 import Protocol
+import SnapshotPack
 import VMMCore
 
 /// The seed corpus of every target, generated from the real encoders so seeds stay valid as
@@ -10,7 +12,8 @@ public enum FuzzSeeds {
       "json": json, "agent": agent, "pager_handshake": pager, "control": control, "api_requests": api,
       "manifest": manifest, "state_file": state, "page_index": pageIndex, "virtqueue": virtqueue,
       "vsock": vsock, "block": block, "net": net, "device_state": deviceState, "api_server": apiServer,
-      "agent_replies": agentReplies,
+      "agent_replies": agentReplies, "artifact": artifact, "image_reference": imageReference,
+      "auth_challenge": authChallenge, "docker_config": dockerConfig, "lazy_plan": lazyPlan,
     ]
   }
 
@@ -422,5 +425,58 @@ public enum FuzzSeeds {
     let uart = UART16550(sink: { _ in }).saveState()
     let nic = transportBytes(deviceID: 1, queues: 2) + NetworkConfig.defaultMAC
     return [transport, [1] + vsock, [2] + disk, [3] + vcpu.bytes, [4] + uart, [5] + nic]
+  }
+
+  // MARK: registry and artifact formats
+
+  static var artifact: [[UInt8]] {
+    let digest = "sha256:" + String(repeating: "cd", count: 32)
+    let config = ArtifactConfig(chunkSize: ArtifactConfig.defaultChunkSize, memorySize: 64 << 20, memoryLayer: "full")
+    let diffConfig = ArtifactConfig(
+      chunkSize: 64 << 10, memorySize: 64 << 20, memoryLayer: "diff", parentManifestDigest: digest,
+      parentContentDigest: digest, contentDigest: digest)
+    let manifest = ArtifactManifest(
+      config: .of(config.serialized(), mediaType: ForkdMediaType.config),
+      layers: [
+        Descriptor(mediaType: ForkdMediaType.snapshotManifest, digest: digest, size: 512),
+        Descriptor(
+          mediaType: ForkdMediaType.memoryChunk, digest: digest, size: 2 << 20,
+          annotations: [ForkdMediaType.chunkOffsetAnnotation: "4194304"]),
+      ], annotations: [ForkdMediaType.sourceTagAnnotation: "base"])
+    return [[0] + manifest.serialized(), [1] + config.serialized(), [1] + diffConfig.serialized()]
+  }
+
+  static var imageReference: [[UInt8]] {
+    [
+      "127.0.0.1:5000/forkd/base:v1", "registry.example/a/b@sha256:" + String(repeating: "0f", count: 32),
+      "[::1]:5000/x", "localhost/ns/repo.name_x-y:tag.1",
+    ].map(utf8)
+  }
+
+  static var authChallenge: [[UInt8]] {
+    [
+      #"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+      #"Basic realm="Registry Realm""#, #"Bearer realm="a\"b", error=insufficient_scope"#,
+    ].map(utf8)
+  }
+
+  static var dockerConfig: [[UInt8]] {
+    [
+      #"{"auths":{"127.0.0.1:5000":{"auth":"dXNlcjpwYXNz"}}}"#,
+      #"{"auths":{"registry.example":{"username":"u","password":"p:w"}},"credsStore":"x"}"#, "{}",
+    ].map(utf8)
+  }
+
+  static var lazyPlan: [[UInt8]] {
+    let digest = "sha256:" + String(repeating: "ef", count: 32)
+    let chunks = (0..<3).map { i in
+      Descriptor(
+        mediaType: ForkdMediaType.memoryChunk, digest: digest, size: 2 << 20,
+        annotations: [ForkdMediaType.chunkOffsetAnnotation: String(i * (2 << 20))])
+    }
+    let plan = LazyPlan(
+      origin: "127.0.0.1:5000/forkd/base", chunkSize: ArtifactConfig.defaultChunkSize, memoryFile: "memory.bin",
+      chunks: chunks)
+    return [plan.serialized()]
   }
 }

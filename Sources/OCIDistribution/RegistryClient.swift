@@ -59,9 +59,11 @@ public final class RegistryClient: Sendable {
     }
   }
 
-  /// The blob's bytes; `expectedSize` bounds what is accepted (the caller checks the digest).
+  /// The blob's bytes; `expectedSize` bounds what is accepted while it arrives: a registry that
+  /// announces or sends more is cut off at that size (the caller checks the digest).
   public func fetchBlob(_ digest: String, expectedSize: UInt64) async throws(RegistryError) -> [UInt8] {
-    let r = try await send("GET", "/v2/\(repository)/blobs/\(digest)")
+    let r = try await send(
+      "GET", "/v2/\(repository)/blobs/\(digest)", limit: (Int(clamping: expectedSize), "blob \(digest)"))
     guard r.status == 200 else {
       if r.status == 404 { throw RegistryError(.notFound, "blob \(digest) is not in \(host)/\(repository)") }
       throw failure("GET blob \(digest)", r)
@@ -89,16 +91,19 @@ public final class RegistryClient: Sendable {
   // MARK: - Manifests
 
   public func fetchManifest(_ reference: String, accept: String) async throws(RegistryError) -> [UInt8] {
-    let r = try await send("GET", "/v2/\(repository)/manifests/\(reference)", headers: ["Accept": accept])
+    let r = try await send(
+      "GET", "/v2/\(repository)/manifests/\(reference)", headers: ["Accept": accept],
+      limit: (Self.maxManifestBytes, "manifest \(reference)"))
     guard r.status == 200 else {
       if r.status == 404 { throw RegistryError(.notFound, "\(host)/\(repository): no manifest \(reference)") }
       throw failure("GET manifest \(reference)", r)
     }
-    guard r.body.count <= 4 << 20 else {
-      throw RegistryError(.http, "GET manifest \(reference): \(r.body.count) bytes exceeds 4 MiB")
-    }
     return r.body
   }
+
+  /// The largest manifest fetched (docs/snapshot-format.md): a 1 GiB memory in 2 MiB chunks is
+  /// about 100 KiB of JSON.
+  public static let maxManifestBytes = 4 << 20
 
   public func putManifest(_ bytes: [UInt8], mediaType: String, reference: String) async throws(RegistryError) {
     let r = try await send(
@@ -108,13 +113,16 @@ public final class RegistryClient: Sendable {
 
   // MARK: - Requests and authentication
 
-  /// Sends a request, answering one 401 challenge.
+  /// Sends a request, answering one 401 challenge. With `limit`, a response body (of a
+  /// request without a body) is cut off as soon as it passes `limit.bytes`, and the error names
+  /// `limit.what`.
   public func send(
-    _ method: String, _ path: String, body: [UInt8]? = nil, headers: [String: String] = [:], absolute: Bool = false
+    _ method: String, _ path: String, body: [UInt8]? = nil, headers: [String: String] = [:], absolute: Bool = false,
+    limit: (bytes: Int, what: String)? = nil
   ) async throws(RegistryError) -> Response {
     let url = absolute ? path : baseURL + path
     let current = authorization.withLock { $0 }
-    let first = try await perform(method, url, body: body, headers: headers, authorization: current)
+    let first = try await perform(method, url, body: body, headers: headers, authorization: current, limit: limit)
     guard first.status == 401, let header = first.header("WWW-Authenticate") else { return first }
     guard let challenge = AuthChallenge.parse(header) else {
       throw RegistryError(
@@ -122,7 +130,7 @@ public final class RegistryClient: Sendable {
     }
     let answer = try await authorize(challenge, for: "\(method) \(url)")
     authorization.withLock { $0 = answer }
-    let second = try await perform(method, url, body: body, headers: headers, authorization: answer)
+    let second = try await perform(method, url, body: body, headers: headers, authorization: answer, limit: limit)
     if second.status == 401 || second.status == 403 {
       throw RegistryError(
         .unauthorized,
@@ -169,7 +177,8 @@ public final class RegistryClient: Sendable {
   }
 
   private func perform(
-    _ method: String, _ url: String, body: [UInt8]?, headers: [String: String], authorization: String?
+    _ method: String, _ url: String, body: [UInt8]?, headers: [String: String], authorization: String?,
+    limit: (bytes: Int, what: String)? = nil
   ) async throws(RegistryError) -> Response {
     guard let target = URL(string: url) else { throw RegistryError(.http, "\(method) \(url.prefix(300)): not a URL") }
     var request = URLRequest(url: target)
@@ -181,7 +190,10 @@ public final class RegistryClient: Sendable {
     request.setValue(id, forHTTPHeaderField: ChallengeCapture.header)
     do {
       let (data, response): (Data, URLResponse)
-      if let body {
+      if let limit, body == nil {
+        (data, response) = try await challenges.collect(
+          session: session, request: request, limit: limit.bytes, what: "\(method) \(limit.what)")
+      } else if let body {
         (data, response) = try await session.upload(for: request, from: Data(body))
       } else {
         (data, response) = try await session.data(for: request)
@@ -243,12 +255,91 @@ public final class RegistryClient: Sendable {
 /// of its own, never completes in corelibs-foundation): keeps the response with its
 /// WWW-Authenticate header under the request's id and cancels the task; RegistryClient answers
 /// the challenge itself.
-final class ChallengeCapture: NSObject, URLSessionTaskDelegate, @unchecked Sendable {
+final class ChallengeCapture: NSObject, URLSessionDataDelegate, @unchecked Sendable {
   static let header = "X-Forkd-Request"
   private let lock = NSLock()
   private var captured: [String: HTTPURLResponse] = [:]
+  /// Bodies of capped requests (`collect`), by task identifier.
+  private var collecting: [Int: Collecting] = [:]
+
+  private struct Collecting {
+    var limit: Int
+    var what: String
+    var data = Data()
+    var response: URLResponse?
+    var overLimit: String?
+    var continuation: CheckedContinuation<(Data, URLResponse), any Error>
+
+    func failTooLarge() {
+      continuation.resume(throwing: RegistryError(.tooLarge, "\(what): \(overLimit ?? "too large")"))
+    }
+  }
 
   func take(_ id: String) -> HTTPURLResponse? { lock.withLock { captured.removeValue(forKey: id) } }
+
+  /// Runs `request` as a delegate-driven data task whose body is cut off (the task cancelled)
+  /// as soon as it announces (Content-Length) or delivers more than `limit` bytes; that ends in
+  /// a RegistryError naming `what`. Other failures are thrown as URLSession reports them.
+  func collect(session: URLSession, request: URLRequest, limit: Int, what: String) async throws -> (Data, URLResponse) {
+    try await withCheckedThrowingContinuation { continuation in
+      let task = session.dataTask(with: request)
+      lock.withLock {
+        collecting[task.taskIdentifier] = Collecting(limit: limit, what: what, continuation: continuation)
+      }
+      task.resume()
+    }
+  }
+
+  func urlSession(
+    _ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
+    completionHandler: @escaping @Sendable (URLSession.ResponseDisposition) -> Void
+  ) {
+    let refused = lock.withLock { () -> Collecting? in
+      guard var c = collecting[dataTask.taskIdentifier] else { return nil }
+      c.response = response
+      let announced = response.expectedContentLength
+      if let http = response as? HTTPURLResponse, http.statusCode == 200, announced > Int64(c.limit) {
+        c.overLimit = "the registry announced \(announced) bytes, more than the \(c.limit) expected"
+        return collecting.removeValue(forKey: dataTask.taskIdentifier).map { _ in c }
+      }
+      collecting[dataTask.taskIdentifier] = c
+      return nil
+    }
+    completionHandler(refused == nil ? .allow : .cancel)
+    refused?.failTooLarge()
+  }
+
+  func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
+    // Past the limit the caller fails at once and the entry is gone: whatever else arrives
+    // before the cancellation takes effect is dropped here, never held.
+    let cut = lock.withLock { () -> Collecting? in
+      guard var c = collecting[dataTask.taskIdentifier] else { return nil }
+      guard c.data.count + data.count <= c.limit else {
+        c.overLimit =
+          "the registry sent more than the \(c.limit) bytes expected (cut off after \(c.data.count + data.count) bytes)"
+        collecting.removeValue(forKey: dataTask.taskIdentifier)
+        return c
+      }
+      c.data.append(data)
+      collecting[dataTask.taskIdentifier] = c
+      return nil
+    }
+    if let cut {
+      dataTask.cancel()
+      cut.failTooLarge()
+    }
+  }
+
+  func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: (any Error)?) {
+    guard let c = lock.withLock({ collecting.removeValue(forKey: task.taskIdentifier) }) else { return }
+    if let error {
+      c.continuation.resume(throwing: error)
+    } else if let response = c.response ?? task.response {
+      c.continuation.resume(returning: (c.data, response))
+    } else {
+      c.continuation.resume(throwing: URLError(.badServerResponse))
+    }
+  }
 
   func urlSession(
     _ session: URLSession, task: URLSessionTask, didReceive challenge: URLAuthenticationChallenge,

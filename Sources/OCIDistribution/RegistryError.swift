@@ -10,6 +10,8 @@ public struct RegistryError: Error, Sendable, CustomStringConvertible {
     case notFound = "not_found"
     /// Any other unexpected HTTP status or response.
     case http = "http"
+    /// A manifest or blob larger than its limit (the descriptor's size, or the manifest cap).
+    case tooLarge = "too_large"
   }
 
   public let code: Code

@@ -20,6 +20,13 @@ public struct LazyPlan: Sendable, Equatable {
   public var memoryFile: String
   public var chunks: [Descriptor]
 
+  public init(origin: String, chunkSize: UInt64, memoryFile: String, chunks: [Descriptor]) {
+    self.origin = origin
+    self.chunkSize = chunkSize
+    self.memoryFile = memoryFile
+    self.chunks = chunks
+  }
+
   public func serialized() -> [UInt8] {
     Array(
       JSONValue.object([
@@ -30,23 +37,50 @@ public struct LazyPlan: Sendable, Equatable {
 
   public static func read(directory: String) throws(PackError) -> LazyPlan {
     let path = directory + "/" + fileName
+    let bytes: [UInt8]
     do {
-      let r = try JSONObjectReader(
-        JSONValue.parse(try FileSystem.readFile(path, limit: 16 << 20), source: path, maxBytes: 16 << 20), source: path)
+      bytes = try FileSystem.readFile(path, limit: maxBytes)
+    } catch {
+      throw PackError(.io, "\(path): \(error)")
+    }
+    return try decode(bytes, source: path)
+  }
+
+  /// The largest plan read: a 1 TiB memory in 2 MiB chunks is about 100 MiB of descriptors, far
+  /// past any snapshot forkd pulls; 16 MiB covers 128 GiB.
+  public static let maxBytes = 16 << 20
+
+  /// Parses and checks a plan: the chunk size as the artifact config allows, every chunk with a
+  /// chunk-aligned offset annotation and a size within one chunk.
+  public static func decode(_ bytes: [UInt8], source: String) throws(PackError) -> LazyPlan {
+    do {
+      let r = try JSONObjectReader(JSONValue.parse(bytes, source: source, maxBytes: maxBytes), source: source)
       let memoryFile = try r.string("memory_file")
       guard SnapshotManifest.isPlainFileName(memoryFile) else {
-        throw PackError(.invalidArtifact, "\(path): memory_file is not a plain file name")
+        throw PackError(.invalidArtifact, "\(source): memory_file is not a plain file name")
+      }
+      let chunkSize = try r.uint64("chunk_size")
+      guard ArtifactConfig.chunkSizes.contains(chunkSize), chunkSize & (chunkSize - 1) == 0 else {
+        throw PackError(.invalidArtifact, "\(source): chunk_size \(chunkSize) is not a power of two in 64 KiB…64 MiB")
       }
       var chunks: [Descriptor] = []
       for (i, c) in try r.array("chunks").enumerated() {
-        chunks.append(try Descriptor.decode(c, source: "\(path) chunks[\(i)]"))
+        let d = try Descriptor.decode(c, source: "\(source) chunks[\(i)]")
+        guard let offset = d.annotations[ForkdMediaType.chunkOffsetAnnotation].flatMap(UInt64.init),
+          offset % chunkSize == 0, d.size <= chunkSize
+        else {
+          throw PackError(
+            .invalidArtifact,
+            "\(source) chunks[\(i)]: chunk \(d.digest) needs a \(ForkdMediaType.chunkOffsetAnnotation) that is a multiple of \(chunkSize) and a size of at most \(chunkSize)"
+          )
+        }
+        chunks.append(d)
       }
-      return LazyPlan(
-        origin: try r.string("origin"), chunkSize: try r.uint64("chunk_size"), memoryFile: memoryFile, chunks: chunks)
+      return LazyPlan(origin: try r.string("origin"), chunkSize: chunkSize, memoryFile: memoryFile, chunks: chunks)
     } catch let error as PackError {
       throw error
     } catch {
-      throw PackError(.invalidArtifact, "\(path): \(error)")
+      throw PackError(.invalidArtifact, "\(source): \(error)")
     }
   }
 }
@@ -85,7 +119,8 @@ public struct LazyFill: Sendable {
     var chunkTable: [Int: Descriptor] = [:]
     for d in plan.chunks {
       guard let offset = d.annotations[ForkdMediaType.chunkOffsetAnnotation].flatMap(UInt64.init),
-        offset % plan.chunkSize == 0, d.size <= plan.chunkSize
+        offset % plan.chunkSize == 0, d.size <= plan.chunkSize, map.chunkSize == plan.chunkSize,
+        map.chunk(containing: offset) < map.chunkCount
       else { throw PackError(.invalidArtifact, "\(directory)/\(LazyPlan.fileName): bad chunk \(d.digest)") }
       chunkTable[map.chunk(containing: offset)] = d
     }

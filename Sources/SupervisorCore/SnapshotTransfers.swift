@@ -88,13 +88,19 @@ public final class SnapshotTransfers: Sendable {
       try r.rejectUnknownKeys(allowed: ["ref"])
       let reference = try Self.reference(try r.string("ref"))
       guard store.exists(tag) else { throw APIError.notFound("unknown snapshot tag \(tag)") }
-      if let filling = try store.chain(tag).layers.first(where: { LazyFill.isFilling($0.directory) }) {
-        throw APIError.conflict(
-          "snapshot \(tag) is still being filled by a lazy pull (\(filling.directory)); push it when the fill is done")
-      }
+      try refuseWhileFilling(tag, "push it")
       return (200, try await push(tag, to: reference))
     }
     return nil
+  }
+
+  /// 409 while a layer of `tag`'s chain is still being filled by a lazy pull; `action` says what
+  /// to do once the fill is done. A fill only ever completes, so a check that passes stays true.
+  func refuseWhileFilling(_ tag: String, _ action: String) throws(APIError) {
+    if let filling = try store.chain(tag).layers.first(where: { LazyFill.isFilling($0.directory) }) {
+      throw APIError.conflict(
+        "snapshot \(tag) is still being filled by a lazy pull (\(filling.directory)); \(action) when the fill is done")
+    }
   }
 
   static func reference(_ text: String) throws(APIError) -> ImageReference {

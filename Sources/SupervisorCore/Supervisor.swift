@@ -207,7 +207,10 @@ public final class Supervisor: @unchecked Sendable {
       let body = try BranchRequest.decode(request.body)
       let manager = sandboxes
       try sandboxes.refuseWhileStopping("branch")
-      _ = try sandboxes.get(id)
+      let source = try sandboxes.get(id)
+      // A branch records its source's snapshot as parent (and a diff branch only the pages
+      // that differ from it): while that parent is still sparse on disk it cannot be one.
+      try transfers.refuseWhileFilling(source.snapshotTag, "branch \(id)")
       let info = try await pools.lifecycle.run { try manager.branch(id, body) }
       return json(201, info.summaryJSON)
     }

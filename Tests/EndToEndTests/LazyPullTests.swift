@@ -80,10 +80,18 @@ struct LazyPullTests {
     #expect(transfers.contains { $0["kind"] == .string("fill") && $0["tag"] == .string("lz") }, "\(transfers)")
     #expect(
       try b.unix.request("POST", "/v1/snapshots/lz/push", body: #"{"ref":"\#(registry.host)/x/y:z"}"#).status == 409)
+    // A branch of the child would record the still-sparse lz as its parent: refused, nothing kept.
+    let early = try b.unix.request("POST", "/v1/sandboxes/\(child)/branch", body: #"{"tag":"lzb"}"#)
+    #expect(early.status == 409, "\(early.text)")
+    #expect(early.json?["error"]?.stringValue?.contains("still being filled") == true, "\(early.text)")
+    #expect(!FileSystem.exists(b.scratch.path + "/state/snapshots/lzb"))
+    #expect(try counter(b, child) == 7, "the refused branch leaves the child running")
 
     proxy.release()
     #expect(
       eventually { !FileSystem.exists(directory + "/lazy.map") }, "the fill completes once the chunk is let through")
+    let branched = try b.unix.request("POST", "/v1/sandboxes/\(child)/branch", body: #"{"tag":"lzb"}"#)
+    #expect(branched.status == 201, "once the fill is done the branch is taken: \(branched.text)")
     #expect(!FileSystem.exists(directory + "/lazy-chunks.json"))
     let original = try FileSystem.readFile(a.scratch.path + "/state/snapshots/base/memory.bin", limit: 128 << 20)
     #expect(try FileSystem.readFile(directory + "/memory.bin", limit: 128 << 20) == original)

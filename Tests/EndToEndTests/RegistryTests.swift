@@ -8,6 +8,10 @@ import VMMControl
   import Glibc
 #endif
 
+#if canImport(Glibc)
+  import Glibc
+#endif
+
 /// Snapshots through a real registry (Debian's docker-registry on 127.0.0.1), between two
 /// supervisors with separate state and run directories (docs/fleet.md).
 @Suite("snapshot push/pull through a real OCI registry", .serialized)
@@ -125,6 +129,17 @@ struct RegistryTests {
       "POST", "/v1/snapshots/pull", body: #"{"ref":"\#(registry.host)/forkd/f:v1","tag":"x"}"#)
     #expect(truncated.status == 502, "\(truncated.text)")
     #expect(truncated.json?["error"]?.stringValue?.contains(chunks[1]) == true, "\(truncated.text)")
+    #expect(try snapshotEntries(b).isEmpty)
+    try FileSystem.writeAtomically(registry.blobPath(chunks[1]), original)
+
+    // Oversized: the registry holds (and serves) 1 GiB under a chunk's digest; the pull stops at
+    // the descriptor's size instead of reading the gigabyte, and names the blob.
+    #expect(truncate(registry.blobPath(chunks[1]), 1 << 30) == 0)
+    let oversized = try b.unix.request(
+      "POST", "/v1/snapshots/pull", body: #"{"ref":"\#(registry.host)/forkd/f:v1","tag":"x"}"#)
+    #expect(oversized.status == 502, "\(oversized.text)")
+    let oversizedError = oversized.json?["error"]?.stringValue ?? ""
+    #expect(oversizedError.contains(chunks[1]) && oversizedError.contains("more than the"), "\(oversized.text)")
     #expect(try snapshotEntries(b).isEmpty)
     try FileSystem.writeAtomically(registry.blobPath(chunks[1]), original)
 
