@@ -4,10 +4,13 @@ import Synchronization
 import Syscalls
 
 /// The fill's shared bookkeeping across its workers.
-final class FillState: Sendable {
-  private let lock = Mutex<(inFlight: Set<Int>, next: Int, outcome: LazyFill.Outcome)>(([], 0, .init()))
+/// `@unchecked Sendable`: `state` is touched only under `lock`, a pthread mutex (ThreadSanitizer
+/// models it; it reported races on the same state behind Synchronization's Mutex).
+final class FillState: @unchecked Sendable {
+  private let lock = ConditionLock()
+  private var state: (inFlight: Set<Int>, next: Int, outcome: LazyFill.Outcome) = ([], 0, .init())
   func withLock<T>(_ body: (inout (inFlight: Set<Int>, next: Int, outcome: LazyFill.Outcome)) -> T) -> T {
-    lock.withLock { body(&$0) }
+    lock.withLock { body(&state) }
   }
 }
 

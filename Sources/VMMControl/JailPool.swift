@@ -9,7 +9,10 @@ import Syscalls
 /// The unprivileged uids (gid = uid) the per-child jails run as: `count` ids from `base`. A uid
 /// is leased to one child (its forkd-vmm and its pagers) and never to two live children at once;
 /// a released uid goes to the back of the line, so a just-freed id is the last to be reused.
-public final class JailPool: Sendable {
+/// `@unchecked Sendable`: `state` is touched only under `lock`, a pthread mutex (ThreadSanitizer
+/// models it; it reported races on the same state behind Synchronization's Mutex, whose
+/// uninstrumented atomics it cannot see).
+public final class JailPool: @unchecked Sendable {
   /// Defaults: far above the ids Debian hands out to users (1000…) and to subuid ranges
   /// (100000 + 65536 per user), below 2^31 (tools that read ids as signed stay correct).
   public static let defaultUIDBase: UInt32 = 1_900_000_000
@@ -18,7 +21,8 @@ public final class JailPool: Sendable {
   public let base: UInt32
   public let count: UInt32
   /// The next id to try and the ids in use.
-  private let state = Mutex<(next: UInt32, inUse: Set<UInt32>)>((0, []))
+  private let lock = ConditionLock()
+  private var state: (next: UInt32, inUse: Set<UInt32>) = (0, [])
 
   public struct ConfigurationError: Error, CustomStringConvertible {
     public let description: String
@@ -41,7 +45,7 @@ public final class JailPool: Sendable {
 
   /// A uid for one child; throws when every uid of the range is leased.
   public func lease() throws(ControlError) -> JailLease {
-    let uid: UInt32? = state.withLock { state in
+    let uid: UInt32? = lock.withLock {
       guard state.inUse.count < Int(count) else { return nil }
       while true {
         let candidate = base + state.next
@@ -56,10 +60,10 @@ public final class JailPool: Sendable {
     return JailLease(uid: uid, pool: self)
   }
 
-  fileprivate func release(_ uid: UInt32) { _ = state.withLock { $0.inUse.remove(uid) } }
+  fileprivate func release(_ uid: UInt32) { _ = lock.withLock { state.inUse.remove(uid) } }
 
   /// How many uids are leased now (tests, metrics).
-  public var leased: Int { state.withLock { $0.inUse.count } }
+  public var leased: Int { lock.withLock { state.inUse.count } }
 }
 
 /// One child's uid; returned to the pool when the lease goes away (after the child's processes
