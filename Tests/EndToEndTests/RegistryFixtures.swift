@@ -139,7 +139,7 @@ final class CuttingProxy: @unchecked Sendable {
       let up = try? OSThread.start(name: "proxy-up") {
         CuttingProxy.pump(from: client, to: server, limit: nil, cut: nil)
       }
-      _ = try? OSThread.start(name: "proxy-down") { [self] in
+      let down = try? OSThread.start(name: "proxy-down") { [self] in
         CuttingProxy.pump(from: server, to: client, limit: limit) { self.cuts.withLock { $0 += 1 } }
         shutdown(client, Int32(SHUT_RDWR))
         shutdown(server, Int32(SHUT_RDWR))
@@ -147,6 +147,7 @@ final class CuttingProxy: @unchecked Sendable {
         close(client)
         close(server)
       }
+      down?.detach()
     }
   }
 
@@ -256,7 +257,8 @@ final class HoldingProxy: @unchecked Sendable {
         continue
       }
       let down = try? OSThread.start(name: "hold-down") { HoldingProxy.copy(from: server, to: client) }
-      _ = try? OSThread.start(name: "hold-up") { [self] in
+      // Detached: it joins its partner and closes both ends itself (TSan reports an unjoined thread).
+      let up = try? OSThread.start(name: "hold-up") { [self] in
         upLoop(client: client, server: server)
         shutdown(client, Int32(SHUT_RDWR))
         shutdown(server, Int32(SHUT_RDWR))
@@ -264,6 +266,7 @@ final class HoldingProxy: @unchecked Sendable {
         close(client)
         close(server)
       }
+      up?.detach()
     }
   }
 
