@@ -104,6 +104,14 @@ extern struct agent agent;
 void frames_process(struct conn *c);
 void reply_error(struct conn *c, uint32_t request_id, uint32_t code, const char *msg);
 void reply_frame(struct conn *c, uint8_t type, uint32_t request_id, const uint8_t *payload, size_t n);
+/* reply_error with a printf-style message (at most 511 bytes). */
+void fail(struct conn *c, uint32_t id, uint32_t code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Answers an error and returns from the calling command. */
+#define FAIL(...)                                                                              \
+  do {                                                                                         \
+    fail(__VA_ARGS__);                                                                         \
+    return;                                                                                    \
+  } while (0)
 
 /* files.c: file write/read/list/delete on the guest's own file system. */
 void files_handle(struct conn *c, uint8_t type, uint32_t id, const uint8_t *p, uint32_t plen);

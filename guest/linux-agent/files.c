@@ -15,21 +15,6 @@
 #define READ_REPLY_HEADER 12 /* u64 size, u32 mode */
 #define ENTRY_HEADER 15      /* u8 type, u32 mode, u64 size, u16 name length */
 
-__attribute__((format(printf, 4, 5))) static void fail(struct conn *c, uint32_t id, uint32_t code,
-                                                       const char *fmt, ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  reply_error(c, id, code, msg);
-}
-
-#define FAIL(...)                                                                              \
-  do {                                                                                         \
-    fail(__VA_ARGS__);                                                                         \
-    return;                                                                                    \
-  } while (0)
 
 /* The error code an errno maps to: a missing path is 6, a full disk 5, the rest 3. */
 static uint32_t code_of(int err) {

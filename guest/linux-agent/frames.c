@@ -74,9 +74,8 @@ void reply_error(struct conn *c, uint32_t request_id, uint32_t code, const char 
   buf_free(&p);
 }
 
-__attribute__((format(printf, 4, 5))) static void fail(struct conn *c, uint32_t id, uint32_t code,
-                                                       const char *fmt, ...) {
-  char msg[256];
+void fail(struct conn *c, uint32_t id, uint32_t code, const char *fmt, ...) {
+  char msg[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
@@ -84,12 +83,6 @@ __attribute__((format(printf, 4, 5))) static void fail(struct conn *c, uint32_t 
   reply_error(c, id, code, msg);
 }
 
-/* Answers an error and returns from the calling command. */
-#define FAIL(...)                                                                              \
-  do {                                                                                         \
-    fail(__VA_ARGS__);                                                                         \
-    return;                                                                                    \
-  } while (0)
 
 static int kv_find(const uint8_t *key, uint32_t klen) {
   for (int i = 0; i < KV_ENTRIES; i++)
