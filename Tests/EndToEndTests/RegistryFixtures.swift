@@ -96,18 +96,7 @@ final class CuttingProxy: @unchecked Sendable {
   init(upstream: UInt16, cutAfter: Int) throws {
     self.upstream = upstream
     self.cutAfter = cutAfter
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    var address = CuttingProxy.loopback(port: 0)
-    let bound = withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard fd >= 0, bound == 0, Glibc.listen(fd, 16) == 0 else { throw SyscallError("proxy", .current) }
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-    }
-    port = UInt16(bigEndian: address.sin_port)
-    listener = fd
+    (listener, port) = try listenOnLoopback()
     acceptThread = try OSThread.start(name: "proxy-accept") { [self] in acceptLoop() }
   }
 
@@ -213,18 +202,7 @@ final class HoldingProxy: @unchecked Sendable {
   init(upstream: UInt16, holding digests: Set<String>) throws {
     self.upstream = upstream
     held = digests
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    var address = CuttingProxy.loopback(port: 0)
-    let bound = withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard fd >= 0, bound == 0, Glibc.listen(fd, 16) == 0 else { throw SyscallError("proxy", .current) }
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-    }
-    port = UInt16(bigEndian: address.sin_port)
-    listener = fd
+    (listener, port) = try listenOnLoopback()
     acceptThread = try OSThread.start(name: "hold-accept") { [self] in acceptLoop() }
   }
 
@@ -322,4 +300,19 @@ final class HoldingProxy: @unchecked Sendable {
     close(listener)
     acceptThread?.join()
   }
+}
+
+/// A TCP listener on 127.0.0.1 at an ephemeral port, for the test proxies: its descriptor and port.
+func listenOnLoopback() throws -> (fd: Int32, port: UInt16) {
+  let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+  var address = CuttingProxy.loopback(port: 0)
+  let bound = withUnsafePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+  }
+  guard fd >= 0, bound == 0, Glibc.listen(fd, 16) == 0 else { throw SyscallError("proxy", .current) }
+  var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+  _ = withUnsafeMutablePointer(to: &address) {
+    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+  }
+  return (fd, UInt16(bigEndian: address.sin_port))
 }
